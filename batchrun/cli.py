@@ -1,0 +1,104 @@
+"""Command line: argv -> job -> ``anyio.run``; exit codes. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from . import __version__
+from .errors import BatchrunError, ExitCode
+from .presets import PRESETS
+from .runner import plan_job, run_job
+from .spec import load_job
+
+EXIT_CODES_HELP = """exit codes:
+  0  every request ok
+  2  bad job file, input or usage (nothing was sent)
+  3  finished, but some requests failed (see the manifest's error column)
+  4  stopped early, resumable (fatal endpoint error, signal, deadline): run it again
+  5  the output folder is locked by another run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun",
+        description="Run a table of prompts against chat-completion and text-to-image endpoints.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"batchrun {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a job (resumes where the last run stopped)", epilog=EXIT_CODES_HELP)
+    run.add_argument("job", help="the job file (TOML)")
+    run.add_argument("--output", help="output folder (default: outputs/<job name>)")
+    run.add_argument("--retry-failed", action="store_true", help="send permanently failed requests again")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress, only the summary line")
+    run.add_argument(
+        "--progress", choices=["auto", "bar", "lines"], default="auto", help="bar on a terminal, lines otherwise"
+    )
+
+    plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
+    plan.add_argument("job")
+    plan.add_argument("--output", help="output folder (default: outputs/<job name>)")
+    plan.add_argument("--retry-failed", action="store_true")
+
+    sub.add_parser("presets", help="list the endpoint presets")
+
+    try:
+        from .simulator import add_simulate_arguments
+    except ImportError:  # pragma: no cover - the simulator ships with the package
+        pass
+    else:
+        simulate = sub.add_parser("simulate", help="serve the built-in endpoint simulator on a local port")
+        add_simulate_arguments(simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BatchrunError as exc:
+        print(f"batchrun: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("batchrun: interrupted; what finished is saved, run again to resume", file=sys.stderr)
+        return int(ExitCode.INCOMPLETE)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "presets":
+        for name, preset in PRESETS.items():
+            print(f"{name:<18} {preset.description}")
+        return 0
+    if args.command == "simulate":
+        from .simulator import run_simulate_command
+
+        return run_simulate_command(args)
+    job = load_job(args.job, output=args.output)
+    if args.command == "plan":
+        counts, stale = anyio.run(lambda: plan_job(job, retry_failed=args.retry_failed), backend="asyncio")
+        print(f"job {job.name}: {job.input} -> {job.output_dir}")
+        print(f"rows read        {counts.rows}")
+        print(f"requests         {counts.requests}" + (f" ({counts.shared} shared by dedupe)" if counts.shared else ""))
+        print(f"already done     {counts.done}" + (f" ({counts.done_failed} failed)" if counts.done_failed else ""))
+        print(f"to do            {counts.todo}")
+        if stale:
+            print(f"stale results    {stale} (from an older version of the job; not reused)")
+        return 0
+    interactive = {"auto": None, "bar": True, "lines": False}[args.progress]
+    summary = anyio.run(
+        lambda: run_job(job, retry_failed=args.retry_failed, interactive=interactive, quiet=args.quiet),
+        backend="asyncio",
+    )
+    print(summary.line())
+    return int(summary.exit_code)
+
+
+def run() -> None:
+    sys.exit(main())

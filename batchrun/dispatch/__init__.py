@@ -1,0 +1,1 @@
+"""Sending: the HTTP client, limits, retries and the worker pool."""

@@ -1,0 +1,106 @@
+"""One request, all its attempts: limits, cool-down, send, classify, retry. The httpx edge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import anyio
+import httpx
+from aiolimiter import AsyncLimiter
+
+from ..endpoints.base import Adapter, classify
+from ..errors import FatalError, PermanentError, RequestError, RetryableError
+from ..models import Parsed, Request, Result
+from .limits import CoolDown, Sleep
+from .retry import RetryPolicy
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class Caller:
+    """Sends one request until it succeeds, fails for good, or the endpoint refuses us (raises
+    ``FatalError``, which stops the job)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        adapter: Adapter,
+        *,
+        policy: RetryPolicy,
+        limiter: AsyncLimiter | None = None,
+        cooldown: CoolDown | None = None,
+        sleep: Sleep = anyio.sleep,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self.client = client
+        self.adapter = adapter
+        self.policy = policy
+        self.limiter = limiter
+        self.cooldown = cooldown or CoolDown()
+        self.sleep = sleep
+        self.secrets = tuple(secrets)
+        self.attempts = 0  # every HTTP request sent, retries included
+
+    async def __call__(self, request: Request) -> Result:
+        started = time.time()
+        attempts = 0
+        latency: float | None = None
+        try:
+            async for attempt in self.policy.retrying(self.sleep):
+                with attempt:
+                    attempts += 1
+                    t0 = time.perf_counter()
+                    parsed = await self._attempt(request)
+                    latency = (time.perf_counter() - t0) * 1000
+        except (RetryableError, PermanentError) as exc:
+            return self._failed(request, exc, attempts, started)
+        return Result(
+            request=request,
+            status="ok",
+            attempts=attempts,
+            started_at=started,
+            finished_at=time.time(),
+            latency_ms=latency,
+            parsed=parsed,
+            http_status=200,
+        )
+
+    async def _attempt(self, request: Request) -> Parsed:
+        await self.cooldown.wait(self.sleep)
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        self.attempts += 1
+        try:
+            response = await self.client.send(
+                self.client.build_request(request.method, request.url, content=request.body)
+            )
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"timed out ({type(exc).__name__})") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise FatalError(f"bad URL {request.url}: {exc}") from None
+        except httpx.TransportError as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
+        if response.is_success:
+            return self.adapter.parse(response.headers, response.content)
+        error = classify(response.status_code, response.headers, response.content)
+        if error.http_status in (429, 503) and error.retry_after:
+            self.cooldown.pause(min(error.retry_after, self.policy.max_wait))
+        raise error
+
+    def _failed(self, request: Request, exc: RequestError, attempts: int, started: float) -> Result:
+        return Result(
+            request=request,
+            status="failed",
+            attempts=attempts,
+            started_at=started,
+            finished_at=time.time(),
+            error_kind=exc.kind,
+            http_status=exc.http_status,
+            error=redact(exc.message, self.secrets),
+        )

@@ -1,0 +1,1 @@
+"""Wire formats: build request bodies and read responses. Adapters never send anything."""

@@ -1,0 +1,92 @@
+"""What every wire format shares: status classification, ``Retry-After`` and error excerpts."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from ..errors import FatalError, PermanentError, RequestError, RetryableError
+from ..models import Parsed
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+FATAL_STATUS = frozenset({401, 403})
+EXCERPT_CHARS = 300
+
+
+class Adapter(Protocol):
+    """Reads a 2xx response of one wire format; raises ``RequestError`` when it is not usable."""
+
+    def parse(self, headers: Mapping[str, str], content: bytes) -> Parsed: ...
+
+
+def classify(status: int, headers: Mapping[str, str], content: bytes) -> RequestError:
+    """Turn a non-2xx answer into the error that says what to do about it."""
+    message = f"HTTP {status}: {error_excerpt(content)}"
+    context: dict[str, Any] = {
+        "http_status": status,
+        "retry_after": parse_retry_after(headers, content),
+        "request_id": headers.get("x-request-id"),
+    }
+    if status in FATAL_STATUS:
+        return FatalError(message, **context)
+    if status in RETRYABLE_STATUS or status >= 500:
+        return RetryableError(message, **context)
+    return PermanentError(message, **context)
+
+
+def parse_retry_after(headers: Mapping[str, str], content: bytes = b"", now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms``, ``Retry-After`` (seconds or an
+    HTTP date), or the ``estimated_time`` of HF's 503 "model is loading" body."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    if content[:1] == b"{" and b"estimated_time" in content:
+        try:
+            estimated = json.loads(content).get("estimated_time")
+        except (ValueError, AttributeError):
+            return None
+        if isinstance(estimated, int | float):
+            return max(0.0, float(estimated))
+    return None
+
+
+def error_excerpt(content: bytes) -> str:
+    """A short, one-line reading of an error body: the JSON error message when there is one."""
+    text = content[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("message", data.get("detail")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err is not None:
+            text = err if isinstance(err, str) else json.dumps(err)
+    text = " ".join(text.split())
+    return text[:EXCERPT_CHARS] or "(empty body)"
+
+
+def load_json(content: bytes) -> Any:
+    """Decode a 2xx JSON body; a body that is not JSON is a retryable failure (proxies, truncation)."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        raise RetryableError(f"invalid JSON in a 2xx response: {error_excerpt(content)}") from None

@@ -1,0 +1,96 @@
+"""The error tree, and the exit code each branch ends a run with.
+
+BatchrunError
+├── JobError              exit 2: bad job file, input table or usage; nothing was sent
+│   ├── SpecError         the job file: which file, which field, why
+│   ├── InputError        the input table: which file, what is wrong with it
+│   └── TemplateError     a template that does not parse or does not render for a row
+├── OutputLockedError     exit 5: another run holds the output folder
+├── SinkError             the output folder cannot be written (full disk, permissions)
+└── RequestError          one request failed; carries the endpoint's answer as context
+    ├── RetryableError    worth another attempt (429, 5xx, timeouts, resets, invalid 200 bodies)
+    ├── PermanentError    this row will never succeed as sent (400, 404, 422)
+    └── FatalError        the endpoint refuses us (401, 403, bad URL): stop the whole job
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """What a run's exit status means; documented in the README for cron users."""
+
+    OK = 0
+    BAD_JOB = 2
+    FAILED_ROWS = 3
+    INCOMPLETE = 4
+    LOCKED = 5
+
+
+class BatchrunError(Exception):
+    """Base of every error batchrun raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.INCOMPLETE
+
+
+class JobError(BatchrunError):
+    exit_code = ExitCode.BAD_JOB
+
+
+class SpecError(JobError):
+    def __init__(self, path: str, field: str, reason: str) -> None:
+        self.path, self.field, self.reason = path, field, reason
+        where = f"{path}: {field}" if field else path
+        super().__init__(f"{where}: {reason}")
+
+
+class InputError(JobError):
+    pass
+
+
+class TemplateError(JobError):
+    pass
+
+
+class OutputLockedError(BatchrunError):
+    exit_code = ExitCode.LOCKED
+
+
+class SinkError(BatchrunError):
+    exit_code = ExitCode.INCOMPLETE
+
+
+class RequestError(BatchrunError):
+    """One attempt at one request failed; ``kind`` names the branch for the manifest."""
+
+    kind = "request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, http_status={self.http_status})"
+
+
+class RetryableError(RequestError):
+    kind = "retryable_exhausted"
+
+
+class PermanentError(RequestError):
+    kind = "permanent"
+
+
+class FatalError(RequestError):
+    kind = "fatal"

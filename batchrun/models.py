@@ -1,0 +1,65 @@
+"""Plain values that flow between the stages: planned requests and their results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Status = Literal["ok", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request to send, already rendered and keyed; never holds credentials."""
+
+    key: str
+    row_id: str | None
+    row_index: int
+    sample: int
+    method: str
+    url: str
+    body: bytes
+    model: str | None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What an adapter read out of a successful response."""
+
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    raw: str | None = None
+    ttft_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The final outcome of all attempts at one request."""
+
+    request: Request
+    status: Status
+    attempts: int
+    started_at: float  # unix seconds
+    finished_at: float
+    latency_ms: float | None = None
+    parsed: Parsed | None = None
+    error_kind: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class DoneKeys:
+    """Keys not to send again: ``ok`` ones, and permanent failures unless retried on purpose."""
+
+    ok: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.ok or key in self.failed
+
+    def __len__(self) -> int:
+        return len(self.ok) + len(self.failed)

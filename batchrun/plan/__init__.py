@@ -1,0 +1,1 @@
+"""Planning: from input rows to keyed, rendered requests."""

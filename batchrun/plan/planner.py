@@ -1,0 +1,158 @@
+"""Rows -> keyed requests. Pure: no I/O, so every rule here is testable with plain values.
+
+The request key is a hash of what is sent and where (method, URL, model, body, sample; never
+credentials) plus the occurrence number among identical requests, so N rows in give N results,
+a reordered or appended table resumes correctly, and a changed template makes new requests.
+With ``dedupe`` identical requests share occurrence 0: sent once, shared by every row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..endpoints.chat import body_template as chat_body
+from ..endpoints.custom import hf_serverless_body
+from ..errors import TemplateError
+from ..models import DoneKeys, Request
+from ..spec import Job
+from .templates import compile_template, referenced_names
+
+
+@dataclass(slots=True)
+class PlanCounts:
+    """Running totals, for ``batchrun plan`` and the progress line."""
+
+    rows: int = 0
+    requests: int = 0  # rows x samples
+    shared: int = 0  # requests answered by an identical earlier one (dedupe)
+    done: int = 0  # already in the manifest
+    done_failed: int = 0  # of which failed for good in an earlier run
+    todo: int = 0
+
+
+def job_body_template(job: Job) -> Any:
+    req, ep = job.request, job.endpoint
+    if ep.format == "chat":
+        return chat_body(ep.model, req.system, req.prompt, req.messages, req.params)
+    if req.body is not None:
+        return req.body
+    return hf_serverless_body(req.inputs if req.inputs is not None else req.prompt, req.parameters)
+
+
+def check_columns(job: Job, columns: Iterable[str]) -> None:
+    """Fail before any request if a template or the id column names a column the input lacks."""
+    available = set(columns)
+    if job.id_column is not None and job.id_column not in available:
+        raise TemplateError(f"id_column {job.id_column!r} is not a column of the input ({_listing(available)})")
+    templates = {"request": job_body_template(job), "endpoint.url": job.endpoint.url}
+    for where, value in templates.items():
+        for location, names in referenced_names(value, where).items():
+            missing = sorted(names - available - {"row"})
+            if missing:
+                raise TemplateError(
+                    f"template {location} uses column {missing[0]!r}, which the input does not have "
+                    f"({_listing(available)})"
+                )
+
+
+def _listing(columns: set[str]) -> str:
+    shown = sorted(columns)[:20]
+    return "columns: " + ", ".join(shown) + (", ..." if len(columns) > 20 else "")
+
+
+def _text_contents(body: Any) -> None:
+    """Chat message contents are text, even when a CSV column was read as numbers."""
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is not None and not isinstance(content, str | list):
+            message["content"] = str(content)
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+
+
+class Planner:
+    """Renders rows into requests, keys them and drops what is already done."""
+
+    def __init__(self, job: Job, done_keys: DoneKeys | None = None) -> None:
+        self.method = "POST"
+        self.model = job.endpoint.model
+        self.samples = job.request.samples
+        self.dedupe = job.dedupe
+        self.id_column = job.id_column
+        self.done_keys = done_keys if done_keys is not None else DoneKeys()
+        self.render_body = compile_template(job_body_template(job), "request")
+        self.render_url = compile_template(job.endpoint.url, "endpoint.url")
+        self.chat = job.endpoint.format == "chat"
+        self.counts = PlanCounts()
+        self._seen: dict[bytes, int] = {}
+        self._done_seen: set[str] = set()
+
+    def plan(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Request]:
+        """Yield the requests still to send for ``rows``, in input order."""
+        counts = self.counts
+        for row in rows:
+            index = counts.rows
+            counts.rows += 1
+            context = {**row, "row": row}
+            rendered = self.render_body(context)
+            if self.chat:
+                _text_contents(rendered)
+            body = canonical_json(rendered)
+            url = self.render_url(context)
+            if not isinstance(url, str):
+                raise TemplateError(f"template endpoint.url renders {url!r} for row {index}, not a URL")
+            row_id = None
+            if self.id_column is not None and row.get(self.id_column) is not None:
+                row_id = str(row[self.id_column])
+            for sample in range(self.samples):
+                counts.requests += 1
+                key = self._key(url, body, sample)
+                if key is None:
+                    counts.shared += 1
+                    continue
+                if key in self.done_keys:
+                    counts.done += 1
+                    if key in self.done_keys.failed:
+                        counts.done_failed += 1
+                    self._done_seen.add(key)
+                    continue
+                counts.todo += 1
+                yield Request(
+                    key=key,
+                    row_id=row_id,
+                    row_index=index,
+                    sample=sample,
+                    method=self.method,
+                    url=url,
+                    body=body,
+                    model=self.model,
+                )
+
+    def _key(self, url: str, body: bytes, sample: int) -> str | None:
+        """The request key, or None when dedupe finds an identical request already planned."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.method.encode(), url.encode(), (self.model or "").encode(), str(sample).encode()):
+            h.update(part)
+            h.update(b"\0")
+        h.update(body)
+        content = h.digest()
+        occurrence = self._seen.get(content, 0)
+        self._seen[content] = occurrence + 1
+        if occurrence and self.dedupe:
+            return None
+        return hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
+
+    @property
+    def stale(self) -> int:
+        """Done keys in the manifest that this plan no longer asks for (changed job or input)."""
+        return max(0, len(self.done_keys) - len(self._done_seen))

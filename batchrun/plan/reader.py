@@ -1,0 +1,73 @@
+"""The input table: polars lazy scans read in bounded batches, so memory stays flat in input size.
+
+Polars errors are translated here, once, into ``InputError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..errors import InputError
+
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "ndjson",
+    ".ndjson": "ndjson",
+}
+
+
+@contextlib.contextmanager
+def input_errors(source: str) -> Iterator[None]:
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read input {source}: {reason}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read input {source}: {exc.strerror or exc}") from None
+
+
+class Table:
+    """A lazily scanned input table; nothing is loaded until batches are asked for."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        suffix = Path(source).suffix.lower()
+        kind = FORMATS.get(suffix)
+        if kind is None:
+            known = ", ".join(sorted(FORMATS))
+            raise InputError(f"input {source}: unknown file type {suffix or '(none)'!r} (known: {known})")
+        has_magic = any(ch in source for ch in "*?[")
+        if not (glob.glob(source) if has_magic else Path(source).is_file()):
+            raise InputError(f"input {source}: {'no file matches' if has_magic else 'file not found'}")
+        with input_errors(source):
+            if kind in ("csv", "tsv"):
+                self.frame = pl.scan_csv(source, separator="\t" if kind == "tsv" else ",", infer_schema_length=10_000)
+            elif kind == "parquet":
+                self.frame = pl.scan_parquet(source)
+            else:
+                self.frame = pl.scan_ndjson(source, infer_schema_length=10_000)
+            self.columns: list[str] = self.frame.collect_schema().names()
+
+    def count_rows(self) -> int:
+        """Rows in the table; raises ``InputError`` for an empty one, since that is never intended."""
+        with input_errors(self.source):
+            n = int(self.frame.select(pl.len()).collect().item())
+        if n == 0:
+            raise InputError(f"input {self.source}: the table has no rows")
+        return n
+
+    def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
+        """Rows as dicts, ``size`` at a time, in input order."""
+        with input_errors(self.source):
+            for frame in self.frame.collect_batches(chunk_size=size):
+                yield frame.to_dicts()

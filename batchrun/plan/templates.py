@@ -1,0 +1,101 @@
+"""Jinja templates over a row's columns, rendered to native JSON values.
+
+A string that is exactly one ``{{ expression }}`` evaluates to the value itself, so
+``seed = "{{ seed }}"`` stays an int and a prompt ``"42"`` stays a string. (Jinja's own
+``NativeEnvironment`` would ``literal_eval`` rendered text and turn the prompt "42" into 42.)
+Any other string with template syntax renders as text; strings without it are constants.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+import jinja2.meta
+
+from ..errors import TemplateError
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_SINGLE_EXPR = re.compile(r"^\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%|\{#).)*)\}\}$", re.DOTALL)
+
+Renderer = Callable[[Mapping[str, Any]], Any]
+
+
+def _constant(value: Any) -> Renderer:
+    return lambda row: value
+
+
+def compile_template(value: Any, where: str) -> Renderer:
+    """Compile a template structure (str, list, dict, scalar) into a function of a row."""
+    if not has_template(value):
+        return _constant(value)
+    if isinstance(value, str):
+        return _compile_str(value, where)
+    if isinstance(value, list):
+        parts = [compile_template(v, f"{where}.{i}") for i, v in enumerate(value)]
+        return lambda row: [p(row) for p in parts]
+    if isinstance(value, dict):
+        items = [(k, compile_template(v, f"{where}.{k}")) for k, v in value.items()]
+        return lambda row: {k: r(row) for k, r in items}
+    return _constant(value)
+
+
+def has_template(value: Any) -> bool:
+    """Whether any string inside ``value`` holds template syntax."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value or "{#" in value
+    if isinstance(value, list):
+        return any(has_template(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_template(v) for v in value.values())
+    return False
+
+
+def _compile_str(src: str, where: str) -> Renderer:
+    match = _SINGLE_EXPR.match(src.strip()) if src.strip() == src else None
+    try:
+        if match:
+            expr = _ENV.compile_expression(match["expr"], undefined_to_none=False)
+            return _guard(lambda row: expr(**row), where)
+        template = _ENV.from_string(src)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template {where}: syntax error: {exc.message} (line {exc.lineno})") from None
+    return _guard(template.render, where)
+
+
+def _guard(fn: Callable[..., Any], where: str) -> Renderer:
+    def render(row: Mapping[str, Any]) -> Any:
+        try:
+            value = fn(row)
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"template {where}: {exc.message}") from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"template {where}: {exc}") from None
+        if isinstance(value, jinja2.Undefined):
+            name = getattr(value, "_undefined_name", None)
+            raise TemplateError(f"template {where}: {name or 'a value'!r} is undefined")
+        return value
+
+    return render
+
+
+def referenced_names(value: Any, where: str = "request") -> dict[str, set[str]]:
+    """The row columns each template uses, by template location, checked before any row is read."""
+    found: dict[str, set[str]] = {}
+    if isinstance(value, str):
+        if "{{" in value or "{%" in value:
+            try:
+                names = jinja2.meta.find_undeclared_variables(_ENV.parse(value))
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(f"template {where}: syntax error: {exc.message} (line {exc.lineno})") from None
+            if names:
+                found[where] = set(names)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found.update(referenced_names(v, f"{where}.{i}"))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found.update(referenced_names(v, f"{where}.{k}"))
+    return found

@@ -1,0 +1,215 @@
+"""The composition root: job -> input table -> planner -> pool -> manifest writer.
+
+Everything that can be checked is checked before the output folder is touched or a request sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TextIO
+
+import anyio
+import httpx
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .dispatch.call import Caller
+from .dispatch.client import make_client, redirect_transport
+from .dispatch.limits import CoolDown, Sleep, make_limiter
+from .dispatch.pool import Pool
+from .dispatch.retry import RetryPolicy
+from .endpoints.base import Adapter
+from .endpoints.chat import ChatAdapter
+from .endpoints.custom import CustomAdapter
+from .errors import BatchrunError, ExitCode
+from .models import DoneKeys, Request, Result
+from .plan.planner import PlanCounts, Planner, check_columns
+from .plan.reader import Table
+from .progress import Progress
+from .sink.files import remove_temp_files
+from .sink.lock import OutputLock
+from .sink.manifest import read_done_keys
+from .sink.writer import ManifestWriter
+from .spec import Job
+
+BATCH_ROWS = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run_id: str
+    counts: PlanCounts
+    stale: int
+    sent: int  # HTTP requests, retries included
+    ok: int
+    failed: int
+    previously_failed: int
+    elapsed_s: float
+    fatal: str | None
+    exit_code: ExitCode
+
+    def line(self) -> str:
+        c = self.counts
+        if self.ok + self.failed == 0 and self.fatal is None and c.todo == 0:
+            text = f"nothing to do: {c.done}/{c.requests - c.shared} done"
+        else:
+            rate = (self.ok + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+            text = (
+                f"finished {self.ok + self.failed} requests ({self.ok} ok, {self.failed} failed) in "
+                f"{self.elapsed_s:.1f}s, {rate:.1f}/s; {c.done} were already done; {self.sent} HTTP requests sent"
+            )
+        if self.previously_failed:
+            text += f"; {self.previously_failed} failed in earlier runs (--retry-failed sends them again)"
+        if self.stale:
+            text += f"; {self.stale} results in the manifest belong to an older version of the job"
+        if self.fatal:
+            text += f"; stopped early: {self.fatal}"
+        return text
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def make_adapter(job: Job) -> Adapter:
+    keep = job.sink.keep_raw_response
+    if job.endpoint.format == "chat":
+        return ChatAdapter(keep_raw=keep)
+    assert job.endpoint.response_path is not None
+    return CustomAdapter(job.endpoint.response_path, str(job.path), keep_raw=keep)
+
+
+def open_input(job: Job) -> tuple[Table, int]:
+    """Read the table's shape and render its first row: a bad input or template fails here."""
+    table = Table(job.input)
+    check_columns(job, table.columns)
+    rows = table.count_rows()
+    first = next(table.batches(1))
+    list(Planner(job).plan(first[:1]))
+    make_adapter(job)
+    return table, rows
+
+
+async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
+    """Dry run: what a run would send now. Reads the input and the manifest, sends nothing."""
+    table, _ = await anyio.to_thread.run_sync(open_input, job)
+    done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
+    planner = Planner(job, done)
+
+    def count() -> None:
+        for batch in table.batches(BATCH_ROWS):
+            for _ in planner.plan(batch):
+                pass
+
+    await anyio.to_thread.run_sync(count)
+    return planner.counts, planner.stale
+
+
+@contextlib.asynccontextmanager
+async def _endpoint_transport(
+    job: Job, transport: httpx.AsyncBaseTransport | None
+) -> AsyncIterator[httpx.AsyncBaseTransport | None]:
+    """The built-in simulator is served on a loopback port for the run's duration."""
+    if transport is not None or not job.endpoint.simulated:
+        yield transport
+        return
+    from .simulator import create_app, serve
+
+    async with serve(create_app()) as base_url:
+        yield redirect_transport(base_url, job.limits.concurrency)
+
+
+async def run_job(
+    job: Job,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    retry_failed: bool = False,
+    sleep: Sleep = anyio.sleep,
+    progress_stream: TextIO | None = None,
+    interactive: bool | None = None,
+    quiet: bool = False,
+) -> RunSummary:
+    started = time.monotonic()
+    table, total_rows = await anyio.to_thread.run_sync(open_input, job)
+    run_id = new_run_id()
+    try:
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BatchrunError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
+    with OutputLock(job.output_dir, run_id):
+        await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
+        done: DoneKeys = await anyio.to_thread.run_sync(
+            lambda: read_done_keys(job.output_dir, retry_failed=retry_failed)
+        )
+        planner = Planner(job, done)
+        progress = Progress(
+            total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
+        )
+        writer = ManifestWriter(
+            job.output_dir,
+            run_id=run_id,
+            endpoint=job.endpoint.name,
+            flush_rows=job.sink.flush_rows,
+            flush_seconds=job.sink.flush_seconds,
+        )
+        secret_values = [job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else []
+
+        async def produce(send: MemoryObjectSendStream[Request]) -> None:
+            batches = table.batches(BATCH_ROWS)
+            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+                before = planner.counts.done + planner.counts.shared
+                for request in planner.plan(batch):
+                    await send.send(request)
+                progress.done += planner.counts.done + planner.counts.shared - before
+
+        async with _endpoint_transport(job, transport) as chosen:
+            client = make_client(
+                job.endpoint, concurrency=job.limits.concurrency, timeout_s=job.limits.timeout_s, transport=chosen
+            )
+            async with client:
+                caller = Caller(
+                    client,
+                    make_adapter(job),
+                    policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
+                    limiter=make_limiter(job.limits.requests_per_minute),
+                    cooldown=CoolDown(),
+                    sleep=sleep,
+                    secrets=secret_values,
+                )
+                pool = Pool(caller, job.limits.concurrency)
+                results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
+                progress.start()
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(writer.consume, results_receive, progress.on_result)
+                        await pool.run(produce, results_send)
+                finally:
+                    progress.stop()
+        if pool.error is not None:
+            raise pool.error
+
+    counts = planner.counts
+    previously_failed = counts.done_failed
+    fatal = str(pool.fatal) if pool.fatal else None
+    if fatal:
+        code = ExitCode.INCOMPLETE
+    elif progress.failed or previously_failed:
+        code = ExitCode.FAILED_ROWS
+    else:
+        code = ExitCode.OK
+    return RunSummary(
+        run_id=run_id,
+        counts=counts,
+        stale=planner.stale,
+        sent=caller.attempts,
+        ok=progress.ok,
+        failed=progress.failed,
+        previously_failed=previously_failed,
+        elapsed_s=time.monotonic() - started,
+        fatal=f"{job.endpoint.name} ({job.endpoint.url}) answered: {fatal}" if fatal else None,
+        exit_code=code,
+    )

@@ -1,0 +1,1 @@
+"""Writing results: atomic files, Parquet manifest parts, the output folder's lock."""

@@ -1,0 +1,57 @@
+"""Atomic writes: a temp file in the same folder, fsync, rename, fsync the folder.
+
+A crash at any instant leaves either the old state or the whole new file under its final name;
+temp files carry the ``.tmp-`` prefix so readers never glob them and the next run removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success it becomes ``final``, on error it is removed."""
+    tmp = final.with_name(f"{TMP_PREFIX}{os.getpid()}-{final.name}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+def write_atomic(final: Path, write: Callable[[Path], None]) -> None:
+    with atomic_path(final) as tmp:
+        write(tmp)
+
+
+def remove_temp_files(folder: Path) -> int:
+    """Remove what a killed run left half-written; call only while holding the output lock."""
+    removed = 0
+    if folder.is_dir():
+        for path in folder.rglob(f"{TMP_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed

@@ -1,0 +1,128 @@
+"""The manifest: Parquet part files, one row per finished request key, never overwritten.
+
+Part names carry the run id, the shard and a sequence number, so no run, resumed run or shard
+ever overwrites another's file. Readers take the union of all parts and the latest row per key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..errors import InputError
+from ..models import DoneKeys, Result
+from .files import write_atomic
+
+MANIFEST_DIR = "manifest"
+PART_GLOB = "part-*.parquet"
+
+SCHEMA: dict[str, Any] = {
+    "request_key": pl.String,
+    "row_id": pl.String,
+    "row_index": pl.Int64,
+    "endpoint": pl.String,
+    "model": pl.String,
+    "sample": pl.Int32,
+    "seed": pl.Int64,
+    "status": pl.String,
+    "error_kind": pl.String,
+    "http_status": pl.Int32,
+    "error": pl.String,
+    "attempts": pl.Int32,
+    "response_text": pl.String,
+    "finish_reason": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "image_path": pl.String,
+    "image_sha256": pl.String,
+    "image_bytes": pl.Int64,
+    "mime_type": pl.String,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "latency_ms": pl.Float64,
+    "ttft_ms": pl.Float64,
+    "started_at": pl.Datetime("us", "UTC"),
+    "finished_at": pl.Datetime("us", "UTC"),
+    "run_id": pl.String,
+    "raw_response": pl.String,
+}
+
+
+def manifest_row(result: Result, *, endpoint: str, run_id: str) -> dict[str, Any]:
+    req, parsed = result.request, result.parsed
+    return {
+        "request_key": req.key,
+        "row_id": req.row_id,
+        "row_index": req.row_index,
+        "endpoint": endpoint,
+        "model": req.model,
+        "sample": req.sample,
+        "seed": req.seed,
+        "status": result.status,
+        "error_kind": result.error_kind,
+        "http_status": result.http_status,
+        "error": result.error,
+        "attempts": result.attempts,
+        "response_text": parsed.text if parsed else None,
+        "finish_reason": parsed.finish_reason if parsed else None,
+        "prompt_tokens": parsed.prompt_tokens if parsed else None,
+        "completion_tokens": parsed.completion_tokens if parsed else None,
+        "latency_ms": result.latency_ms,
+        "ttft_ms": parsed.ttft_ms if parsed else None,
+        "started_at": datetime.fromtimestamp(result.started_at, UTC),
+        "finished_at": datetime.fromtimestamp(result.finished_at, UTC),
+        "run_id": run_id,
+        "raw_response": parsed.raw if parsed else None,
+    }
+
+
+def part_name(run_id: str, shard: str, seq: int) -> str:
+    return f"part-{run_id}-{shard}-{seq:05d}.parquet"
+
+
+def write_part(folder: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    frame = pl.DataFrame(rows, schema=SCHEMA)
+    final = folder / name
+    write_atomic(final, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
+    return final
+
+
+def part_files(output_dir: Path) -> list[Path]:
+    return sorted((output_dir / MANIFEST_DIR).glob(PART_GLOB))
+
+
+@contextlib.contextmanager
+def _manifest_errors(folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"cannot read the manifest in {folder}: {str(exc).splitlines()[0]}") from None
+
+
+def scan_latest(output_dir: Path) -> pl.LazyFrame | None:
+    """All parts, the latest row per request key; None when nothing was written yet."""
+    files = part_files(output_dir)
+    if not files:
+        return None
+    frame = pl.scan_parquet(files, schema=SCHEMA, missing_columns="insert", extra_columns="ignore")
+    return frame.sort("finished_at").unique("request_key", keep="last", maintain_order=True)
+
+
+def read_done_keys(output_dir: Path, *, retry_failed: bool = False) -> DoneKeys:
+    latest = scan_latest(output_dir)
+    done = DoneKeys()
+    if latest is None:
+        return done
+    with _manifest_errors(output_dir):
+        frame = latest.select("request_key", "status", "error_kind").collect()
+    ok = frame.filter(pl.col("status") == "ok")
+    done.ok = set(ok.get_column("request_key").to_list())
+    if not retry_failed:
+        failed = frame.filter((pl.col("status") == "failed") & (pl.col("error_kind") == "permanent"))
+        done.failed = set(failed.get_column("request_key").to_list())
+    return done

@@ -1,0 +1,88 @@
+"""Buffers results and flushes them as manifest parts every N rows or T seconds."""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..errors import SinkError
+from ..models import Result
+from .manifest import MANIFEST_DIR, manifest_row, part_name, write_part
+
+
+class ManifestWriter:
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        run_id: str,
+        endpoint: str,
+        shard: str = "s0of1",
+        flush_rows: int = 1000,
+        flush_seconds: float = 5.0,
+    ) -> None:
+        self.folder = output_dir / MANIFEST_DIR
+        self.run_id = run_id
+        self.endpoint = endpoint
+        self.shard = shard
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.buffer: list[dict[str, Any]] = []
+        self.seq = 0
+        self.written = 0
+        self._last_flush = time.monotonic()
+
+    def add(self, result: Result) -> None:
+        self.buffer.append(manifest_row(result, endpoint=self.endpoint, run_id=self.run_id))
+
+    def due(self) -> bool:
+        return len(self.buffer) >= self.flush_rows or (
+            bool(self.buffer) and time.monotonic() - self._last_flush >= self.flush_seconds
+        )
+
+    def seconds_to_due(self) -> float:
+        return max(0.0, self.flush_seconds - (time.monotonic() - self._last_flush))
+
+    def flush(self) -> None:
+        """Write the buffer as one new part (blocking; run it in a worker thread)."""
+        self._last_flush = time.monotonic()
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, []
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_part(self.folder, part_name(self.run_id, self.shard, self.seq), rows)
+        except OSError as exc:
+            self.buffer = rows + self.buffer  # keep them for a later try
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise SinkError(f"cannot write the manifest in {self.folder}: {reason}") from None
+        self.seq += 1
+        self.written += len(rows)
+
+    async def consume(self, results: MemoryObjectReceiveStream[Result], on_result: Any = None) -> None:
+        """Drain ``results`` until the pool closes it, flushing on size and on time; the final
+        flush is shielded so that a cancelled run still keeps what finished."""
+        try:
+            async with results:
+                while True:
+                    with anyio.move_on_after(self.seconds_to_due() or self.flush_seconds):
+                        try:
+                            result = await results.receive()
+                        except anyio.EndOfStream:
+                            break
+                        self.add(result)
+                        if on_result is not None:
+                            on_result(result)
+                    if self.due():
+                        await anyio.to_thread.run_sync(self.flush)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.flush)
+
+    def __repr__(self) -> str:
+        return f"ManifestWriter(buffered={len(self.buffer)}, parts={self.seq}, written={self.written})"

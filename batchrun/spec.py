@@ -1,0 +1,246 @@
+"""Job file -> validated, preset-filled ``Job``. The only module that reads ``os.environ``.
+
+A bad job file fails here, before any input is read or request sent, with the file, the field
+and the reason on one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from .errors import SpecError
+from .presets import PRESETS, Auth, WireFormat
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointSection(_Strict):
+    preset: str
+    base_url: str | None = None
+    url: str | None = None
+    api_key_env: str | None = None
+    auth: Auth | None = None
+    auth_header: str | None = None
+    model: str | None = None
+    stream: bool | None = None
+    response_path: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    name: str | None = None
+
+
+class RequestSection(_Strict):
+    system: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: Any = None
+    parameters: dict[str, Any] | None = None
+    body: Any = None
+    samples: int = Field(default=1, ge=1, le=10_000)
+
+
+class LimitsSection(_Strict):
+    concurrency: int = Field(default=16, ge=1, le=10_000)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retry_wait_s: float = Field(default=120.0, gt=0)
+
+
+class OutputSection(_Strict):
+    flush_rows: int = Field(default=1000, ge=1)
+    flush_seconds: float = Field(default=5.0, gt=0)
+    keep_raw_response: bool = False
+
+
+class JobFile(_Strict):
+    name: str
+    input: str
+    id_column: str | None = None
+    output: str | None = None
+    dedupe: bool = False
+    endpoint: EndpointSection
+    request: RequestSection = Field(default_factory=RequestSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    sink: OutputSection = Field(default_factory=OutputSection)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An endpoint with its preset applied; ``api_key`` never prints."""
+
+    name: str
+    preset: str
+    format: WireFormat
+    url: str
+    model: str | None
+    auth: Auth
+    auth_header: str
+    api_key: SecretStr | None
+    headers: dict[str, str]
+    stream: bool
+    response_path: str | None
+    simulated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    path: Path
+    input: str  # absolute path or glob
+    id_column: str | None
+    output_dir: Path
+    dedupe: bool
+    endpoint: Endpoint
+    request: RequestSection
+    limits: LimitsSection
+    sink: OutputSection
+
+
+def load_job(path: str | Path, *, output: str | None = None, env: dict[str, str] | None = None) -> Job:
+    """Read, validate and resolve a job file; raise ``SpecError`` naming the field at fault."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(where, "", "job file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(where, "", f"cannot read the job file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(where, "", f"not valid TOML: {exc}") from None
+    try:
+        jf = JobFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown field (a typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+        raise SpecError(where, loc, msg) from None
+    return resolve(jf, path, output=output, env=os.environ if env is None else env)
+
+
+def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any) -> Job:
+    where = str(path)
+    if not NAME_RE.match(jf.name):
+        raise SpecError(where, "name", "use letters, digits, '.', '_' and '-' only (it names a folder)")
+    base = path.resolve().parent
+    input_path = Path(jf.input) if Path(jf.input).is_absolute() else base / jf.input
+    if output is not None:
+        out = Path(output)
+    elif jf.output is not None:
+        out = Path(jf.output) if Path(jf.output).is_absolute() else base / jf.output
+    else:
+        out = Path("outputs") / jf.name
+    endpoint = _resolve_endpoint(jf.endpoint, where, env)
+    _check_request(jf.request, endpoint, where)
+    return Job(
+        name=jf.name,
+        path=path,
+        input=str(input_path),
+        id_column=jf.id_column,
+        output_dir=out,
+        dedupe=jf.dedupe,
+        endpoint=endpoint,
+        request=jf.request,
+        limits=jf.limits,
+        sink=jf.sink,
+    )
+
+
+def normalize_base_url(url: str) -> str:
+    """Accept the endpoint root with or without a trailing ``/`` or ``/v1``."""
+    url = url.strip().rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def _resolve_endpoint(ep: EndpointSection, where: str, env: Any) -> Endpoint:
+    preset = PRESETS.get(ep.preset)
+    if preset is None:
+        known = ", ".join(sorted(PRESETS))
+        raise SpecError(where, "endpoint.preset", f"unknown preset {ep.preset!r} (known: {known})")
+    simulated = preset.name == "simulator"
+    model = ep.model if ep.model is not None else preset.model
+    base_url = ep.base_url if ep.base_url is not None else preset.base_url
+    if simulated:
+        base_url = base_url or "http://simulator.invalid"  # replaced by the runner's live address
+    url_template = ep.url if ep.url is not None else preset.url
+    if not url_template:
+        raise SpecError(where, "endpoint.url", f"the {preset.name} preset needs a url (a template)")
+    if "{base_url}" in url_template:
+        if not base_url:
+            raise SpecError(where, "endpoint.base_url", f"the {preset.name} preset needs the endpoint root")
+        if not re.match(r"^https?://[^/\s]+", base_url):
+            raise SpecError(where, "endpoint.base_url", f"not an http(s) URL: {base_url!r}")
+        url_template = url_template.replace("{base_url}", normalize_base_url(base_url))
+    if "{model}" in url_template:
+        if not model:
+            raise SpecError(where, "endpoint.model", f"the {preset.name} preset needs a model")
+        url_template = url_template.replace("{model}", model)
+    if preset.format == "chat" and not model:
+        raise SpecError(where, "endpoint.model", "a chat endpoint needs a model name")
+    if not re.match(r"^https?://", url_template):
+        raise SpecError(where, "endpoint.url", f"not an http(s) URL: {url_template!r}")
+
+    key_env = ep.api_key_env if ep.api_key_env is not None else preset.api_key_env
+    auth: Auth = ep.auth or ("bearer" if ep.api_key_env and preset.auth == "none" else preset.auth)
+    if not preset.needs_key and ep.api_key_env is None and ep.auth is None:
+        auth = "none"
+    api_key: SecretStr | None = None
+    if auth != "none":
+        if not key_env:
+            raise SpecError(where, "endpoint.api_key_env", f"auth = {auth!r} needs api_key_env")
+        value = env.get(key_env)
+        if not value:
+            raise SpecError(
+                where, "endpoint.api_key_env", f"environment variable {key_env} is not set (it holds the token)"
+            )
+        api_key = SecretStr(value)
+    if auth == "header" and not ep.auth_header:
+        raise SpecError(where, "endpoint.auth_header", "auth = 'header' needs the header's name")
+    response_path = ep.response_path if ep.response_path is not None else preset.response_path
+    if preset.format == "custom" and not response_path:
+        raise SpecError(where, "endpoint.response_path", "a custom endpoint needs a JMESPath response mapping")
+    stream = ep.stream if ep.stream is not None else preset.stream
+    if stream:
+        raise SpecError(where, "endpoint.stream", "streaming is not supported yet; set stream = false")
+    return Endpoint(
+        name=ep.name or preset.name,
+        preset=preset.name,
+        format=preset.format,
+        url=url_template,
+        model=model,
+        auth=auth,
+        auth_header=ep.auth_header or "Authorization",
+        api_key=api_key,
+        headers=dict(ep.headers),
+        stream=stream,
+        response_path=response_path,
+        simulated=simulated,
+    )
+
+
+def _check_request(req: RequestSection, endpoint: Endpoint, where: str) -> None:
+    if endpoint.format == "chat":
+        if (req.prompt is None) == (req.messages is None):
+            raise SpecError(where, "request", "a chat endpoint needs exactly one of prompt or messages")
+        if req.body is not None or req.inputs is not None:
+            raise SpecError(where, "request", "a chat endpoint takes prompt/messages and params, not body/inputs")
+        for i, m in enumerate(req.messages or []):
+            if "role" not in m or "content" not in m:
+                raise SpecError(where, f"request.messages.{i}", "each message needs a role and a content")
+    elif endpoint.preset == "hf-serverless" and req.body is None:
+        if req.inputs is None and req.prompt is None:
+            raise SpecError(where, "request.inputs", "hf-serverless needs inputs (or prompt), e.g. '{{ text }}'")
+    elif req.body is None:
+        raise SpecError(where, "request.body", "a custom endpoint needs a body template")

@@ -1,0 +1,119 @@
+"""Through the real entry point: exit codes, one-line errors, nothing sent on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import JobWriter, questions, read_manifest
+
+from batchrun.cli import main
+from batchrun.sink.lock import OutputLock
+
+# every job here points at a port nothing listens on: if a request were sent, the run would not exit 2
+DEAD = 'base_url = "http://127.0.0.1:9"\nmodel = "m"'
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"preset": "nope"}, "endpoint.preset: unknown preset 'nope'"),
+        ({"request": 'prompt = "{{ questoin }}"'}, "uses column 'questoin'"),
+        ({"request": 'prompt = "{{ question "'}, "syntax error"),
+        ({"limits": "concurrency = 0"}, "limits.concurrency: Input should be greater than or equal to 1"),
+        ({"limits": "concurency = 3"}, "limits.concurency: unknown field (a typo?)"),
+        ({"top": 'id_column = "nope"'}, "id_column 'nope' is not a column"),
+        ({"preset": "hf-endpoint"}, "environment variable HF_TOKEN is not set"),
+        ({"endpoint": 'base_url = "ftp://x"\nmodel = "m"'}, "not an http(s) URL"),
+        ({"request": ""}, "exactly one of prompt or messages"),
+    ],
+)
+def test_bad_jobs_exit_2_with_one_line(
+    write_job: JobWriter, capsys: pytest.CaptureFixture[str], tmp_path: Path, kwargs: dict[str, str], expected: str
+) -> None:
+    kwargs.setdefault("endpoint", DEAD)
+    job = write_job(rows=questions(3), **kwargs)
+    assert main(["run", str(job)]) == 2
+    line = error_line(capsys)
+    assert expected in line
+    assert line.startswith("batchrun: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_exit_2(write_job: JobWriter, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    job = write_job(endpoint=DEAD, fmt="csv")
+    assert main(["run", str(job)]) == 2
+    assert "file not found" in error_line(capsys)
+
+    (tmp_path / "input.csv").write_text("id,question\n")
+    assert main(["run", str(job)]) == 2
+    assert "the table has no rows" in error_line(capsys)
+
+    (tmp_path / "input.csv").write_text("")
+    assert main(["run", str(job)]) == 2
+    assert "cannot read input" in error_line(capsys)
+
+    parquet = write_job(endpoint=DEAD, fmt="parquet")
+    (tmp_path / "input.parquet").write_bytes(b"not parquet at all")
+    assert main(["run", str(parquet)]) == 2
+    assert "cannot read input" in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "job file not found" in error_line(capsys)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = ")
+    assert main(["run", str(bad)]) == 2
+    assert "not valid TOML" in error_line(capsys)
+    bad.write_text('name = "x"\ninput = "i.csv"\n')
+    assert main(["run", str(bad)]) == 2
+    assert "endpoint: Field required" in error_line(capsys)
+
+
+def test_locked_output_exits_5(write_job: JobWriter, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    job = write_job(rows=questions(3), endpoint=DEAD)
+    (tmp_path / "out").mkdir()
+    with OutputLock(tmp_path / "out", "other-run"):
+        assert main(["run", str(job)]) == 5
+    line = error_line(capsys)
+    assert "in use by another run" in line and "other-run" in line
+
+
+def test_plan_counts_without_sending(write_job: JobWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [*questions(5), {"id": "dup", "question": "what is 0?"}]
+    job = write_job(rows=rows, endpoint=DEAD)
+    assert main(["plan", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "rows read        6" in out
+    assert "to do            6" in out
+
+
+def test_presets_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hf-endpoint", "openai", "openai-compatible", "hf-serverless", "custom", "simulator"):
+        assert name in out
+
+
+def test_python_dash_m_and_a_failing_endpoint(write_job: JobWriter, tmp_path: Path) -> None:
+    job = write_job(
+        rows=questions(2), endpoint=DEAD, limits="concurrency = 2\nmax_attempts = 2\nmax_retry_wait_s = 0.1"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "run", str(job)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "2 failed" in proc.stdout
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["error_kind"].to_list() == ["retryable_exhausted"] * 2
+    assert all("ConnectError" in e for e in manifest["error"])

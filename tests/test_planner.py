@@ -1,0 +1,90 @@
+"""The pure middle: templates, request keys, dedupe and resume filtering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import JobWriter
+
+from batchrun.errors import TemplateError
+from batchrun.models import DoneKeys
+from batchrun.plan.planner import Planner, check_columns
+from batchrun.plan.templates import compile_template
+from batchrun.spec import load_job
+
+
+def planner_for(write_job: JobWriter, top: str = "", request: str = 'prompt = "{{ question }}"') -> Planner:
+    return Planner(load_job(write_job(top=top, request=request)))
+
+
+def test_single_expression_keeps_native_types() -> None:
+    render = compile_template({"seed": "{{ seed }}", "p": "{{ q }}", "t": "n={{ seed }}"}, "x")
+    assert render({"seed": 7, "q": "42"}) == {"seed": 7, "p": "42", "t": "n=7"}
+
+
+def test_missing_variable_names_the_template() -> None:
+    render = compile_template({"a": ["{{ nope }}"]}, "request")
+    with pytest.raises(TemplateError, match=r"request\.a\.0.*nope"):
+        render({"q": 1})
+
+
+def test_syntax_error_is_reported_at_compile_time() -> None:
+    with pytest.raises(TemplateError, match="syntax error"):
+        compile_template("{{ question ", "request.prompt")
+
+
+def test_every_row_gets_its_own_key_even_identical_ones(write_job: JobWriter) -> None:
+    planner = planner_for(write_job)
+    reqs = list(planner.plan([{"question": "a"}, {"question": "a"}, {"question": "b"}]))
+    assert len({r.key for r in reqs}) == 3
+    assert json.loads(reqs[0].body)["messages"] == [{"role": "user", "content": "a"}]
+
+
+def test_dedupe_sends_identical_requests_once(write_job: JobWriter) -> None:
+    planner = planner_for(write_job, top="dedupe = true")
+    reqs = list(planner.plan([{"question": "a"}, {"question": "a"}, {"question": "b"}]))
+    assert len(reqs) == 2
+    assert planner.counts.shared == 1
+    # the first occurrence has the same key with or without dedupe, so switching it on reuses results
+    plain = list(planner_for(write_job).plan([{"question": "a"}]))
+    assert reqs[0].key == plain[0].key
+
+
+def test_keys_survive_reordering_and_change_with_the_template(write_job: JobWriter) -> None:
+    rows = [{"question": str(i)} for i in range(5)]
+    a = {r.key for r in planner_for(write_job).plan(rows)}
+    b = {r.key for r in planner_for(write_job).plan(list(reversed(rows)))}
+    c = {r.key for r in planner_for(write_job, request='prompt = "Q: {{ question }}"').plan(rows)}
+    assert a == b
+    assert not a & c
+
+
+def test_done_keys_are_skipped_and_counted(write_job: JobWriter) -> None:
+    rows = [{"question": str(i)} for i in range(4)]
+    keys = [r.key for r in planner_for(write_job).plan(rows)]
+    done = DoneKeys(ok={keys[0], "old-key"}, failed={keys[1]})
+    planner = Planner(load_job(write_job()), done)
+    todo = list(planner.plan(rows))
+    assert [r.key for r in todo] == keys[2:]
+    assert (planner.counts.done, planner.counts.done_failed, planner.counts.todo) == (2, 1, 2)
+    assert planner.stale == 1
+
+
+def test_csv_numbers_become_text_in_chat_messages(write_job: JobWriter) -> None:
+    req = next(planner_for(write_job).plan([{"question": 42}]))
+    assert json.loads(req.body)["messages"][0]["content"] == "42"
+
+
+def test_samples_make_one_request_each(write_job: JobWriter) -> None:
+    planner = planner_for(write_job, request='prompt = "{{ question }}"\nsamples = 3')
+    reqs = list(planner.plan([{"question": "a"}]))
+    assert [r.sample for r in reqs] == [0, 1, 2]
+    assert len({r.key for r in reqs}) == 3
+
+
+def test_check_columns_names_the_missing_column(write_job: JobWriter, tmp_path: Path) -> None:
+    job = load_job(write_job(request='prompt = "{{ questoin }}"'))
+    with pytest.raises(TemplateError, match=r"'questoin'.*columns: id, question"):
+        check_columns(job, ["id", "question"])
