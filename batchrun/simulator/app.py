@@ -1,0 +1,208 @@
+"""The simulator as an ASGI app: routes, the per-request fault gate, and the control routes.
+
+Served routes:
+
+* ``POST /v1/chat/completions``: OpenAI chat completions, JSON or SSE (``"stream": true``).
+* ``POST /models/{model}``: HF serverless. Text-to-image (raw image bytes) when the model name contains
+  ``diffusion``, ``flux``, ``sdxl`` or ``image`` (any case), or ``parameters`` holds ``width``, ``height``,
+  ``num_inference_steps`` or ``guidance_scale``; otherwise text generation (``[{"generated_text": ...}]``).
+* ``POST /hf-inference/models/{model}``: HF router text-to-image, always an image.
+* ``POST /v1/images/generations``: OpenAI images (``data[i].b64_json``).
+* ``GET /health``, ``GET /_sim/stats``, ``POST /_sim/reset``, ``GET|POST /_sim/plan``: not counted.
+
+Images are PNG unless the ``Accept`` header asks for ``image/jpeg`` (or OpenAI's ``output_format`` is jpeg).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from . import handlers
+from .faults import Decision, FaultPlan, FaultState, Trigger, decide, token_ok
+from .responses import BadRequest, Style, error_response, fault_response, html_response, is_error_outcome
+from .stats import RequestRecord, SimStats
+
+Killer = Callable[[tuple[str, int] | None], bool]
+
+
+class ResetResponse(Response):
+    """Drop the connection without a response.
+
+    Over a real socket (``serve``) the connection is aborted with SO_LINGER 0, so the client gets a TCP
+    RST. In-process (``httpx.ASGITransport``) there is no socket: the app raises ``httpx.ReadError``,
+    which ``ASGITransport`` passes to the client as a real reset would be.
+    """
+
+    def __init__(self, killers: list[Killer]) -> None:
+        super().__init__(status_code=500)
+        self._killers = killers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if any(kill(client) for kill in list(self._killers)):
+            with anyio.move_on_after(1.0):
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            return
+        raise httpx.ReadError("[Errno 104] Connection reset by peer (simulated)")
+
+
+class Simulator:
+    """The simulated endpoints: ``plan`` says what goes wrong, ``stats`` counts what arrived."""
+
+    def __init__(self, plan: FaultPlan | None = None) -> None:
+        self.plan = plan if plan is not None else FaultPlan()
+        self.stats = SimStats()
+        self.state = FaultState()
+        self._killers: list[Killer] = []
+        self._ids = itertools.count(1)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._route(handlers.chat, "openai"), methods=["POST"]),
+                Route("/v1/images/generations", self._route(handlers.openai_images, "openai"), methods=["POST"]),
+                Route("/models/{model:path}", self._route(handlers.hf_models, "hf"), methods=["POST"]),
+                Route(
+                    "/hf-inference/models/{model:path}",
+                    self._route(handlers.hf_image, "hf"),
+                    methods=["POST"],
+                ),
+                Route("/health", self._health, methods=["GET"]),
+                Route("/_sim/stats", self._stats, methods=["GET"]),
+                Route("/_sim/reset", self._reset, methods=["POST"]),
+                Route("/_sim/plan", self._plan, methods=["GET", "POST"]),
+            ],
+            exception_handlers={HTTPException: self._http_error},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    def __repr__(self) -> str:
+        return f"<Simulator total={self.stats.total} outcomes={dict(self.stats.by_outcome)}>"
+
+    def reset(self) -> None:
+        """Clear the counters and the fault memory (rate window, random stream)."""
+        self.stats.reset()
+        self.state = FaultState()
+
+    def attach_killer(self, kill: Killer) -> Callable[[], None]:
+        """Register how a server aborts a client's connection; returns the function that detaches it."""
+        self._killers.append(kill)
+        return lambda: self._killers.remove(kill)
+
+    def next_id(self, prefix: str) -> str:
+        """A short unique id for a response."""
+        return f"{prefix}-sim{next(self._ids)}"
+
+    async def admit(self, request: Request, *, model: str, prompt: str, stream: bool) -> Decision:
+        """Decide the request's fate, count it, and wait out its latency."""
+        now = time.monotonic()
+        auth = request.headers.get("authorization")
+        decision = decide(
+            self.plan, self.state, now=now, prompt=prompt, stream=stream, authorized=token_ok(self.plan, auth)
+        )
+        self.stats.record(
+            RequestRecord(request.url.path, model, prompt, decision.outcome, now, auth is not None, stream)
+        )
+        if decision.delay_s > 0:
+            await anyio.sleep(decision.delay_s)
+        return decision
+
+    def common_fault(self, style: Style, decision: Decision) -> Response | None:
+        """The response for outcomes that look the same on every route (errors, resets, HTML)."""
+        if is_error_outcome(decision.outcome):
+            return fault_response(
+                style,
+                decision.outcome,
+                retry_after_s=decision.retry_after_s,
+                estimated_time_s=self.plan.estimated_time_s,
+            )
+        if decision.outcome == "reset":
+            return ResetResponse(self._killers)
+        if decision.outcome == "html":
+            return html_response()
+        return None
+
+    def _route(self, handler: handlers.Handler, style: Style) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                return self._refuse(request, style, BadRequest(400, "Request body is not valid JSON"))
+            if not isinstance(body, dict):
+                return self._refuse(request, style, BadRequest(422, "Request body must be a JSON object"))
+            try:
+                return await handler(self, request, body)
+            except BadRequest as exc:
+                return self._refuse(request, style, exc)
+
+        return endpoint
+
+    def _refuse(self, request: Request, style: Style, exc: BadRequest) -> Response:
+        self.stats.record(
+            RequestRecord(
+                request.url.path,
+                "",
+                "",
+                str(exc.status),
+                time.monotonic(),
+                "authorization" in request.headers,
+                False,
+            )
+        )
+        return error_response(style, exc.status, exc.message)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return error_response("openai", status, str(getattr(exc, "detail", exc)), code=str(status))
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse(self.stats.as_dict())
+
+    async def _reset(self, request: Request) -> Response:
+        self.reset()
+        return JSONResponse({"reset": True})
+
+    async def _plan(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                update_plan(self.plan, json.loads(await request.body() or b"{}"))
+            except (ValueError, TypeError) as exc:
+                return error_response("openai", 400, str(exc))
+        shown = dataclasses.asdict(self.plan)
+        if shown["require_token"] is not None:
+            shown["require_token"] = "***"  # the plan is shown, the token never is
+        return JSONResponse(shown)
+
+
+def update_plan(plan: FaultPlan, changes: Any) -> None:
+    """Apply JSON ``changes`` to ``plan`` in place, all or nothing (``ValueError``/``TypeError``)."""
+    if not isinstance(changes, dict):
+        raise TypeError("plan changes must be a JSON object")
+    if "triggers" in changes:
+        changes = {**changes, "triggers": [Trigger(**t) for t in changes["triggers"]]}
+    checked = dataclasses.replace(plan, **changes)  # runs FaultPlan.validate
+    for name in changes:
+        setattr(plan, name, getattr(checked, name))
+
+
+def create_app(plan: FaultPlan | None = None) -> Simulator:
+    """A new simulator (an ASGI app) with its own counters."""
+    return Simulator(plan)

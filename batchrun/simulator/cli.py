@@ -1,0 +1,132 @@
+"""``batchrun simulate``: serve the simulator from the command line until Ctrl-C or SIGTERM.
+
+The main CLI adds these arguments to its subparser and calls :func:`run_simulate_command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+
+import anyio
+
+from .app import Simulator
+from .faults import FaultPlan
+from .server import serve
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+#: (flag, FaultPlan field, help) for the plain fault rates.
+_RATES = (
+    ("--rate-429", "rate_429", "share of requests answered 429 with Retry-After"),
+    ("--rate-500", "rate_500", "share answered 500"),
+    ("--rate-502", "rate_502", "share answered 502"),
+    ("--rate-503", "rate_503", "share answered 503"),
+    ("--rate-loading", "rate_loading", "share answered 503 'Model is loading' with estimated_time"),
+    ("--rate-reset", "rate_reset", "share whose connection is reset without a response"),
+    ("--rate-stream-cut", "rate_stream_cut", "share of streams closed before finish_reason and [DONE]"),
+    ("--rate-html", "rate_html", "share answered 200 with an HTML page"),
+    ("--rate-truncated", "rate_truncated", "share answered 200 with a truncated JSON body or image"),
+    ("--rate-wrong-content-type", "rate_wrong_content_type", "share answered 200 with a wrong content type"),
+    ("--rate-midstream-error", "rate_midstream_error", "share of streams that end with a TGI error event"),
+)
+
+ENDPOINTS = (
+    "POST /v1/chat/completions            OpenAI chat completions (JSON or SSE)",
+    "POST /models/{model}                 HF serverless text generation / text-to-image",
+    "POST /hf-inference/models/{model}    HF router text-to-image (raw image bytes)",
+    "POST /v1/images/generations          OpenAI images (b64_json)",
+    "GET  /health  GET /_sim/stats  POST /_sim/reset  GET|POST /_sim/plan",
+)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"50ms"``, ``"2s"``, ``"1.5m"``; a bare number is only accepted when it is 0."""
+    match = _DURATION.match(text)
+    if match is None or (match.group(2) is None and float(match.group(1)) != 0):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: give a unit, like 50ms, 2s or 1m")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: give a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: give a number between 0 and 1")
+    return value
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``simulate`` options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port, 0 for any free one (default: 8080)")
+    parser.add_argument("--latency", type=parse_duration, default=0.0, help="fixed latency, e.g. 50ms")
+    parser.add_argument("--jitter", type=parse_duration, default=0.0, help="uniform extra latency, e.g. 20ms")
+    parser.add_argument("--tail-latency", type=parse_duration, default=0.0, help="long-tail extra latency")
+    parser.add_argument("--tail-rate", type=_rate, default=0.0, help="share of requests with tail latency")
+    parser.add_argument("--chunk-delay", type=parse_duration, default=0.0, help="pause between SSE chunks")
+    parser.add_argument("--error-rate", type=_rate, default=None, help="share answered 500 (= --rate-500)")
+    for flag, _field, text in _RATES:
+        parser.add_argument(flag, type=_rate, default=0.0, help=text)
+    parser.add_argument("--retry-after", type=parse_duration, default=1.0, help="Retry-After sent with 429s")
+    parser.add_argument("--max-rps", type=float, default=None, help="answer 429 above this many requests/s")
+    parser.add_argument(
+        "--estimated-time",
+        type=parse_duration,
+        default=2.0,
+        help="estimated_time sent with 'Model is loading'",
+    )
+    parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (401 otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default: 0)")
+
+
+def plan_from_args(args: argparse.Namespace) -> FaultPlan:
+    """The fault plan the parsed options describe (``ValueError`` if the rates add up to more than 1)."""
+    rates = {name: getattr(args, name) for _flag, name, _text in _RATES}
+    if args.error_rate is not None:
+        rates["rate_500"] = args.error_rate
+    return FaultPlan(
+        latency_ms=args.latency * 1000,
+        latency_jitter_ms=args.jitter * 1000,
+        latency_tail_ms=args.tail_latency * 1000,
+        latency_tail_rate=args.tail_rate,
+        chunk_delay_ms=args.chunk_delay * 1000,
+        retry_after_s=args.retry_after,
+        max_rps=args.max_rps,
+        estimated_time_s=args.estimated_time,
+        require_token=args.token,
+        seed=args.seed,
+        **rates,
+    )
+
+
+async def _serve_until_signal(sim: Simulator, host: str, port: int) -> None:
+    async with serve(sim, host, port) as url:
+        print(f"batchrun simulator listening on {url}", flush=True)
+        for line in ENDPOINTS:
+            print(f"  {line}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+    print(f"stopped; {sim.stats.total} requests served", flush=True)
+
+
+def run_simulate_command(args: argparse.Namespace) -> int:
+    """Serve until interrupted; 0 after a clean stop, 2 for a bad option."""
+    try:
+        plan = plan_from_args(args)
+    except ValueError as exc:
+        print(f"batchrun simulate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(_serve_until_signal, Simulator(plan), args.host, args.port, backend="asyncio")
+    except RuntimeError as exc:
+        print(f"batchrun simulate: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,185 @@
+"""Response builders: error bodies in each API's style, fault bodies, and the OpenAI chat shapes.
+
+Every 4xx/5xx body is JSON: OpenAI style ``{"error": {"message", "type", "code"}}`` on OpenAI routes,
+HF style ``{"error": "..."}`` on HF routes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import anyio
+from starlette.responses import JSONResponse, Response
+
+from .answers import Reply, stream_pieces
+
+Style = Literal["openai", "hf"]
+
+
+class BadRequest(Exception):
+    """A request the simulated API refuses before any fault applies."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_ERRORS: dict[str, tuple[int, str, str, str]] = {
+    # outcome: (status, message, OpenAI type, OpenAI code)
+    "400": (400, "Bad request (simulated)", "invalid_request_error", "bad_request"),
+    "401": (401, "Invalid credentials in Authorization header", "invalid_request_error", "invalid_api_key"),
+    "403": (403, "You do not have access to this model (simulated)", "permission_error", "forbidden"),
+    "429": (429, "Rate limit reached (simulated)", "requests", "rate_limit_exceeded"),
+    "500": (500, "Internal server error (simulated)", "server_error", "internal_error"),
+    "502": (502, "Bad gateway (simulated)", "server_error", "bad_gateway"),
+    "503": (503, "Service unavailable (simulated)", "server_error", "service_unavailable"),
+    "loading": (503, "Model is loading", "server_error", "model_loading"),
+}
+HTML_BODY = b"<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Oops</h1></body></html>\n"
+
+
+def error_response(
+    style: Style,
+    status: int,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """A JSON error in the style of the route's API."""
+    body: dict[str, Any]
+    if style == "hf":
+        body = {"error": message, **(extra or {})}
+    else:
+        body = {"error": {"message": message, "type": type_, "code": code, "param": None}, **(extra or {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+def fault_response(
+    style: Style, outcome: str, *, retry_after_s: float | None = None, estimated_time_s: float = 0.0
+) -> JSONResponse:
+    """The error response for an HTTP-status outcome (``"401"``, ``"429"``, ``"loading"``, ...)."""
+    status, message, type_, code = _ERRORS[outcome]
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if outcome == "429" and retry_after_s is not None:
+        headers["Retry-After"] = _seconds(retry_after_s)
+        headers["retry-after-ms"] = str(round(retry_after_s * 1000))
+    if outcome == "loading":
+        extra["estimated_time"] = estimated_time_s
+        if style == "hf":
+            return error_response(style, status, message, extra=extra)
+    if outcome == "401":
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(style, status, message, type_=type_, code=code, headers=headers, extra=extra)
+
+
+def is_error_outcome(outcome: str) -> bool:
+    """True for outcomes answered by a plain error status."""
+    return outcome in _ERRORS
+
+
+def html_response() -> Response:
+    """A 200 with an HTML page, as a misrouted proxy or a login wall would send."""
+    return Response(HTML_BODY, media_type="text/html; charset=utf-8")
+
+
+def truncated(content: bytes, media_type: str) -> Response:
+    """A 200 whose body is the first half of the real one (Content-Length matches the cut body)."""
+    return Response(content[: max(1, len(content) // 2)], media_type=media_type)
+
+
+def chat_completion(cid: str, model: str, reply: Reply) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` object."""
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "batchrun-simulator",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text},
+                "logprobs": None,
+                "finish_reason": reply.finish_reason,
+            }
+        ],
+        "usage": usage(reply),
+    }
+
+
+def usage(reply: Reply) -> dict[str, int]:
+    """OpenAI usage counts."""
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+async def chat_stream(
+    cid: str, model: str, reply: Reply, *, outcome: str, include_usage: bool, chunk_delay_s: float
+) -> AsyncIterator[bytes]:
+    """OpenAI SSE chunks; ``stream_cut`` stops halfway, ``midstream_error`` sends a TGI error event."""
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "batchrun-simulator",
+                "choices": [choice],
+            }
+        )
+
+    pieces = stream_pieces(reply.text)
+    if outcome != "ok":
+        pieces = pieces[: len(pieces) // 2]
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in pieces:
+        if chunk_delay_s > 0:
+            await anyio.sleep(chunk_delay_s)
+        yield chunk({"content": piece})
+    if outcome == "midstream_error":
+        yield _sse(
+            {
+                "error": "Request failed during generation: simulated CUDA out of memory",
+                "error_type": "generation",
+            }
+        )
+        return
+    if outcome == "stream_cut":
+        return
+    yield chunk({}, reply.finish_reason)
+    if include_usage:
+        yield _sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage(reply),
+            }
+        )
+    yield _sse("[DONE]")

@@ -1,0 +1,134 @@
+"""Serve a simulator on a loopback socket, inside the caller's event loop or in a thread of its own.
+
+Uvicorn runs embedded: no lifespan, no access log, and no signal handlers (``capture_signals`` is
+replaced by a no-op), so Ctrl-C and SIGTERM stay with the program that embeds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import socket
+import struct
+import threading
+from collections.abc import AsyncIterator, Generator, Iterator
+
+import anyio
+import uvicorn
+
+from .app import Killer, Simulator
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its host program."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _killer(server: uvicorn.Server) -> Killer:
+    """Abort a client's connection with an RST (SO_LINGER 0), found by its remote address."""
+
+    def kill(client: tuple[str, int] | None) -> bool:
+        for conn in list(server.server_state.connections):
+            transport = getattr(conn, "transport", None)
+            if client is None or transport is None or getattr(conn, "client", None) != client:
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            transport.abort()
+            return True
+        return False
+
+    return kill
+
+
+def make_server(sim: Simulator, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> EmbeddedServer:
+    """An embedded uvicorn server for ``sim`` (h11, so connection resets work the same everywhere)."""
+    config = uvicorn.Config(
+        sim,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_level=log_level,
+        access_log=False,
+        http="h11",
+        timeout_graceful_shutdown=2,
+    )
+    return EmbeddedServer(config)
+
+
+def bound_url(server: uvicorn.Server) -> str:
+    """``http://host:port`` of a started server (the real port when 0 was asked)."""
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+async def _run(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # a failed bind; SystemExit would escape the event loop itself
+        raise OSError(f"uvicorn exited with status {exc.code} (is the port in use?)") from None
+
+
+@contextlib.asynccontextmanager
+async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve ``sim`` in the running asyncio loop; yield its base URL; shut down cleanly on exit.
+
+    Uvicorn is asyncio-only, so it runs as a plain ``asyncio`` task rather than in a task group: an
+    exception from the ``async with`` body then reaches the caller as itself, not in an ExceptionGroup.
+    """
+    server = make_server(sim, host, port)
+    detach = sim.attach_killer(_killer(server))
+    task = asyncio.get_running_loop().create_task(_run(server), name="batchrun-simulator")
+    try:
+        while not server.started and not task.done():
+            await anyio.sleep(0.005)
+        if not server.started:
+            reason = task.exception() if not task.cancelled() else None
+            raise RuntimeError(f"simulator failed to start on {host}:{port}: {reason!r}")
+        yield bound_url(server)
+    finally:
+        server.should_exit = True
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(5):
+                while not task.done():
+                    await anyio.sleep(0.01)
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):  # its failure was reported above, or is moot now
+                await task
+        detach()
+
+
+@contextlib.contextmanager
+def serve_in_thread(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``sim`` from a daemon thread with its own event loop; yield its base URL."""
+    urls: queue.Queue[str | BaseException] = queue.Queue()
+    stop = threading.Event()
+
+    async def main() -> None:
+        try:
+            async with serve(sim, host, port) as url:
+                urls.put(url)
+                while not stop.is_set():
+                    await anyio.sleep(0.02)
+        except Exception as exc:  # reported to the caller through the queue
+            urls.put(exc)
+
+    thread = threading.Thread(target=anyio.run, args=(main,), name="batchrun-simulator", daemon=True)
+    thread.start()
+    first = urls.get(timeout=10)
+    if isinstance(first, BaseException):
+        thread.join(timeout=5)
+        raise RuntimeError("simulator thread failed to start") from first
+    try:
+        yield first
+    finally:
+        stop.set()
+        thread.join(timeout=10)
