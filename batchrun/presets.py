@@ -39,6 +39,7 @@ PRESETS: dict[str, Preset] = {
             url=CHAT_PATH,
             api_key_env="HF_TOKEN",
             model="tgi",
+            stream=True,  # keeps long generations alive through proxies that cut idle connections
         ),
         Preset(
             name="openai",

@@ -78,7 +78,7 @@ def new_run_id() -> str:
 def make_adapter(job: Job) -> Adapter:
     keep = job.sink.keep_raw_response
     if job.endpoint.format == "chat":
-        return ChatAdapter(keep_raw=keep)
+        return ChatAdapter(keep_raw=keep, streaming=job.endpoint.stream)
     assert job.endpoint.response_path is not None
     return CustomAdapter(job.endpoint.response_path, str(job.path), keep_raw=keep)
 

@@ -34,6 +34,7 @@ class EndpointSection(_Strict):
     auth_header: str | None = None
     model: str | None = None
     stream: bool | None = None
+    stream_usage: bool = True  # ask for usage in the stream (stream_options.include_usage)
     response_path: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     name: str | None = None
@@ -90,6 +91,7 @@ class Endpoint:
     api_key: SecretStr | None
     headers: dict[str, str]
     stream: bool
+    stream_usage: bool
     response_path: str | None
     simulated: bool = False
 
@@ -212,8 +214,8 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any) -> Endpoint:
     if preset.format == "custom" and not response_path:
         raise SpecError(where, "endpoint.response_path", "a custom endpoint needs a JMESPath response mapping")
     stream = ep.stream if ep.stream is not None else preset.stream
-    if stream:
-        raise SpecError(where, "endpoint.stream", "streaming is not supported yet; set stream = false")
+    if stream and preset.format != "chat":
+        raise SpecError(where, "endpoint.stream", f"the {preset.name} preset does not stream; set stream = false")
     return Endpoint(
         name=ep.name or preset.name,
         preset=preset.name,
@@ -225,6 +227,7 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any) -> Endpoint:
         api_key=api_key,
         headers=dict(ep.headers),
         stream=stream,
+        stream_usage=ep.stream_usage,
         response_path=response_path,
         simulated=simulated,
     )
@@ -236,6 +239,9 @@ def _check_request(req: RequestSection, endpoint: Endpoint, where: str) -> None:
             raise SpecError(where, "request", "a chat endpoint needs exactly one of prompt or messages")
         if req.body is not None or req.inputs is not None:
             raise SpecError(where, "request", "a chat endpoint takes prompt/messages and params, not body/inputs")
+        for name in ("stream", "stream_options"):
+            if name in req.params:
+                raise SpecError(where, f"request.params.{name}", "set endpoint.stream (and stream_usage) instead")
         for i, m in enumerate(req.messages or []):
             if "role" not in m or "content" not in m:
                 raise SpecError(where, f"request.messages.{i}", "each message needs a role and a content")

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import anyio
 import httpx
 from aiolimiter import AsyncLimiter
 
-from ..endpoints.base import Adapter, classify
+from ..endpoints.base import Adapter, StreamingAdapter, classify
 from ..errors import FatalError, PermanentError, RequestError, RetryableError
 from ..models import Parsed, Request, Result
 from .limits import CoolDown, Sleep
 from .retry import RetryPolicy
+from .stream import is_event_stream, read_event_stream
+
+
+@contextlib.contextmanager
+def transport_errors(url: str) -> Iterator[None]:
+    """httpx's exceptions, translated once: a bad URL is fatal, everything else on the wire
+    (timeouts, refused or reset connections, a body cut short) is worth another attempt."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise RetryableError(f"timed out ({type(exc).__name__})") from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise FatalError(f"bad URL {url}: {exc}") from None
+    except httpx.TransportError as exc:
+        raise RetryableError(f"{type(exc).__name__}: {exc or 'connection lost'}") from None
+    except httpx.StreamError as exc:
+        raise RetryableError(f"{type(exc).__name__}: {exc}") from None
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
@@ -55,9 +74,7 @@ class Caller:
             async for attempt in self.policy.retrying(self.sleep):
                 with attempt:
                     attempts += 1
-                    t0 = time.perf_counter()
-                    parsed = await self._attempt(request)
-                    latency = (time.perf_counter() - t0) * 1000
+                    parsed, latency = await self._attempt(request)
         except (RetryableError, PermanentError) as exc:
             return self._failed(request, exc, attempts, started)
         return Result(
@@ -71,27 +88,34 @@ class Caller:
             http_status=200,
         )
 
-    async def _attempt(self, request: Request) -> Parsed:
+    async def _attempt(self, request: Request) -> tuple[Parsed, float]:
+        """One HTTP exchange, after the cool-down and the limiter; returns the answer and its latency."""
         await self.cooldown.wait(self.sleep)
         if self.limiter is not None:
             await self.limiter.acquire()
         self.attempts += 1
-        try:
+        started = time.perf_counter()
+        parsed = await self._exchange(request, started)
+        return parsed, (time.perf_counter() - started) * 1000
+
+    async def _exchange(self, request: Request, started: float) -> Parsed:
+        with transport_errors(request.url):
             response = await self.client.send(
-                self.client.build_request(request.method, request.url, content=request.body)
+                self.client.build_request(request.method, request.url, content=request.body), stream=True
             )
-        except httpx.TimeoutException as exc:
-            raise RetryableError(f"timed out ({type(exc).__name__})") from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise FatalError(f"bad URL {request.url}: {exc}") from None
-        except httpx.TransportError as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
-        if response.is_success:
-            return self.adapter.parse(response.headers, response.content)
-        error = classify(response.status_code, response.headers, response.content)
-        if error.http_status in (429, 503) and error.retry_after:
-            self.cooldown.pause(min(error.retry_after, self.policy.max_wait))
-        raise error
+            try:
+                if not response.is_success:
+                    error = classify(response.status_code, response.headers, await response.aread())
+                    if error.http_status in (429, 503) and error.retry_after:
+                        self.cooldown.pause(min(error.retry_after, self.policy.max_wait))
+                    raise error
+                if self.adapter.streaming and is_event_stream(response):
+                    assembler = cast(StreamingAdapter, self.adapter).new_stream()
+                    return await read_event_stream(response, assembler, started)
+                # a server that ignored "stream": true answers with plain JSON, which reads fine
+                return self.adapter.parse(response.headers, await response.aread())
+            finally:
+                await response.aclose()
 
     def _failed(self, request: Request, exc: RequestError, attempts: int, started: float) -> Result:
         return Result(

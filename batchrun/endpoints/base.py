@@ -16,10 +16,25 @@ FATAL_STATUS = frozenset({401, 403})
 EXCERPT_CHARS = 300
 
 
+class StreamAssembler(Protocol):
+    """Turns the events of a streamed answer into one ``Parsed``."""
+
+    def feed(self, event: str, data: str, now: float) -> bool: ...
+
+    def result(self, started: float) -> Parsed: ...
+
+
 class Adapter(Protocol):
-    """Reads a 2xx response of one wire format; raises ``RequestError`` when it is not usable."""
+    """Reads a 2xx response of one wire format; raises ``RequestError`` when it is not usable.
+    A streaming adapter also hands out an assembler for SSE answers."""
+
+    streaming: bool
 
     def parse(self, headers: Mapping[str, str], content: bytes) -> Parsed: ...
+
+
+class StreamingAdapter(Adapter, Protocol):
+    def new_stream(self) -> StreamAssembler: ...
 
 
 def classify(status: int, headers: Mapping[str, str], content: bytes) -> RequestError:

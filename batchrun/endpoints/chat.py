@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import RetryableError
 from ..models import Parsed
 from .base import error_excerpt, load_json
+from .sse import ChatStream
 
 
 def body_template(
@@ -30,8 +31,12 @@ def body_template(
 class ChatAdapter:
     """Reads ``choices[0].message.content``, the finish reason and the usage counts."""
 
-    def __init__(self, keep_raw: bool = False) -> None:
+    def __init__(self, keep_raw: bool = False, streaming: bool = False) -> None:
         self.keep_raw = keep_raw
+        self.streaming = streaming
+
+    def new_stream(self) -> ChatStream:
+        return ChatStream(keep_raw=self.keep_raw)
 
     def parse(self, headers: Mapping[str, str], content: bytes) -> Parsed:
         data = load_json(content)

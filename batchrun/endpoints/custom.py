@@ -32,6 +32,8 @@ def compile_path(expression: str, where: str) -> jmespath.parser.ParsedResult:
 class CustomAdapter:
     """Reads the answer at ``response_path``; a missing answer is retryable (a server's bad moment)."""
 
+    streaming = False
+
     def __init__(self, response_path: str, where: str = "job", keep_raw: bool = False) -> None:
         self.path = compile_path(response_path, where)
         self.expression = response_path

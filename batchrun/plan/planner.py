@@ -64,6 +64,17 @@ def _listing(columns: set[str]) -> str:
     return "columns: " + ", ".join(shown) + (", ..." if len(columns) > 20 else "")
 
 
+def _stream_suffix(job: Job) -> bytes | None:
+    """The streaming fields, added after the key is taken: streamed or not, the question is the
+    same, so switching streaming on reuses the answers already in the manifest."""
+    if not job.endpoint.stream:
+        return None
+    fields: dict[str, Any] = {"stream": True}
+    if job.endpoint.stream_usage:
+        fields["stream_options"] = {"include_usage": True}
+    return b"," + canonical_json(fields)[1:]
+
+
 def _text_contents(body: Any) -> None:
     """Chat message contents are text, even when a CSV column was read as numbers."""
     for message in body.get("messages") or ():
@@ -93,6 +104,7 @@ class Planner:
         self.render_body = compile_template(job_body_template(job), "request")
         self.render_url = compile_template(job.endpoint.url, "endpoint.url")
         self.chat = job.endpoint.format == "chat"
+        self.stream_suffix = _stream_suffix(job)
         self.counts = PlanCounts()
         self._seen: dict[bytes, int] = {}
         self._done_seen: set[str] = set()
@@ -108,6 +120,7 @@ class Planner:
             if self.chat:
                 _text_contents(rendered)
             body = canonical_json(rendered)
+            sent = body if self.stream_suffix is None else body[:-1] + self.stream_suffix
             url = self.render_url(context)
             if not isinstance(url, str):
                 raise TemplateError(f"template endpoint.url renders {url!r} for row {index}, not a URL")
@@ -134,7 +147,7 @@ class Planner:
                     sample=sample,
                     method=self.method,
                     url=url,
-                    body=body,
+                    body=sent,
                     model=self.model,
                 )
 

@@ -46,6 +46,7 @@ SCHEMA: dict[str, Any] = {
     "height": pl.Int32,
     "latency_ms": pl.Float64,
     "ttft_ms": pl.Float64,
+    "tokens_per_s": pl.Float64,
     "started_at": pl.Datetime("us", "UTC"),
     "finished_at": pl.Datetime("us", "UTC"),
     "run_id": pl.String,
@@ -74,11 +75,21 @@ def manifest_row(result: Result, *, endpoint: str, run_id: str) -> dict[str, Any
         "completion_tokens": parsed.completion_tokens if parsed else None,
         "latency_ms": result.latency_ms,
         "ttft_ms": parsed.ttft_ms if parsed else None,
+        "tokens_per_s": tokens_per_second(result),
         "started_at": datetime.fromtimestamp(result.started_at, UTC),
         "finished_at": datetime.fromtimestamp(result.finished_at, UTC),
         "run_id": run_id,
         "raw_response": parsed.raw if parsed else None,
     }
+
+
+def tokens_per_second(result: Result) -> float | None:
+    """Generation speed: completion tokens over the time after the first token (or the whole call)."""
+    parsed = result.parsed
+    if parsed is None or not parsed.completion_tokens or result.latency_ms is None:
+        return None
+    generating_ms = result.latency_ms - (parsed.ttft_ms or 0.0)
+    return parsed.completion_tokens / (generating_ms / 1000) if generating_ms > 0 else None
 
 
 def part_name(run_id: str, shard: str, seq: int) -> str:
