@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
 from . import __version__
 from .errors import BatchrunError, ExitCode
+from .export import export_imagefolder, export_table, job_for
 from .presets import PRESETS
 from .runner import plan_job, run_job
 from .spec import load_job
@@ -47,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--output", help="output folder (default: outputs/<job name>)")
     plan.add_argument("--retry-failed", action="store_true")
 
+    export = sub.add_parser("export", help="join results back to the input: a results file or an imagefolder")
+    export.add_argument("target", help="an output folder written by a run, or the job file")
+    group = export.add_mutually_exclusive_group(required=True)
+    group.add_argument("--to", metavar="FILE", help="write input rows + results to FILE (.parquet, .csv, .jsonl)")
+    group.add_argument(
+        "--imagefolder", action="store_true", help="write images/metadata.<fmt> for datasets' imagefolder loader"
+    )
+    export.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="imagefolder metadata")
+
     sub.add_parser("presets", help="list the endpoint presets")
 
     try:
@@ -80,6 +91,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .simulator import run_simulate_command
 
         return run_simulate_command(args)
+    if args.command == "export":
+        job = job_for(args.target)
+        if args.imagefolder:
+            path, n = export_imagefolder(job, args.format)
+            print(f"wrote {path}: {n} images; load with datasets.load_dataset('imagefolder', data_dir='{path.parent}')")
+        else:
+            n = export_table(job, Path(args.to))
+            print(f"wrote {args.to}: {n} rows")
+        return 0
     job = load_job(args.job, output=args.output)
     if args.command == "plan":
         counts, stale = anyio.run(lambda: plan_job(job, retry_failed=args.retry_failed), backend="asyncio")

@@ -33,6 +33,13 @@ class Parsed:
     completion_tokens: int | None = None
     raw: str | None = None
     ttft_ms: float | None = None
+    image: bytes | None = None  # dropped once the image is on disk
+    mime_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    image_path: str | None = None  # relative to the output folder
+    image_sha256: str | None = None
+    image_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

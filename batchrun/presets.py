@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-WireFormat = Literal["chat", "custom"]
+WireFormat = Literal["chat", "custom", "image-hf", "image-openai"]
 Auth = Literal["none", "bearer", "header"]
 
 
@@ -64,6 +64,22 @@ PRESETS: dict[str, Preset] = {
             base_url="https://api-inference.huggingface.co",
             api_key_env="HF_TOKEN",
             response_path="[0].generated_text",
+        ),
+        Preset(
+            name="hf-text-to-image",
+            description="HF text-to-image: {inputs, parameters} -> raw image bytes",
+            format="image-hf",
+            url="{base_url}/models/{model}",
+            base_url="https://router.huggingface.co/hf-inference",
+            api_key_env="HF_TOKEN",
+        ),
+        Preset(
+            name="openai-images",
+            description="OpenAI images: {prompt, n, size} -> data[0].b64_json",
+            format="image-openai",
+            url="{base_url}/v1/images/generations",
+            base_url="https://api.openai.com",
+            api_key_env="OPENAI_API_KEY",
         ),
         Preset(
             name="custom",

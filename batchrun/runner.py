@@ -25,12 +25,15 @@ from .dispatch.retry import RetryPolicy
 from .endpoints.base import Adapter
 from .endpoints.chat import ChatAdapter
 from .endpoints.custom import CustomAdapter
+from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
 from .errors import BatchrunError, ExitCode
+from .export import remember_job
 from .models import DoneKeys, Request, Result
 from .plan.planner import PlanCounts, Planner, check_columns
 from .plan.reader import Table
 from .progress import Progress
 from .sink.files import remove_temp_files
+from .sink.images import ImageStore
 from .sink.lock import OutputLock
 from .sink.manifest import read_done_keys
 from .sink.writer import ManifestWriter
@@ -79,6 +82,10 @@ def make_adapter(job: Job) -> Adapter:
     keep = job.sink.keep_raw_response
     if job.endpoint.format == "chat":
         return ChatAdapter(keep_raw=keep, streaming=job.endpoint.stream)
+    if job.endpoint.format == "image-hf":
+        return RawImageAdapter()
+    if job.endpoint.format == "image-openai":
+        return OpenAIImageAdapter()
     assert job.endpoint.response_path is not None
     return CustomAdapter(job.endpoint.response_path, str(job.path), keep_raw=keep)
 
@@ -142,6 +149,7 @@ async def run_job(
         raise BatchrunError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
     with OutputLock(job.output_dir, run_id):
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
+        await anyio.to_thread.run_sync(remember_job, job)
         done: DoneKeys = await anyio.to_thread.run_sync(
             lambda: read_done_keys(job.output_dir, retry_failed=retry_failed)
         )
@@ -180,7 +188,15 @@ async def run_job(
                     sleep=sleep,
                     secrets=secret_values,
                 )
-                pool = Pool(caller, job.limits.concurrency)
+                store = ImageStore(job.output_dir)
+
+                async def call_and_store(request: Request) -> Result:
+                    result = await caller(request)
+                    if result.parsed is not None and result.parsed.image is not None:
+                        result = await anyio.to_thread.run_sync(store.save, result)
+                    return result
+
+                pool = Pool(call_and_store, job.limits.concurrency)
                 results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
                 progress.start()
                 try:

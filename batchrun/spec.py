@@ -245,6 +245,12 @@ def _check_request(req: RequestSection, endpoint: Endpoint, where: str) -> None:
         for i, m in enumerate(req.messages or []):
             if "role" not in m or "content" not in m:
                 raise SpecError(where, f"request.messages.{i}", "each message needs a role and a content")
+    elif endpoint.format == "image-hf":
+        if req.inputs is None and req.prompt is None:
+            raise SpecError(where, "request.inputs", "a text-to-image endpoint needs inputs (or prompt)")
+    elif endpoint.format == "image-openai":
+        if req.prompt is None:
+            raise SpecError(where, "request.prompt", "openai-images needs a prompt, e.g. '{{ prompt }}'")
     elif endpoint.preset == "hf-serverless" and req.body is None:
         if req.inputs is None and req.prompt is None:
             raise SpecError(where, "request.inputs", "hf-serverless needs inputs (or prompt), e.g. '{{ text }}'")

@@ -32,7 +32,7 @@ def make_client(
     headers = {
         "User-Agent": USER_AGENT,
         "Content-Type": "application/json",
-        "Accept": "application/json",
+        "Accept": "image/png" if endpoint.format == "image-hf" else "application/json",
         **endpoint.headers,
         **auth_headers(endpoint),
     }

@@ -39,9 +39,12 @@ class CoolDown:
         return max(0.0, self._until - self._clock())
 
     async def wait(self, sleep: Sleep) -> None:
-        delay = self.remaining()
-        if delay > 0:
+        """Sleep out the pause; again if another 429 extended it meanwhile."""
+        while (delay := self._until - self._clock()) > 0:
+            until = self._until
             await sleep(delay)
+            if self._until == until:
+                return
 
     def __repr__(self) -> str:
         return f"CoolDown(remaining={self.remaining():.2f}s, pauses={self.pauses})"

@@ -62,6 +62,11 @@ class Pool:
                         self.fatal = exc
                     scope.cancel()
                     return
+                except BatchrunError as exc:  # the sink cannot write: stop, keep what is flushed
+                    if self.error is None:
+                        self.error = exc
+                    scope.cancel()
+                    return
                 finally:
                     self.in_flight -= 1
                 await results.send(result)

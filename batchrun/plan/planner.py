@@ -16,6 +16,7 @@ from typing import Any
 
 from ..endpoints.chat import body_template as chat_body
 from ..endpoints.custom import hf_serverless_body
+from ..endpoints.images import hf_image_body, openai_image_body
 from ..errors import TemplateError
 from ..models import DoneKeys, Request
 from ..spec import Job
@@ -38,6 +39,10 @@ def job_body_template(job: Job) -> Any:
     req, ep = job.request, job.endpoint
     if ep.format == "chat":
         return chat_body(ep.model, req.system, req.prompt, req.messages, req.params)
+    if ep.format == "image-hf":
+        return hf_image_body(req.inputs if req.inputs is not None else req.prompt, req.parameters)
+    if ep.format == "image-openai":
+        return openai_image_body(ep.model, req.prompt, req.params)
     if req.body is not None:
         return req.body
     return hf_serverless_body(req.inputs if req.inputs is not None else req.prompt, req.parameters)
@@ -75,6 +80,26 @@ def _stream_suffix(job: Job) -> bytes | None:
     return b"," + canonical_json(fields)[1:]
 
 
+def _seeded(rendered: dict[str, Any], body: bytes, sample: int, index: int) -> tuple[int, bytes]:
+    """Each sample its own recorded seed: the row's seed plus the sample index when the row gives
+    one, else one derived from the request itself, so a rerun asks for the same images."""
+    parameters = rendered.get("parameters") or {}
+    given = parameters.get("seed")
+    if given is not None:
+        seed = _as_seed(given, index) + sample
+    else:
+        digest = hashlib.blake2b(body + sample.to_bytes(4, "little"), digest_size=4).digest()
+        seed = int.from_bytes(digest, "little") & 0x7FFFFFFF
+    return seed, canonical_json({**rendered, "parameters": {**parameters, "seed": seed}})
+
+
+def _as_seed(value: Any, index: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise TemplateError(f"parameters.seed renders {value!r} for row {index}, not an integer") from None
+
+
 def _text_contents(body: Any) -> None:
     """Chat message contents are text, even when a CSV column was read as numbers."""
     for message in body.get("messages") or ():
@@ -105,6 +130,7 @@ class Planner:
         self.render_url = compile_template(job.endpoint.url, "endpoint.url")
         self.chat = job.endpoint.format == "chat"
         self.stream_suffix = _stream_suffix(job)
+        self.seeded = job.endpoint.format == "image-hf"
         self.counts = PlanCounts()
         self._seen: dict[bytes, int] = {}
         self._done_seen: set[str] = set()
@@ -119,16 +145,18 @@ class Planner:
             rendered = self.render_body(context)
             if self.chat:
                 _text_contents(rendered)
-            body = canonical_json(rendered)
-            sent = body if self.stream_suffix is None else body[:-1] + self.stream_suffix
             url = self.render_url(context)
             if not isinstance(url, str):
                 raise TemplateError(f"template endpoint.url renders {url!r} for row {index}, not a URL")
             row_id = None
             if self.id_column is not None and row.get(self.id_column) is not None:
                 row_id = str(row[self.id_column])
+            unseeded = body = canonical_json(rendered)
             for sample in range(self.samples):
                 counts.requests += 1
+                seed = None
+                if self.seeded:
+                    seed, body = _seeded(rendered, unseeded, sample, index)
                 key = self._key(url, body, sample)
                 if key is None:
                     counts.shared += 1
@@ -147,8 +175,9 @@ class Planner:
                     sample=sample,
                     method=self.method,
                     url=url,
-                    body=sent,
+                    body=body if self.stream_suffix is None else body[:-1] + self.stream_suffix,
                     model=self.model,
+                    seed=seed,
                 )
 
     def _key(self, url: str, body: bytes, sample: int) -> str | None:

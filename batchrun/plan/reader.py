@@ -66,8 +66,12 @@ class Table:
             raise InputError(f"input {self.source}: the table has no rows")
         return n
 
+    def frames(self, size: int) -> Iterator[pl.DataFrame]:
+        """The table, ``size`` rows at a time, in input order."""
+        with input_errors(self.source):
+            yield from self.frame.collect_batches(chunk_size=size)
+
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
         """Rows as dicts, ``size`` at a time, in input order."""
-        with input_errors(self.source):
-            for frame in self.frame.collect_batches(chunk_size=size):
-                yield frame.to_dicts()
+        for frame in self.frames(size):
+            yield frame.to_dicts()

@@ -41,7 +41,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     fsync_dir(final.parent)
 
 
-def write_atomic(final: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(final: Path, write: Callable[[Path], object]) -> None:
     with atomic_path(final) as tmp:
         write(tmp)
 

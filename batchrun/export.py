@@ -1,0 +1,116 @@
+"""Results joined back to the input table: a flat results file, or an imagefolder that
+``datasets.load_dataset("imagefolder", data_dir=...)`` loads with every input column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .errors import InputError, JobError
+from .plan.planner import Planner
+from .plan.reader import Table
+from .sink.files import write_atomic
+from .sink.layout import IMAGES_DIR
+from .sink.manifest import scan_latest
+from .spec import Job, load_job
+
+JOB_POINTER = ".batchrun-job"
+RESULT_COLUMNS = [
+    "request_key",
+    "sample",
+    "seed",
+    "status",
+    "error_kind",
+    "error",
+    "response_text",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "image_path",
+    "image_sha256",
+    "width",
+    "height",
+    "latency_ms",
+    "ttft_ms",
+]
+
+
+def remember_job(job: Job) -> None:
+    """Note which job file wrote this output folder, so ``export OUTPUT`` can find the input."""
+    text = str(job.path.resolve()) + "\n"
+    write_atomic(job.output_dir / JOB_POINTER, lambda tmp: tmp.write_text(text))
+
+
+def job_for(target: str, output: str | None = None) -> Job:
+    """``target`` is a job file, or an output folder that a run has written."""
+    path = Path(target)
+    if path.is_dir():
+        pointer = path / JOB_POINTER
+        if not pointer.is_file():
+            raise JobError(f"{path} is not an output folder of batchrun (no {JOB_POINTER}); pass the job file")
+        job_path = Path(pointer.read_text().strip())
+        if not job_path.is_file():
+            raise JobError(f"the job file that wrote {path} is gone: {job_path}")
+        return load_job(job_path, output=str(path))
+    return load_job(path, output=output)
+
+
+def keyed_input(job: Job) -> pl.DataFrame:
+    """Every input row with the request key of each of its samples (no resume filtering)."""
+    table = Table(job.input)
+    planner = Planner(job)
+    keys: list[str] = []
+    frames: list[pl.DataFrame] = []
+    for frame in table.frames(65_536):
+        indices = []
+        start = planner.counts.rows
+        for request in planner.plan(frame.to_dicts()):
+            keys.append(request.key)
+            indices.append(request.row_index - start)
+        frames.append(frame.select(pl.all().gather(indices)))
+    rows = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+    return rows.with_columns(pl.Series("request_key", keys, dtype=pl.String))
+
+
+def results(job: Job) -> pl.DataFrame:
+    """Input rows (one per request) with the latest result of each; rows not yet done have nulls."""
+    latest = scan_latest(job.output_dir)
+    if latest is None:
+        raise InputError(f"no results in {job.output_dir} yet: run the job first")
+    done = latest.select(RESULT_COLUMNS).collect()
+    inputs = keyed_input(job)
+    clash = [c for c in RESULT_COLUMNS if c in inputs.columns and c != "request_key"]
+    return inputs.rename({c: f"input_{c}" for c in clash}).join(done, on="request_key", how="left")
+
+
+def export_table(job: Job, destination: Path) -> int:
+    frame = results(job)
+    writers: dict[str, Any] = {
+        ".parquet": frame.write_parquet,
+        ".csv": lambda p: frame.select(pl.exclude(pl.List, pl.Struct)).write_csv(p),
+        ".jsonl": frame.write_ndjson,
+    }
+    writer = writers.get(destination.suffix)
+    if writer is None:
+        raise JobError(f"export to .parquet, .csv or .jsonl, not {destination.suffix or 'no extension'}")
+    write_atomic(destination, writer)
+    return frame.height
+
+
+def export_imagefolder(job: Job, fmt: str = "parquet") -> tuple[Path, int]:
+    """``images/metadata.<fmt>`` with ``file_name`` relative to ``images/``; ok rows only."""
+    frame = results(job).filter((pl.col("status") == "ok") & pl.col("image_path").is_not_null())
+    frame = frame.with_columns(pl.col("image_path").str.strip_prefix(f"{IMAGES_DIR}/").alias("file_name")).select(
+        "file_name", pl.exclude("file_name", "image_path", "status", "error_kind", "error")
+    )
+    folder = job.output_dir / IMAGES_DIR
+    if not folder.is_dir():
+        raise InputError(f"no images in {job.output_dir}")
+    destination = folder / f"metadata.{fmt}"
+    if fmt == "parquet":
+        write_atomic(destination, frame.write_parquet)
+    else:
+        write_atomic(destination, frame.write_ndjson)
+    return destination, frame.height

@@ -1,0 +1,186 @@
+"""Text-to-image jobs: whole, checked image files; seeds per sample; the imagefolder export."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from conftest import JobWriter, read_manifest
+from PIL import Image
+
+from batchrun.cli import main
+from batchrun.endpoints.images import OpenAIImageAdapter, RawImageAdapter, check_image
+from batchrun.errors import ExitCode, RetryableError
+from batchrun.plan.planner import Planner
+from batchrun.runner import run_job
+from batchrun.simulator import FaultPlan, Trigger, create_app, render_image
+from batchrun.spec import load_job
+
+HF_IMAGE = 'base_url = "http://sim.test/"\nmodel = "black-forest-labs/FLUX.1-dev"'
+HF_REQUEST = (
+    'inputs = "{{ prompt }}"\n'
+    'parameters = { num_inference_steps = 4, width = 48, height = 32, negative_prompt = "{{ negative }}" }\n'
+    "samples = 2"
+)
+
+
+def prompts(n: int) -> list[dict[str, object]]:
+    return [{"id": i, "prompt": f"a cat, style {i}", "negative": "blurry"} for i in range(n)]
+
+
+def image_job(write_job: JobWriter, n: int, request: str = HF_REQUEST, **kwargs: str) -> Path:
+    return write_job(
+        rows=prompts(n),
+        preset="hf-text-to-image",
+        endpoint=HF_IMAGE,
+        request=request,
+        top='id_column = "id"',
+        limits=kwargs.pop("limits", "concurrency = 8\nmax_retry_wait_s = 0.01"),
+        **kwargs,
+    )
+
+
+@pytest.fixture(autouse=True)
+def hf_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+
+
+def test_check_image_accepts_whole_images_only() -> None:
+    png = render_image("x", width=20, height=10)
+    parsed = check_image(png, "image/png")
+    assert (parsed.mime_type, parsed.width, parsed.height) == ("image/png", 20, 10)
+    with pytest.raises(RetryableError, match="not a valid image"):
+        check_image(png[: len(png) // 2], "image/png")
+    with pytest.raises(RetryableError, match="said image/jpeg but sent image/png"):
+        check_image(png, "image/jpeg")
+    with pytest.raises(RetryableError, match="expected an image, got application/json"):
+        RawImageAdapter().parse({"content-type": "application/json"}, b'{"error": "out of memory"}')
+    with pytest.raises(RetryableError, match="not a valid image"):
+        RawImageAdapter().parse({"content-type": "image/png"}, b'{"error": "x"}')
+    jpeg = render_image("x", fmt="jpeg")
+    assert RawImageAdapter().parse({"content-type": "image/jpeg"}, jpeg).mime_type == "image/jpeg"
+
+
+def test_openai_images_reads_b64_json() -> None:
+    import base64
+
+    png = render_image("y", width=16, height=16)
+    body = json.dumps({"data": [{"b64_json": base64.b64encode(png).decode(), "revised_prompt": "a y"}]}).encode()
+    parsed = OpenAIImageAdapter().parse({}, body)
+    assert (parsed.image, parsed.text, parsed.width) == (png, "a y", 16)
+    with pytest.raises(RetryableError, match="b64_json"):
+        OpenAIImageAdapter().parse({}, b'{"data": [{"url": "https://x"}]}')
+
+
+def test_samples_get_distinct_recorded_seeds(write_job: JobWriter) -> None:
+    job = load_job(image_job(write_job, 1, request=HF_REQUEST.replace("samples = 2", "samples = 4")))
+    first = list(Planner(job).plan(prompts(1)))
+    again = list(Planner(job).plan(prompts(1)))
+    seeds = [r.seed for r in first]
+    assert len(set(seeds)) == 4 and seeds == [r.seed for r in again]
+    assert [json.loads(r.body)["parameters"]["seed"] for r in first] == seeds
+    # a seed from the row is used, plus the sample index
+    seeded = HF_REQUEST.replace("width = 48", 'seed = "{{ id }}", width = 48')
+    job = load_job(image_job(write_job, 1, request=seeded.replace("samples = 2", "samples = 3")))
+    assert [r.seed for r in Planner(job).plan([{"id": 100, "prompt": "p", "negative": ""}])] == [100, 101, 102]
+
+
+@pytest.mark.anyio
+async def test_200_prompts_by_2_samples_give_400_checked_images(write_job: JobWriter, tmp_path: Path) -> None:
+    sim = create_app()
+    job_path = image_job(write_job, 200)
+    summary = await run_job(load_job(job_path), transport=httpx.ASGITransport(app=sim), quiet=True)
+    assert summary.exit_code == ExitCode.OK
+    assert sim.stats.total == 400
+    out = tmp_path / "out"
+    manifest = read_manifest(out)
+    assert manifest.height == 400 and set(manifest["status"]) == {"ok"}
+    assert manifest["seed"].n_unique() == 400
+    files = sorted(out.glob("images/*/*.png"))
+    assert len(files) == 400
+    for row in manifest.iter_rows(named=True):
+        data = (out / row["image_path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["image_sha256"]
+        assert len(data) == row["image_bytes"]
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (row["width"], row["height"]) == (48, 32)
+        assert row["image_path"] == f"images/{row['request_key'][:2]}/{row['request_key']}.png"
+        assert data == render_image(f"a cat, style {row['row_id']}", seed=row["seed"], width=48, height=32)
+    # the request carried the prompt, the parameters and asked for PNG
+    assert not list(out.rglob(".tmp-*"))
+
+    again = await run_job(load_job(job_path), transport=httpx.ASGITransport(app=sim), quiet=True)
+    assert sim.stats.total == 400 and again.exit_code == ExitCode.OK
+
+    assert main(["export", str(out), "--imagefolder"]) == 0
+    meta = pl.read_parquet(out / "images" / "metadata.parquet")
+    assert meta.height == 400
+    assert {"file_name", "prompt", "negative", "id", "seed", "sample", "width"} <= set(meta.columns)
+    assert all((out / "images" / f).is_file() for f in meta["file_name"])
+
+
+@pytest.mark.anyio
+async def test_bad_200s_are_retried_and_never_saved(write_job: JobWriter, tmp_path: Path) -> None:
+    sim = create_app(
+        FaultPlan(
+            triggers=[
+                Trigger("style 1", "truncated", times=1),
+                Trigger("style 2", "wrong_content_type", times=2),
+                Trigger("style 3", "html", times=1),
+            ]
+        )
+    )
+    job_path = image_job(write_job, 4, request=HF_REQUEST.replace("samples = 2", "samples = 1"))
+    summary = await run_job(load_job(job_path), transport=httpx.ASGITransport(app=sim), quiet=True)
+    assert summary.exit_code == ExitCode.OK
+    assert sim.stats.total == 4 + 1 + 2 + 1
+    manifest = read_manifest(tmp_path / "out")
+    assert dict(zip(manifest["row_id"], manifest["attempts"], strict=True)) == {"0": 1, "1": 2, "2": 3, "3": 2}
+    files = list((tmp_path / "out").glob("images/*/*"))
+    assert len(files) == 4
+    for f in files:
+        check_image(f.read_bytes(), "image/png")
+
+
+@pytest.mark.anyio
+async def test_openai_images_preset(write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    sim = create_app()
+    job_path = write_job(
+        rows=prompts(3),
+        preset="openai-images",
+        endpoint='base_url = "http://sim.test"\nmodel = "gpt-image-1"',
+        request='prompt = "{{ prompt }}"\nparams = { size = "40x24" }',
+    )
+    summary = await run_job(load_job(job_path), transport=httpx.ASGITransport(app=sim), quiet=True)
+    assert summary.exit_code == ExitCode.OK
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["width"].to_list() == [40] * 3 and manifest["mime_type"].to_list() == ["image/png"] * 3
+    assert len(list((tmp_path / "out").glob("images/*/*.png"))) == 3
+
+
+def test_imagefolder_loads_with_datasets(write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    import anyio
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    sim = create_app(FaultPlan(triggers=[Trigger("style 5", "400")]))
+    job_path = image_job(write_job, 20)
+
+    async def go() -> ExitCode:
+        summary = await run_job(load_job(job_path), transport=httpx.ASGITransport(app=sim), quiet=True)
+        return summary.exit_code
+
+    assert anyio.run(go) == ExitCode.FAILED_ROWS
+    assert main(["export", str(tmp_path / "out"), "--imagefolder", "--format", "jsonl"]) == 0
+    ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "out" / "images"), split="train")
+    assert ds.num_rows == 38  # 20 prompts x 2 samples, less the two of the failed prompt
+    assert "prompt" in ds.column_names and "style 5" not in " ".join(ds["prompt"])
+    assert ds[0]["image"].size == (48, 32)
