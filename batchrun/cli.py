@@ -10,8 +10,11 @@ from pathlib import Path
 import anyio
 
 from . import __version__
+from .durations import parse_duration
 from .errors import BatchrunError, ExitCode
 from .export import export_imagefolder, export_table, job_for
+from .log import configure as configure_logging
+from .log import event
 from .presets import PRESETS
 from .runner import plan_job, run_job
 from .spec import load_job
@@ -43,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--progress", choices=["auto", "bar", "lines"], default="auto", help="bar on a terminal, lines otherwise"
     )
+    run.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="on SIGINT/SIGTERM or the deadline, how long in-flight requests may finish (default 30s)",
+    )
+    run.add_argument(
+        "--max-runtime",
+        type=parse_duration,
+        metavar="DURATION",
+        help="stop taking new requests after this long (e.g. 50m), then exit 4: resumable",
+    )
+    run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object a line")
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
@@ -112,11 +129,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"stale results    {stale} (from an older version of the job; not reused)")
         return 0
     interactive = {"auto": None, "bar": True, "lines": False}[args.progress]
+    configure_logging(args.log_format)
+    if args.log_format == "json":
+        interactive = False
     summary = anyio.run(
-        lambda: run_job(job, retry_failed=args.retry_failed, interactive=interactive, quiet=args.quiet),
+        lambda: run_job(
+            job,
+            retry_failed=args.retry_failed,
+            interactive=interactive,
+            quiet=args.quiet,
+            grace_s=args.grace,
+            max_runtime_s=args.max_runtime,
+            handle_signals=True,
+        ),
         backend="asyncio",
     )
-    print(summary.line())
+    if args.log_format == "json":
+        event(summary.line(), **summary.fields())
+    else:
+        print(summary.line())
     return int(summary.exit_code)
 
 

@@ -27,6 +27,19 @@ class ExitCode(enum.IntEnum):
     INCOMPLETE = 4
     LOCKED = 5
 
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "every request ok",
+    ExitCode.BAD_JOB: "bad job file, input or usage; nothing was sent",
+    ExitCode.FAILED_ROWS: "finished, some requests failed",
+    ExitCode.INCOMPLETE: "stopped early; run again to resume",
+    ExitCode.LOCKED: "the output folder is locked by another run",
+}
+
 
 class BatchrunError(Exception):
     """Base of every error batchrun raises on purpose."""

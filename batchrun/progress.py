@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from .log import event
 from .models import Result
 
 
@@ -67,7 +68,7 @@ class Progress:
             self._bar.update(self._task, completed=self.done, ok=self.ok, failed=self.failed, rate=f"{self.rate():.1f}")
         elif not self.quiet and time.monotonic() - self._last_line >= self.interval:
             self._last_line = time.monotonic()
-            print(self.line(), file=self.stream, flush=True)
+            event(self.line(), event="progress", done=self.done, total=self.total, ok=self.ok, failed=self.failed)
 
     def line(self) -> str:
         rate = self.rate()

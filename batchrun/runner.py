@@ -6,12 +6,14 @@ Everything that can be checked is checked before the output folder is touched or
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 import httpx
@@ -26,9 +28,10 @@ from .endpoints.base import Adapter
 from .endpoints.chat import ChatAdapter
 from .endpoints.custom import CustomAdapter
 from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
-from .errors import BatchrunError, ExitCode
+from .errors import BatchrunError, ExitCode, SinkError
 from .export import remember_job
-from .models import DoneKeys, Request, Result
+from .log import event
+from .models import Request, Result
 from .plan.planner import PlanCounts, Planner, check_columns
 from .plan.reader import Table
 from .progress import Progress
@@ -53,11 +56,12 @@ class RunSummary:
     previously_failed: int
     elapsed_s: float
     fatal: str | None
+    stopped: str | None
     exit_code: ExitCode
 
     def line(self) -> str:
         c = self.counts
-        if self.ok + self.failed == 0 and self.fatal is None and c.todo == 0:
+        if self.ok + self.failed == 0 and self.fatal is None and self.stopped is None and c.todo == 0:
             text = f"nothing to do: {c.done}/{c.requests - c.shared} done"
         else:
             rate = (self.ok + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -71,7 +75,28 @@ class RunSummary:
             text += f"; {self.stale} results in the manifest belong to an older version of the job"
         if self.fatal:
             text += f"; stopped early: {self.fatal}"
-        return text
+        if self.stopped:
+            text += f"; stopped early ({self.stopped})"
+        return f"{text}; exit {int(self.exit_code)}: {self.exit_code.meaning}"
+
+    def fields(self) -> dict[str, Any]:
+        """The summary as JSON fields, for log collectors."""
+        c = self.counts
+        return {
+            "event": "summary",
+            "run_id": self.run_id,
+            "rows": c.rows,
+            "requests": c.requests,
+            "already_done": c.done,
+            "ok": self.ok,
+            "failed": self.failed,
+            "http_requests": self.sent,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rate_per_s": round((self.ok + self.failed) / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0,
+            "stopped": self.fatal or self.stopped,
+            "exit_code": int(self.exit_code),
+            "exit_meaning": self.exit_code.meaning,
+        }
 
 
 def new_run_id() -> str:
@@ -139,20 +164,22 @@ async def run_job(
     progress_stream: TextIO | None = None,
     interactive: bool | None = None,
     quiet: bool = False,
+    grace_s: float = 30.0,
+    max_runtime_s: float | None = None,
+    handle_signals: bool = False,
 ) -> RunSummary:
+    """Run ``job`` to the end, or until a signal, the deadline or a fatal error stops it."""
     started = time.monotonic()
     table, total_rows = await anyio.to_thread.run_sync(open_input, job)
     run_id = new_run_id()
     try:
         job.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BatchrunError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
+        raise SinkError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
     with OutputLock(job.output_dir, run_id):
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
         await anyio.to_thread.run_sync(remember_job, job)
-        done: DoneKeys = await anyio.to_thread.run_sync(
-            lambda: read_done_keys(job.output_dir, retry_failed=retry_failed)
-        )
+        done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
         planner = Planner(job, done)
         progress = Progress(
             total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
@@ -164,7 +191,6 @@ async def run_job(
             flush_rows=job.sink.flush_rows,
             flush_seconds=job.sink.flush_seconds,
         )
-        secret_values = [job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else []
 
         async def produce(send: MemoryObjectSendStream[Request]) -> None:
             batches = table.batches(BATCH_ROWS)
@@ -174,46 +200,32 @@ async def run_job(
                     await send.send(request)
                 progress.done += planner.counts.done + planner.counts.shared - before
 
-        async with _endpoint_transport(job, transport) as chosen:
-            client = make_client(
-                job.endpoint, concurrency=job.limits.concurrency, timeout_s=job.limits.timeout_s, transport=chosen
-            )
-            async with client:
-                caller = Caller(
-                    client,
-                    make_adapter(job),
-                    policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
-                    limiter=make_limiter(job.limits.requests_per_minute),
-                    cooldown=CoolDown(),
-                    sleep=sleep,
-                    secrets=secret_values,
-                )
-                store = ImageStore(job.output_dir)
-
-                async def call_and_store(request: Request) -> Result:
-                    result = await caller(request)
-                    if result.parsed is not None and result.parsed.image is not None:
-                        result = await anyio.to_thread.run_sync(store.save, result)
-                    return result
-
-                pool = Pool(call_and_store, job.limits.concurrency)
-                results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
-                progress.start()
-                try:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(writer.consume, results_receive, progress.on_result)
+        async with _endpoint_transport(job, transport) as chosen, _client(job, chosen) as client:
+            caller = _caller(job, client, sleep)
+            pool = Pool(_storing(caller, ImageStore(job.output_dir)), job.limits.concurrency)
+            results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
+            progress.start()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(writer.consume, results_receive, progress.on_result, _stop_on(pool))
+                    async with anyio.create_task_group() as watchers:
+                        if handle_signals:
+                            watchers.start_soon(_watch_signals, pool, grace_s)
+                        if max_runtime_s is not None:
+                            watchers.start_soon(_deadline, pool, max_runtime_s - (time.monotonic() - started), grace_s)
                         await pool.run(produce, results_send)
-                finally:
-                    progress.stop()
-        if pool.error is not None:
-            raise pool.error
+                        watchers.cancel_scope.cancel()
+            finally:
+                progress.stop()
+        for error in (writer.error, pool.error):
+            if error is not None:
+                raise error
 
     counts = planner.counts
-    previously_failed = counts.done_failed
-    fatal = str(pool.fatal) if pool.fatal else None
-    if fatal:
+    fatal = f"{job.endpoint.name} ({job.endpoint.url}) answered: {pool.fatal}" if pool.fatal else None
+    if pool.stopped is not None:
         code = ExitCode.INCOMPLETE
-    elif progress.failed or previously_failed:
+    elif progress.failed or counts.done_failed:
         code = ExitCode.FAILED_ROWS
     else:
         code = ExitCode.OK
@@ -224,8 +236,73 @@ async def run_job(
         sent=caller.attempts,
         ok=progress.ok,
         failed=progress.failed,
-        previously_failed=previously_failed,
+        previously_failed=counts.done_failed,
         elapsed_s=time.monotonic() - started,
-        fatal=f"{job.endpoint.name} ({job.endpoint.url}) answered: {fatal}" if fatal else None,
+        fatal=fatal,
+        stopped=None if fatal else pool.stopped,
         exit_code=code,
     )
+
+
+def _client(job: Job, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    return make_client(
+        job.endpoint, concurrency=job.limits.concurrency, timeout_s=job.limits.timeout_s, transport=transport
+    )
+
+
+def _caller(job: Job, client: httpx.AsyncClient, sleep: Sleep) -> Caller:
+    return Caller(
+        client,
+        make_adapter(job),
+        policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
+        limiter=make_limiter(job.limits.requests_per_minute),
+        cooldown=CoolDown(),
+        sleep=sleep,
+        secrets=[job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else [],
+    )
+
+
+def _storing(caller: Caller, store: ImageStore) -> Callable[[Request], Awaitable[Result]]:
+    """Images reach the disk, whole, before their result reaches the manifest."""
+
+    async def call(request: Request) -> Result:
+        result = await caller(request)
+        if result.parsed is not None and result.parsed.image is not None:
+            result = await anyio.to_thread.run_sync(store.save, result)
+        return result
+
+    return call
+
+
+def _stop_on(pool: Pool) -> Callable[[BatchrunError], None]:
+    def stop(error: BatchrunError) -> None:
+        event(f"stopping: {error}", level=logging.ERROR)
+        pool.cancel(str(error))
+
+    return stop
+
+
+async def _watch_signals(pool: Pool, grace_s: float) -> None:
+    """First SIGINT/SIGTERM: no new requests, in-flight ones get ``grace_s``. Second: stop now."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if pool.stopped is None:
+                event(
+                    f"{name}: no new requests; waiting up to {grace_s:g}s for {pool.in_flight} in flight "
+                    "(again to stop at once)",
+                    level=logging.WARNING,
+                    signal=name,
+                )
+                pool.stop(name, grace_s)
+            else:
+                event(
+                    f"{name} again: cancelling {pool.in_flight} requests in flight", level=logging.WARNING, signal=name
+                )
+                pool.cancel(name)
+
+
+async def _deadline(pool: Pool, seconds: float, grace_s: float) -> None:
+    await anyio.sleep(max(0.0, seconds))
+    event(f"max runtime reached: no new requests; waiting up to {grace_s:g}s for {pool.in_flight} in flight")
+    pool.stop("max runtime reached", grace_s)

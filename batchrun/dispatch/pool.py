@@ -2,6 +2,11 @@
 
 Backpressure comes from the stream sizes: a slow endpoint stalls the workers, the workers stall
 the producer, and the input is never read further ahead than a couple of batches.
+
+Stopping is a cancel scope, not a flag to poll: ``stop()`` (first signal, deadline) cancels the
+intake and gives the workers' scope a deadline ``grace`` seconds away, so requests in flight can
+finish; ``cancel()`` (second signal, fatal error) cancels them at once. Results already made
+still reach the sink, which flushes them.
 """
 
 from __future__ import annotations
@@ -20,56 +25,76 @@ Call = Callable[[Request], Awaitable[Result]]
 
 
 class Pool:
-    """Runs ``call`` over everything ``produce`` sends, with ``concurrency`` requests in flight;
-    results go to ``results``. A ``FatalError`` cancels the intake and every worker at once."""
+    """Runs ``call`` over everything ``produce`` sends, with ``concurrency`` requests in flight."""
 
     def __init__(self, call: Call, concurrency: int) -> None:
         self.call = call
         self.concurrency = concurrency
         self.fatal: FatalError | None = None
-        self.error: BatchrunError | None = None  # the intake failed (a row that will not render)
+        self.error: BatchrunError | None = None  # the intake or the sink failed
+        self.stopped: str | None = None  # why the run stopped taking work early
         self.in_flight = 0
+        self._intake = CancelScope()
+        self._work: CancelScope | None = None
 
     async def run(self, produce: Producer, results: MemoryObjectSendStream[Result]) -> None:
         send, receive = anyio.create_memory_object_stream[Request](self.concurrency * 2)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._feed, produce, send, tg.cancel_scope)
+            self._work = tg.cancel_scope
+            tg.start_soon(self._feed, produce, send)
             async with receive, results:
                 for _ in range(self.concurrency):
-                    tg.start_soon(self._worker, receive.clone(), results.clone(), tg.cancel_scope)
+                    tg.start_soon(self._worker, receive.clone(), results.clone())
 
-    async def _feed(self, produce: Producer, send: MemoryObjectSendStream[Request], scope: CancelScope) -> None:
+    def stop(self, reason: str, grace: float) -> None:
+        """Take no new work; cancel what is still in flight ``grace`` seconds from now."""
+        if self.stopped is None:
+            self.stopped = reason
+        self._intake.cancel()
+        if self._work is not None:
+            self._work.deadline = min(self._work.deadline, anyio.current_time() + grace)
+
+    def cancel(self, reason: str) -> None:
+        """Stop at once, in-flight requests included (they are sent again next run)."""
+        if self.stopped is None:
+            self.stopped = reason
+        self._intake.cancel()
+        if self._work is not None:
+            self._work.cancel()
+
+    async def _feed(self, produce: Producer, send: MemoryObjectSendStream[Request]) -> None:
         async with send:
-            try:
-                await produce(send)
-            except BatchrunError as exc:
-                self.error = exc
-                scope.cancel()
+            with self._intake:
+                try:
+                    await produce(send)
+                except BatchrunError as exc:
+                    self.error = exc
+                    self.cancel(str(exc))
 
     async def _worker(
-        self,
-        receive: MemoryObjectReceiveStream[Request],
-        results: MemoryObjectSendStream[Result],
-        scope: CancelScope,
+        self, receive: MemoryObjectReceiveStream[Request], results: MemoryObjectSendStream[Result]
     ) -> None:
         async with receive, results:
             async for request in receive:
+                if self.stopped is not None:
+                    return  # queued, not yet sent: it stays to do
                 self.in_flight += 1
                 try:
                     result = await self.call(request)
                 except FatalError as exc:
-                    if self.fatal is None:
-                        self.fatal = exc
-                    scope.cancel()
+                    self.fatal = self.fatal or exc
+                    self.cancel(f"fatal answer from the endpoint: {exc}")
                     return
                 except BatchrunError as exc:  # the sink cannot write: stop, keep what is flushed
-                    if self.error is None:
-                        self.error = exc
-                    scope.cancel()
+                    self.error = self.error or exc
+                    self.cancel(str(exc))
                     return
                 finally:
                     self.in_flight -= 1
                 await results.send(result)
 
     def __repr__(self) -> str:
-        return f"Pool(concurrency={self.concurrency}, in_flight={self.in_flight}, fatal={self.fatal!r})"
+        return (
+            f"Pool(concurrency={self.concurrency}, in_flight={self.in_flight}, "
+            f"stopped={self.stopped!r}, fatal={self.fatal!r})"
+        )

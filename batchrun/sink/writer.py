@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ class ManifestWriter:
         self.seq = 0
         self.written = 0
         self._last_flush = time.monotonic()
+        self.error: SinkError | None = None
 
     def add(self, result: Result) -> None:
         self.buffer.append(manifest_row(result, endpoint=self.endpoint, run_id=self.run_id))
@@ -64,9 +66,15 @@ class ManifestWriter:
         self.seq += 1
         self.written += len(rows)
 
-    async def consume(self, results: MemoryObjectReceiveStream[Result], on_result: Any = None) -> None:
+    async def consume(
+        self,
+        results: MemoryObjectReceiveStream[Result],
+        on_result: Callable[[Result], None] | None = None,
+        on_error: Callable[[SinkError], None] | None = None,
+    ) -> None:
         """Drain ``results`` until the pool closes it, flushing on size and on time; the final
-        flush is shielded so that a cancelled run still keeps what finished."""
+        flush is shielded so that a cancelled run still keeps what finished. A write that fails
+        is reported once through ``on_error`` (which stops the pool) and kept in ``error``."""
         try:
             async with results:
                 while True:
@@ -78,11 +86,20 @@ class ManifestWriter:
                         self.add(result)
                         if on_result is not None:
                             on_result(result)
-                    if self.due():
-                        await anyio.to_thread.run_sync(self.flush)
+                    if self.due() and self.error is None:
+                        await self._flush_reporting(on_error)
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.flush)
+            with anyio.move_on_after(60, shield=True):
+                if self.error is None:
+                    await self._flush_reporting(on_error)
+
+    async def _flush_reporting(self, on_error: Callable[[SinkError], None] | None) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.flush)
+        except SinkError as exc:
+            self.error = exc
+            if on_error is not None:
+                on_error(exc)
 
     def __repr__(self) -> str:
         return f"ManifestWriter(buffered={len(self.buffer)}, parts={self.seq}, written={self.written})"
