@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from rich.console import Console
@@ -36,6 +37,7 @@ class Progress:
         self.interval = interval
         self._start = time.monotonic()
         self._last_line = self._start
+        self.notes: Callable[[], str] = lambda: ""  # e.g. the adaptive rate, when it has cut
         self._bar: RichProgress | None = None
         self._task: TaskID | None = None
 
@@ -48,10 +50,13 @@ class Progress:
             MofNCompleteColumn(),
             TextColumn("ok {task.fields[ok]}  failed {task.fields[failed]}  {task.fields[rate]}/s"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[notes]}"),
             console=Console(file=self.stream),
             transient=False,
         )
-        self._task = self._bar.add_task("requests", total=self.total, completed=self.done, ok=0, failed=0, rate=0)
+        self._task = self._bar.add_task(
+            "requests", total=self.total, completed=self.done, ok=0, failed=0, rate=0, notes=""
+        )
         self._bar.start()
 
     def rate(self) -> float:
@@ -74,7 +79,9 @@ class Progress:
         rate = self.rate()
         left = max(0, self.total - self.done)
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        return f"progress: {self.done}/{self.total} done, ok {self.ok}, failed {self.failed}, {rate:.1f}/s, eta {eta}"
+        notes = self.notes()
+        line = f"progress: {self.done}/{self.total} done, ok {self.ok}, failed {self.failed}, {rate:.1f}/s, eta {eta}"
+        return f"{line}; {notes}" if notes else line
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -19,9 +19,10 @@ import anyio
 import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import make_client, redirect_transport
-from .dispatch.limits import CoolDown, Sleep, make_limiter
+from .dispatch.limits import CoolDown, Sleep, TokenBudget
 from .dispatch.pool import Pool
 from .dispatch.retry import RetryPolicy
 from .endpoints.base import Adapter
@@ -101,6 +102,15 @@ class RunSummary:
 
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def completion_cap(job: Job) -> int:
+    """The most tokens one answer may take, from the job's own parameters (0 when unknown)."""
+    params = {**job.request.params, **(job.request.parameters or {})}
+    for name in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
+        if isinstance(params.get(name), int):
+            return int(params[name])
+    return 0
 
 
 def make_adapter(job: Job) -> Adapter:
@@ -202,6 +212,7 @@ async def run_job(
 
         async with _endpoint_transport(job, transport) as chosen, _client(job, chosen) as client:
             caller = _caller(job, client, sleep)
+            progress.notes = caller.rate.describe
             pool = Pool(_storing(caller, ImageStore(job.output_dir)), job.limits.concurrency)
             results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
             progress.start()
@@ -255,7 +266,9 @@ def _caller(job: Job, client: httpx.AsyncClient, sleep: Sleep) -> Caller:
         client,
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
-        limiter=make_limiter(job.limits.requests_per_minute),
+        rate=AdaptiveRate(job.limits.requests_per_minute),
+        tokens=TokenBudget(job.limits.tokens_per_minute) if job.limits.tokens_per_minute else None,
+        completion_tokens=completion_cap(job),
         cooldown=CoolDown(),
         sleep=sleep,
         secrets=[job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else [],

@@ -54,6 +54,7 @@ class RequestSection(_Strict):
 class LimitsSection(_Strict):
     concurrency: int = Field(default=16, ge=1, le=10_000)
     requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
     max_attempts: int = Field(default=6, ge=1, le=100)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retry_wait_s: float = Field(default=120.0, gt=0)

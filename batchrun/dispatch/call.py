@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import cast
 
 import anyio
 import httpx
-from aiolimiter import AsyncLimiter
 
-from ..endpoints.base import Adapter, StreamingAdapter, classify
+from ..endpoints.base import Adapter, StreamingAdapter, classify, exhausted_quota_wait
 from ..errors import FatalError, PermanentError, RequestError, RetryableError
+from ..log import event
 from ..models import Parsed, Request, Result
-from .limits import CoolDown, Sleep
+from .adaptive import AdaptiveRate
+from .limits import CoolDown, Sleep, TokenBudget
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
 
@@ -52,7 +54,9 @@ class Caller:
         adapter: Adapter,
         *,
         policy: RetryPolicy,
-        limiter: AsyncLimiter | None = None,
+        rate: AdaptiveRate | None = None,
+        tokens: TokenBudget | None = None,
+        completion_tokens: int = 0,
         cooldown: CoolDown | None = None,
         sleep: Sleep = anyio.sleep,
         secrets: Sequence[str] = (),
@@ -60,7 +64,9 @@ class Caller:
         self.client = client
         self.adapter = adapter
         self.policy = policy
-        self.limiter = limiter
+        self.rate = rate or AdaptiveRate(None)
+        self.tokens = tokens
+        self.completion_tokens = completion_tokens  # the cap, for the tokens-per-minute estimate
         self.cooldown = cooldown or CoolDown()
         self.sleep = sleep
         self.secrets = tuple(secrets)
@@ -91,8 +97,9 @@ class Caller:
     async def _attempt(self, request: Request) -> tuple[Parsed, float]:
         """One HTTP exchange, after the cool-down and the limiter; returns the answer and its latency."""
         await self.cooldown.wait(self.sleep)
-        if self.limiter is not None:
-            await self.limiter.acquire()
+        if self.tokens is not None:
+            await self.tokens.take(len(request.body) / 4 + self.completion_tokens)
+        await self.rate.acquire()
         self.attempts += 1
         started = time.perf_counter()
         parsed = await self._exchange(request, started)
@@ -104,11 +111,17 @@ class Caller:
                 self.client.build_request(request.method, request.url, content=request.body), stream=True
             )
             try:
+                quota_wait = exhausted_quota_wait(response.headers)
+                if quota_wait:
+                    self.cooldown.pause(min(quota_wait, self.policy.max_wait))
                 if not response.is_success:
                     error = classify(response.status_code, response.headers, await response.aread())
+                    if error.http_status == 429 and self.rate.on_throttled():
+                        event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
                     if error.http_status in (429, 503) and error.retry_after:
                         self.cooldown.pause(min(error.retry_after, self.policy.max_wait))
                     raise error
+                self.rate.on_success()
                 if self.adapter.streaming and is_event_stream(response):
                     assembler = cast(StreamingAdapter, self.adapter).new_stream()
                     return await read_event_stream(response, assembler, started)

@@ -10,14 +10,34 @@ from aiolimiter import AsyncLimiter
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def make_limiter(requests_per_minute: float | None) -> AsyncLimiter | None:
-    """A smooth limiter: 600/min becomes 10 per second, not a burst of 600 at once."""
-    if requests_per_minute is None:
-        return None
-    per_second = requests_per_minute / 60
-    if per_second >= 1:
-        return AsyncLimiter(per_second, 1)
-    return AsyncLimiter(1, 60 / requests_per_minute)
+def smooth_limiter(per_minute: float) -> AsyncLimiter:
+    """At most ``per_minute`` requests in any 60-second window, and no burst: the bucket holds
+    ~2% of a second's share (one request at 3000/min), so 3000/min is 50 a second, never 100.
+
+    (``AsyncLimiter(3000, 60)`` would let 3000 out at once; even ``AsyncLimiter(50, 1)`` lets
+    nearly 100 into one second: a full bucket plus what drips in.)"""
+    burst = max(1.0, per_minute / 60 / 50)
+    rate_per_minute = max(per_minute - burst, per_minute / 2)
+    return AsyncLimiter(burst, burst * 60 / rate_per_minute)
+
+
+class TokenBudget:
+    """``tokens_per_minute``: each request takes its estimated tokens (prompt bytes / 4 plus the
+    completion cap) from a small bucket that refills at the job's rate."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = anyio.current_time) -> None:
+        self.per_minute = per_minute
+        self.capacity = max(1.0, per_minute / 60)
+        rate = max(per_minute - self.capacity, per_minute / 2)
+        self._limiter = AsyncLimiter(self.capacity, self.capacity * 60 / rate)
+
+    async def take(self, tokens: float) -> None:
+        """Wait for ``tokens``; a request bigger than the bucket takes all of it."""
+        remaining = tokens
+        while remaining > 0:
+            amount = min(remaining, self.capacity)
+            await self._limiter.acquire(amount)
+            remaining -= amount
 
 
 class CoolDown:

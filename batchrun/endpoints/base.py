@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -80,6 +81,37 @@ def parse_retry_after(headers: Mapping[str, str], content: bytes = b"", now: flo
         if isinstance(estimated, int | float):
             return max(0.0, float(estimated))
     return None
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_reset(value: str | None) -> float | None:
+    """OpenAI's ``x-ratelimit-reset-*`` values: Go durations (``"12ms"``, ``"6m0s"``) or seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _GO_DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def exhausted_quota_wait(headers: Mapping[str, str]) -> float | None:
+    """When the endpoint says no requests (or tokens) remain in its window, how long until reset."""
+    waits = []
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if remaining is not None and remaining.strip() == "0":
+            reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
+            if reset is not None:
+                waits.append(reset)
+    return max(waits) if waits else None
 
 
 def error_excerpt(content: bytes) -> str:

@@ -1,0 +1,88 @@
+"""Adaptive request rate (AIMD): halve the rate when the endpoint answers 429, raise it slowly
+while requests succeed, never above the job's ``requests_per_minute``.
+
+Without a configured rate the first 429 sets one from the offered load of the last second;
+once the rate climbs well past what is actually sent, the limiter steps aside again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+from aiolimiter import AsyncLimiter
+
+from .limits import smooth_limiter
+
+MIN_PER_MINUTE = 6.0  # one request every 10 s: the floor of any cut
+CUT = 0.5
+RAISE_FRACTION = 0.05  # of the rate at the last cut, per second of success
+HOLD_S = 2.0  # no raise this soon after a cut
+
+
+class AdaptiveRate:
+    def __init__(self, ceiling_per_minute: float | None, clock: Callable[[], float] = anyio.current_time) -> None:
+        self.ceiling = ceiling_per_minute
+        self.per_minute = ceiling_per_minute  # None: unlimited
+        self.cuts = 0
+        self._clock = clock
+        self._limiter: AsyncLimiter | None = smooth_limiter(ceiling_per_minute) if ceiling_per_minute else None
+        self._last_cut = -1e9
+        self._last_raise = clock()
+        self._step = 0.0
+        self._second = int(clock())
+        self._sent_this_second = 0
+        self._sent_last_second = 0
+
+    async def acquire(self) -> None:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        second = int(self._clock())
+        if second != self._second:
+            self._sent_last_second = self._sent_this_second if second == self._second + 1 else 0
+            self._second, self._sent_this_second = second, 0
+        self._sent_this_second += 1
+
+    def offered_per_minute(self) -> float:
+        return 60.0 * max(self._sent_last_second, self._sent_this_second)
+
+    def on_throttled(self) -> bool:
+        """A 429: cut once per second at most (not once per worker told). True when it cut."""
+        now = self._clock()
+        if now - self._last_cut < 1.0:
+            return False
+        current = self.per_minute if self.per_minute is not None else self.offered_per_minute()
+        self._set(max(MIN_PER_MINUTE, current * CUT))
+        self._step = max(MIN_PER_MINUTE, (self.per_minute or 0) * RAISE_FRACTION)
+        self._last_cut = now
+        self.cuts += 1
+        return True
+
+    def on_success(self) -> None:
+        if self.per_minute is None or self.per_minute == self.ceiling:
+            return
+        now = self._clock()
+        if now - self._last_cut < HOLD_S or now - self._last_raise < 1.0:
+            return
+        self._last_raise = now
+        raised = self.per_minute + self._step
+        if self.ceiling is not None:
+            self._set(min(self.ceiling, raised))
+        elif raised > 2 * max(self.offered_per_minute(), MIN_PER_MINUTE):
+            self._set(None)  # the limit no longer binds: step aside
+        else:
+            self._set(raised)
+
+    def _set(self, per_minute: float | None) -> None:
+        if per_minute != self.per_minute:
+            self.per_minute = per_minute
+            self._limiter = smooth_limiter(per_minute) if per_minute else None
+
+    def describe(self) -> str:
+        if not self.cuts:
+            return ""
+        rate = "unlimited" if self.per_minute is None else f"{self.per_minute:.0f}/min"
+        return f"adaptive rate {rate} after {self.cuts} cut(s) on 429"
+
+    def __repr__(self) -> str:
+        return f"AdaptiveRate(per_minute={self.per_minute}, ceiling={self.ceiling}, cuts={self.cuts})"
