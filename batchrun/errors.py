@@ -86,9 +86,11 @@ class RequestError(BatchrunError):
         http_status: int | None = None,
         retry_after: float | None = None,
         request_id: str | None = None,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.unreachable = unreachable  # no such endpoint: a 404, a name that does not resolve, refused
         self.http_status = http_status
         self.retry_after = retry_after
         self.request_id = request_id

@@ -116,4 +116,4 @@ def test_python_dash_m_and_a_failing_endpoint(write_job: JobWriter, tmp_path: Pa
     assert "2 failed" in proc.stdout
     manifest = read_manifest(tmp_path / "out")
     assert manifest["error_kind"].to_list() == ["retryable_exhausted"] * 2
-    assert all("ConnectError" in e for e in manifest["error"])
+    assert all("cannot connect to http://127.0.0.1:9/v1/chat/completions" in e for e in manifest["error"])

@@ -223,3 +223,37 @@ async def test_200_with_html_body_is_retried(write_job: JobWriter, endpoint: Scr
     summary = await run(write_job(rows=questions(1)), endpoint)
     assert summary.exit_code == ExitCode.OK
     assert read_manifest(tmp_path / "out")["attempts"].to_list() == [2]
+
+
+async def test_404_on_every_request_stops_the_job(write_job: JobWriter, endpoint: ScriptedEndpoint) -> None:
+    endpoint.script = [httpx.Response(404, text="Not Found")] * 1000
+    summary = await run(write_job(rows=questions(300), limits="concurrency = 4"), endpoint)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    assert endpoint.count <= 10 + 4
+    assert summary.fatal is not None and "in a row failed (none succeeded yet)" in summary.fatal
+    assert "HTTP 404" in summary.fatal
+
+
+async def test_404_for_some_rows_among_successes_is_per_row(write_job: JobWriter, endpoint: ScriptedEndpoint) -> None:
+    for i in range(0, 60, 2):
+        endpoint.by_prompt[f"what is {i}?"] = [httpx.Response(404, json={"error": "no such model"})]
+    summary = await run(write_job(rows=questions(60), limits="concurrency = 1"), endpoint)
+    assert summary.exit_code == ExitCode.FAILED_ROWS
+    assert (summary.ok, summary.failed) == (30, 30)
+
+
+def test_unresolvable_host_stops_the_job_with_one_line(write_job: JobWriter, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    job = write_job(
+        rows=questions(200),
+        endpoint='base_url = "http://no-such-host.invalid"\nmodel = "m"',
+        limits="concurrency = 8\nmax_retry_wait_s = 0.01",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "run", str(job), "-q"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 4, proc.stderr
+    assert "stopped early: openai-compatible (http://no-such-host.invalid/v1/chat/completions)" in proc.stdout
+    assert "cannot connect" in proc.stdout

@@ -16,6 +16,7 @@ from ..errors import FatalError, PermanentError, RequestError, RetryableError
 from ..log import event
 from ..models import Parsed, Request, Result
 from .adaptive import AdaptiveRate
+from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenBudget
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
@@ -31,6 +32,8 @@ def transport_errors(url: str) -> Iterator[None]:
         raise RetryableError(f"timed out ({type(exc).__name__})") from None
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         raise FatalError(f"bad URL {url}: {exc}") from None
+    except httpx.ConnectError as exc:
+        raise RetryableError(f"cannot connect to {url}: {exc or 'connection failed'}", unreachable=True) from None
     except httpx.TransportError as exc:
         raise RetryableError(f"{type(exc).__name__}: {exc or 'connection lost'}") from None
     except httpx.StreamError as exc:
@@ -57,6 +60,7 @@ class Caller:
         rate: AdaptiveRate | None = None,
         tokens: TokenBudget | None = None,
         completion_tokens: int = 0,
+        health: EndpointHealth | None = None,
         cooldown: CoolDown | None = None,
         sleep: Sleep = anyio.sleep,
         secrets: Sequence[str] = (),
@@ -65,6 +69,7 @@ class Caller:
         self.adapter = adapter
         self.policy = policy
         self.rate = rate or AdaptiveRate(None)
+        self.health = health or EndpointHealth()
         self.tokens = tokens
         self.completion_tokens = completion_tokens  # the cap, for the tokens-per-minute estimate
         self.cooldown = cooldown or CoolDown()
@@ -102,7 +107,15 @@ class Caller:
         await self.rate.acquire()
         self.attempts += 1
         started = time.perf_counter()
-        parsed = await self._exchange(request, started)
+        try:
+            parsed = await self._exchange(request, started)
+        except RequestError as exc:
+            if not exc.unreachable:
+                self.health.answered()
+            elif fatal := self.health.failed(exc):
+                raise fatal from None
+            raise
+        self.health.succeeded()
         return parsed, (time.perf_counter() - started) * 1000
 
     async def _exchange(self, request: Request, started: float) -> Parsed:

@@ -45,6 +45,7 @@ def classify(status: int, headers: Mapping[str, str], content: bytes) -> Request
         "http_status": status,
         "retry_after": parse_retry_after(headers, content),
         "request_id": headers.get("x-request-id"),
+        "unreachable": status == 404,
     }
     if status in FATAL_STATUS:
         return FatalError(message, **context)
