@@ -29,11 +29,11 @@ from .endpoints.base import Adapter
 from .endpoints.chat import ChatAdapter
 from .endpoints.custom import CustomAdapter
 from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
-from .errors import BatchrunError, ExitCode, SinkError
+from .errors import BatchrunError, ExitCode, InputError, SinkError
 from .export import remember_job
 from .log import event
 from .models import Request, Result
-from .plan.planner import PlanCounts, Planner, check_columns
+from .plan.planner import PlanCounts, Planner, check_columns, prompt_columns
 from .plan.reader import Table
 from .progress import Progress
 from .sink.files import remove_temp_files
@@ -70,6 +70,8 @@ class RunSummary:
                 f"finished {self.ok + self.failed} requests ({self.ok} ok, {self.failed} failed) in "
                 f"{self.elapsed_s:.1f}s, {rate:.1f}/s; {c.done} were already done; {self.sent} HTTP requests sent"
             )
+        if c.skipped:
+            text += f"; {c.skipped} rows skipped (empty prompt)"
         if self.previously_failed:
             text += f"; {self.previously_failed} failed in earlier runs (--retry-failed sends them again)"
         if self.stale:
@@ -129,7 +131,15 @@ def open_input(job: Job) -> tuple[Table, int]:
     """Read the table's shape and render its first row: a bad input or template fails here."""
     table = Table(job.input)
     check_columns(job, table.columns)
-    rows = table.count_rows()
+    columns = prompt_columns(job)
+    stats = table.inspect(columns)
+    if stats.empty_prompts and job.empty_prompts == "error":
+        raise InputError(
+            f"input {job.input}: {stats.empty_prompts} rows have an empty prompt (column "
+            f"{', '.join(sorted(columns))}; the first is row {stats.first_empty}); "
+            'set empty_prompts = "skip" in the job to skip them'
+        )
+    rows = stats.rows
     first = next(table.batches(1))
     list(Planner(job).plan(first[:1]))
     make_adapter(job)
@@ -205,10 +215,13 @@ async def run_job(
         async def produce(send: MemoryObjectSendStream[Request]) -> None:
             batches = table.batches(BATCH_ROWS)
             while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
-                before = planner.counts.done + planner.counts.shared
+                before = planner.counts.done + planner.counts.shared + planner.counts.skipped
                 for request in planner.plan(batch):
                     await send.send(request)
-                progress.done += planner.counts.done + planner.counts.shared - before
+                progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
+                while planner.skipped_rows:
+                    index, row_id = planner.skipped_rows.pop(0)
+                    event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
 
         async with _endpoint_transport(job, transport) as chosen, _client(job, chosen) as client:
             caller = _caller(job, client, sleep)

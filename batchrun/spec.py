@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -72,6 +72,7 @@ class JobFile(_Strict):
     id_column: str | None = None
     output: str | None = None
     dedupe: bool = False
+    empty_prompts: Literal["error", "skip"] = "error"
     endpoint: EndpointSection
     request: RequestSection = Field(default_factory=RequestSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
@@ -105,6 +106,7 @@ class Job:
     id_column: str | None
     output_dir: Path
     dedupe: bool
+    empty_prompts: str
     endpoint: Endpoint
     request: RequestSection
     limits: LimitsSection
@@ -154,6 +156,7 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any) -> Job:
         id_column=jf.id_column,
         output_dir=out,
         dedupe=jf.dedupe,
+        empty_prompts=jf.empty_prompts,
         endpoint=endpoint,
         request=jf.request,
         limits=jf.limits,

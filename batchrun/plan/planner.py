@@ -32,6 +32,7 @@ class PlanCounts:
     shared: int = 0  # requests answered by an identical earlier one (dedupe)
     done: int = 0  # already in the manifest
     done_failed: int = 0  # of which failed for good in an earlier run
+    skipped: int = 0  # rows with an empty prompt, when the job says to skip them
     todo: int = 0
 
 
@@ -46,6 +47,32 @@ def job_body_template(job: Job) -> Any:
     if req.body is not None:
         return req.body
     return hf_serverless_body(req.inputs if req.inputs is not None else req.prompt, req.parameters)
+
+
+def prompt_template(job: Job) -> Any:
+    """The template of the prompt itself (not the system text or the options): the part that must
+    not be empty. None for custom bodies, where batchrun cannot tell which part is the prompt."""
+    req, fmt = job.request, job.endpoint.format
+    if fmt == "chat":
+        if req.prompt is not None:
+            return req.prompt
+        return [m.get("content") for m in req.messages or () if m.get("role") == "user"]
+    if fmt in ("image-hf", "image-openai") or job.endpoint.preset == "hf-serverless":
+        return req.inputs if req.inputs is not None else req.prompt
+    return None
+
+
+def prompt_columns(job: Job) -> set[str]:
+    names: set[str] = set()
+    for found in referenced_names(prompt_template(job), "prompt").values():
+        names |= found
+    return names - {"row"}
+
+
+def _is_empty(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_is_empty(v) for v in value)
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def check_columns(job: Job, columns: Iterable[str]) -> None:
@@ -132,6 +159,11 @@ class Planner:
         self.stream_suffix = _stream_suffix(job)
         self.seeded = job.endpoint.format == "image-hf"
         self.counts = PlanCounts()
+        template = prompt_template(job)
+        self.render_prompt = (
+            compile_template(template, "prompt") if job.empty_prompts == "skip" and template is not None else None
+        )
+        self.skipped_rows: list[tuple[int, str | None]] = []  # the first few, for the log
         self._seen: dict[bytes, int] = {}
         self._done_seen: set[str] = set()
 
@@ -142,6 +174,11 @@ class Planner:
             index = counts.rows
             counts.rows += 1
             context = {**row, "row": row}
+            if self.render_prompt is not None and _is_empty(self.render_prompt(context)):
+                counts.skipped += 1
+                if counts.skipped <= 20:
+                    self.skipped_rows.append((index, None if self.id_column is None else str(row.get(self.id_column))))
+                continue
             rendered = self.render_body(context)
             if self.chat:
                 _text_contents(rendered)

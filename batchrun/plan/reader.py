@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,18 @@ def input_errors(source: str) -> Iterator[None]:
         yield
     except pl.exceptions.PolarsError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "utf-8" in reason or "utf8" in reason:
+            reason += " (is the file saved as UTF-8?)"
         raise InputError(f"cannot read input {source}: {reason}") from None
     except OSError as exc:
         raise InputError(f"cannot read input {source}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TableStats:
+    rows: int
+    empty_prompts: int = 0
+    first_empty: int | None = None
 
 
 class Table:
@@ -58,13 +68,21 @@ class Table:
                 self.frame = pl.scan_ndjson(source, infer_schema_length=10_000)
             self.columns: list[str] = self.frame.collect_schema().names()
 
-    def count_rows(self) -> int:
-        """Rows in the table; raises ``InputError`` for an empty one, since that is never intended."""
+    def inspect(self, prompt_columns: Iterable[str] = ()) -> TableStats:
+        """One pass over the whole table before anything is sent: it parses every field (a ragged
+        row, a broken quote or bytes that are not UTF-8 fail here, not mid-run), counts the rows
+        and finds rows whose prompt columns are null or empty."""
+        columns = [c for c in prompt_columns if c in self.columns]
+        exprs = [pl.len().alias("__rows"), pl.all().null_count()]
+        if columns:
+            empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns])
+            exprs += [empty.sum().alias("__empty"), pl.int_range(pl.len()).filter(empty).first().alias("__first")]
         with input_errors(self.source):
-            n = int(self.frame.select(pl.len()).collect().item())
-        if n == 0:
+            stats = self.frame.select(exprs).collect().row(0, named=True)
+        rows = int(stats["__rows"])
+        if rows == 0:
             raise InputError(f"input {self.source}: the table has no rows")
-        return n
+        return TableStats(rows=rows, empty_prompts=int(stats.get("__empty") or 0), first_empty=stats.get("__first"))
 
     def frames(self, size: int) -> Iterator[pl.DataFrame]:
         """The table, ``size`` rows at a time, in input order."""
