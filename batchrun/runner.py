@@ -29,7 +29,7 @@ from .endpoints.base import Adapter
 from .endpoints.chat import ChatAdapter
 from .endpoints.custom import CustomAdapter
 from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
-from .errors import BatchrunError, ExitCode, InputError, SinkError
+from .errors import BatchrunError, ExitCode, InputError, JobError
 from .export import remember_job
 from .log import event
 from .models import Request, Result
@@ -59,6 +59,7 @@ class RunSummary:
     fatal: str | None
     stopped: str | None
     exit_code: ExitCode
+    notes: str = ""  # e.g. how the adaptive rate ended
 
     def line(self) -> str:
         c = self.counts
@@ -72,6 +73,8 @@ class RunSummary:
             )
         if c.skipped:
             text += f"; {c.skipped} rows skipped (empty prompt)"
+        if self.notes:
+            text += f"; {self.notes}"
         if self.previously_failed:
             text += f"; {self.previously_failed} failed in earlier runs (--retry-failed sends them again)"
         if self.stale:
@@ -195,7 +198,7 @@ async def run_job(
     try:
         job.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SinkError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
+        raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
     with OutputLock(job.output_dir, run_id):
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
         await anyio.to_thread.run_sync(remember_job, job)
@@ -265,6 +268,7 @@ async def run_job(
         fatal=fatal,
         stopped=None if fatal else pool.stopped,
         exit_code=code,
+        notes=caller.rate.describe(),
     )
 
 

@@ -221,3 +221,60 @@ def test_input_values_never_make_paths(write_job: JobWriter, tmp_path: Path, mon
     manifest = pl.read_parquet(out / "manifest")
     assert sorted(manifest["row_id"]) == sorted(nasty)
     assert json.loads(json.dumps(manifest["image_path"].to_list()))[0].startswith("images/")
+
+
+def test_output_folder_that_cannot_be_made(
+    write_job: JobWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job(rows=questions(3), endpoint='base_url = "http://127.0.0.1:9"\nmodel = "m"')
+    assert main(["run", str(job), "--output", str(tmp_path / "input.parquet" / "out")]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_full_disk_stops_cleanly_and_keeps_what_was_flushed(
+    write_job: JobWriter,
+    endpoint: object,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import errno
+
+    from conftest import ScriptedEndpoint
+
+    import batchrun.sink.writer as writer_module
+
+    scripted = ScriptedEndpoint()
+    real_write_part = writer_module.write_part
+    calls = {"n": 0}
+
+    def filling_disk(folder: Path, name: str, rows: list[dict[str, object]]) -> Path:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_part(folder, name, rows)
+
+    monkeypatch.setattr(writer_module, "write_part", filling_disk)
+    monkeypatch.setattr("batchrun.cli.run_job", _with_transport(scripted))
+    job = write_job(rows=questions(100), top="[sink]\nflush_rows = 10", limits="concurrency = 1")
+    assert main(["run", str(job), "-q"]) == 4
+    assert "cannot write the manifest" in capsys.readouterr().err and "disk is full"
+    kept = pl.read_parquet(tmp_path / "out" / "manifest")
+    assert kept.height == 20 and set(kept["status"]) == {"ok"}
+    assert not list((tmp_path / "out").rglob(".tmp-*"))
+
+    monkeypatch.setattr(writer_module, "write_part", real_write_part)
+    sent = scripted.count
+    assert main(["run", str(job), "-q"]) == 0
+    assert pl.read_parquet(tmp_path / "out" / "manifest").height == 100
+    assert scripted.count == sent + 80
+
+
+def _with_transport(endpoint: object) -> object:
+    from batchrun import runner
+
+    async def run(job: object, **kwargs: object) -> object:
+        kwargs.pop("handle_signals", None)
+        return await runner.run_job(job, transport=endpoint.transport(), **kwargs)  # type: ignore[arg-type, attr-defined]
+
+    return run

@@ -7,6 +7,7 @@ once the rate climbs well past what is actually sent, the limiter steps aside ag
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import anyio
@@ -18,6 +19,9 @@ MIN_PER_MINUTE = 6.0  # one request every 10 s: the floor of any cut
 CUT = 0.5
 RAISE_FRACTION = 0.05  # of the rate at the last cut, per second of success
 HOLD_S = 2.0  # no raise this soon after a cut
+SETTLE_S = 1.0  # 429s for requests sent this soon after a cut do not cut again
+WINDOW_S = 2.0  # the offered load is measured over this long
+MIN_SPAN_S = 0.05
 
 
 class AdaptiveRate:
@@ -30,26 +34,33 @@ class AdaptiveRate:
         self._last_cut = -1e9
         self._last_raise = clock()
         self._step = 0.0
-        self._second = int(clock())
-        self._sent_this_second = 0
-        self._sent_last_second = 0
+        self._sent: deque[float] = deque()  # send times within the last WINDOW_S
 
-    async def acquire(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
-        second = int(self._clock())
-        if second != self._second:
-            self._sent_last_second = self._sent_this_second if second == self._second + 1 else 0
-            self._second, self._sent_this_second = second, 0
-        self._sent_this_second += 1
+    async def acquire(self) -> float:
+        """Wait for a slot; returns the send time, to tell later which rate a 429 answered."""
+        while (limiter := self._limiter) is not None:
+            await limiter.acquire()
+            if limiter is self._limiter:
+                break  # else the rate changed while we waited: queue again at the new one
+        now = self._clock()
+        self._sent.append(now)
+        while now - self._sent[0] > WINDOW_S:
+            self._sent.popleft()
+        return now
 
     def offered_per_minute(self) -> float:
-        return 60.0 * max(self._sent_last_second, self._sent_this_second)
+        """Requests sent per minute over the last two seconds (or the time since the first)."""
+        if not self._sent:
+            return 0.0
+        span = max(self._clock() - self._sent[0], MIN_SPAN_S)
+        return 60.0 * len(self._sent) / span
 
-    def on_throttled(self) -> bool:
-        """A 429: cut once per second at most (not once per worker told). True when it cut."""
+    def on_throttled(self, sent_at: float) -> bool:
+        """A 429 for a request sent at ``sent_at``: cut, unless that request left before the last
+        cut had time to show (a burst of 429s from many workers is one cut, not thirty: the server
+        still counts what came before the cut for a while). True when it cut."""
         now = self._clock()
-        if now - self._last_cut < 1.0:
+        if sent_at <= self._last_cut + SETTLE_S:
             return False
         current = self.per_minute if self.per_minute is not None else self.offered_per_minute()
         self._set(max(MIN_PER_MINUTE, current * CUT))

@@ -104,11 +104,11 @@ class Caller:
         await self.cooldown.wait(self.sleep)
         if self.tokens is not None:
             await self.tokens.take(len(request.body) / 4 + self.completion_tokens)
-        await self.rate.acquire()
+        sent_at = await self.rate.acquire()
         self.attempts += 1
         started = time.perf_counter()
         try:
-            parsed = await self._exchange(request, started)
+            parsed = await self._exchange(request, started, sent_at)
         except RequestError as exc:
             if not exc.unreachable:
                 self.health.answered()
@@ -118,7 +118,7 @@ class Caller:
         self.health.succeeded()
         return parsed, (time.perf_counter() - started) * 1000
 
-    async def _exchange(self, request: Request, started: float) -> Parsed:
+    async def _exchange(self, request: Request, started: float, sent_at: float) -> Parsed:
         with transport_errors(request.url):
             response = await self.client.send(
                 self.client.build_request(request.method, request.url, content=request.body), stream=True
@@ -129,7 +129,7 @@ class Caller:
                     self.cooldown.pause(min(quota_wait, self.policy.max_wait))
                 if not response.is_success:
                     error = classify(response.status_code, response.headers, await response.aread())
-                    if error.http_status == 429 and self.rate.on_throttled():
+                    if error.http_status == 429 and self.rate.on_throttled(sent_at):
                         event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
                     if error.http_status in (429, 503) and error.retry_after:
                         self.cooldown.pause(min(error.retry_after, self.policy.max_wait))
