@@ -205,3 +205,28 @@ async def test_midstream_error_and_reset_are_retried(write_job: JobWriter, tmp_p
     attempts = dict(zip(manifest["row_id"], manifest["attempts"], strict=True))
     assert (attempts["q3"], attempts["q5"], attempts["q0"]) == (3, 2, 1)
     assert manifest.filter(pl.col("row_id") == "q3")["response_text"][0].endswith("what is 3?")
+
+
+@pytest.mark.anyio
+async def test_timeout_bounds_the_silence_between_chunks_not_the_stream(write_job: JobWriter, tmp_path: Path) -> None:
+    long_question = " ".join(f"word{i}" for i in range(60))  # about 22 chunks of 3 words
+    sim = create_app(FaultPlan(chunk_delay_ms=100))
+    async with serve(sim) as url:
+        job = write_job(
+            rows=[{"id": "long", "question": long_question}],
+            top='id_column = "id"',
+            endpoint=f'base_url = "{url}"\nmodel = "m"\nstream = true',
+            limits="timeout_s = 0.5\nmax_attempts = 1",
+        )
+        summary = await run_job(load_job(job), quiet=True)
+        assert summary.exit_code == ExitCode.OK  # a 2 s answer, never 0.5 s of silence
+        row = read_manifest(tmp_path / "out").row(0, named=True)
+        assert row["latency_ms"] > 1500 and row["ttft_ms"] < 500
+        assert row["response_text"] == expected_chat_text("m", [{"role": "user", "content": long_question}])
+
+        sim.plan.chunk_delay_ms = 800  # now a silence longer than timeout_s: a read timeout, retried, then failed
+        job.write_text(job.read_text().replace('output = "out"', 'output = "out2"'))
+        summary = await run_job(load_job(job), quiet=True)
+        assert summary.exit_code == ExitCode.FAILED_ROWS
+        failed = read_manifest(tmp_path / "out2").row(0, named=True)
+        assert failed["error"].startswith("timed out (ReadTimeout)") and failed["response_text"] is None
