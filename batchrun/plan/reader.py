@@ -73,16 +73,18 @@ class Table:
         row, a broken quote or bytes that are not UTF-8 fail here, not mid-run), counts the rows
         and finds rows whose prompt columns are null or empty."""
         columns = [c for c in prompt_columns if c in self.columns]
+        empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns or ()])
         exprs = [pl.len().alias("__rows"), pl.all().null_count()]
         if columns:
-            empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns])
-            exprs += [empty.sum().alias("__empty"), pl.int_range(pl.len()).filter(empty).first().alias("__first")]
+            exprs.append(empty.sum().alias("__empty"))
         with input_errors(self.source):
-            stats = self.frame.select(exprs).collect().row(0, named=True)
-        rows = int(stats["__rows"])
+            stats = self.frame.select(exprs).collect(engine="streaming").row(0, named=True)
+            rows, empties, first = int(stats["__rows"]), int(stats.get("__empty") or 0), None
+            if empties:
+                first = self.frame.with_row_index("__index").filter(empty).select("__index").head(1).collect().item()
         if rows == 0:
             raise InputError(f"input {self.source}: the table has no rows")
-        return TableStats(rows=rows, empty_prompts=int(stats.get("__empty") or 0), first_empty=stats.get("__first"))
+        return TableStats(rows=rows, empty_prompts=empties, first_empty=first)
 
     def frames(self, size: int) -> Iterator[pl.DataFrame]:
         """The table, ``size`` rows at a time, in input order."""
