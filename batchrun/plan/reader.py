@@ -73,9 +73,10 @@ class Table:
         row, a broken quote or bytes that are not UTF-8 fail here, not mid-run), counts the rows
         and finds rows whose prompt columns are null or empty."""
         columns = [c for c in prompt_columns if c in self.columns]
-        empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns or ()])
         exprs = [pl.len().alias("__rows"), pl.all().null_count()]
+        empty = pl.lit(False)
         if columns:
+            empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns])
             exprs.append(empty.sum().alias("__empty"))
         with input_errors(self.source):
             stats = self.frame.select(exprs).collect(engine="streaming").row(0, named=True)
