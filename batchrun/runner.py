@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
-from .dispatch.client import make_client, redirect_transport
+from .dispatch.client import NetworkTransport, RedirectTransport, Sender, make_sender
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
 from .dispatch.pool import Pool
 from .dispatch.retry import RetryPolicy
@@ -175,7 +175,7 @@ async def _endpoint_transport(
     from .simulator import create_app, serve
 
     async with serve(create_app()) as base_url:
-        yield redirect_transport(base_url, job.limits.concurrency)
+        yield RedirectTransport(NetworkTransport(job.limits.concurrency), base_url)
 
 
 async def run_job(
@@ -226,8 +226,8 @@ async def run_job(
                     index, row_id = planner.skipped_rows.pop(0)
                     event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
 
-        async with _endpoint_transport(job, transport) as chosen, _client(job, chosen) as client:
-            caller = _caller(job, client, sleep)
+        async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
+            caller = _caller(job, sender, sleep)
             progress.notes = caller.rate.describe
             pool = Pool(_storing(caller, ImageStore(job.output_dir)), job.limits.concurrency)
             results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
@@ -272,15 +272,15 @@ async def run_job(
     )
 
 
-def _client(job: Job, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
-    return make_client(
+def _sender(job: Job, transport: httpx.AsyncBaseTransport | None) -> Sender:
+    return make_sender(
         job.endpoint, concurrency=job.limits.concurrency, timeout_s=job.limits.timeout_s, transport=transport
     )
 
 
-def _caller(job: Job, client: httpx.AsyncClient, sleep: Sleep) -> Caller:
+def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
     return Caller(
-        client,
+        sender,
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
         rate=AdaptiveRate(job.limits.requests_per_minute),

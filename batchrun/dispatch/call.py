@@ -16,6 +16,7 @@ from ..errors import FatalError, PermanentError, RequestError, RetryableError
 from ..log import event
 from ..models import Parsed, Request, Result
 from .adaptive import AdaptiveRate
+from .client import Sender
 from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenBudget
 from .retry import RetryPolicy
@@ -53,7 +54,7 @@ class Caller:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        sender: Sender,
         adapter: Adapter,
         *,
         policy: RetryPolicy,
@@ -65,7 +66,7 @@ class Caller:
         sleep: Sleep = anyio.sleep,
         secrets: Sequence[str] = (),
     ) -> None:
-        self.client = client
+        self.sender = sender
         self.adapter = adapter
         self.policy = policy
         self.rate = rate or AdaptiveRate(None)
@@ -79,13 +80,18 @@ class Caller:
 
     async def __call__(self, request: Request) -> Result:
         started = time.time()
-        attempts = 0
-        latency: float | None = None
+        attempts = 1
         try:
-            async for attempt in self.policy.retrying(self.sleep):
-                with attempt:
-                    attempts += 1
-                    parsed, latency = await self._attempt(request)
+            try:
+                parsed, latency = await self._attempt(request)
+            except RetryableError as first:
+                if self.policy.max_attempts == 1:
+                    raise
+                await self.sleep(self.policy.wait_after(first, 1))
+                async for attempt in self.policy.retrying(self.sleep, already=1):
+                    with attempt:
+                        attempts += 1
+                        parsed, latency = await self._attempt(request)
         except (RetryableError, PermanentError) as exc:
             return self._failed(request, exc, attempts, started)
         return Result(
@@ -120,9 +126,7 @@ class Caller:
 
     async def _exchange(self, request: Request, started: float, sent_at: float) -> Parsed:
         with transport_errors(request.url):
-            response = await self.client.send(
-                self.client.build_request(request.method, request.url, content=request.body), stream=True
-            )
+            response = await self.sender.send(request.method, request.url, request.body)
             try:
                 quota_wait = exhausted_quota_wait(response.headers)
                 if quota_wait:
