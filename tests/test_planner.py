@@ -88,3 +88,22 @@ def test_check_columns_names_the_missing_column(write_job: JobWriter, tmp_path: 
     job = load_job(write_job(request='prompt = "{{ questoin }}"'))
     with pytest.raises(TemplateError, match=r"'questoin'.*columns: id, question"):
         check_columns(job, ["id", "question"])
+
+
+def test_row_variable_reaches_awkward_column_names(write_job: JobWriter) -> None:
+    planner = planner_for(write_job, request="prompt = \"{{ row['my question'] }}\"")
+    (req,) = planner.plan([{"my question": "hi there"}])
+    assert json.loads(req.body)["messages"][0]["content"] == "hi there"
+
+
+def test_plain_column_lookup_reports_a_missing_column() -> None:
+    render = compile_template({"p": "{{ question }}", "t": "{{ true }}"}, "request")
+    assert render({"question": None}) == {"p": None, "t": True}
+    with pytest.raises(TemplateError, match=r"request\.p: 'question' is undefined"):
+        render({"other": 1})
+
+
+def test_keys_are_stable_across_versions(write_job: JobWriter) -> None:
+    # a manifest written by an earlier run must still match: the key recipe is part of the format
+    (req,) = planner_for(write_job).plan([{"question": "what is 1?"}])
+    assert req.key == "852b5303745e9ba133c3cb4c8a610614"

@@ -7,10 +7,10 @@ once the rate climbs well past what is actually sent, the limiter steps aside ag
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 
-import anyio
 from aiolimiter import AsyncLimiter
 
 from .limits import smooth_limiter
@@ -25,7 +25,7 @@ MIN_SPAN_S = 0.05
 
 
 class AdaptiveRate:
-    def __init__(self, ceiling_per_minute: float | None, clock: Callable[[], float] = anyio.current_time) -> None:
+    def __init__(self, ceiling_per_minute: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = ceiling_per_minute
         self.per_minute = ceiling_per_minute  # None: unlimited
         self.cuts = 0

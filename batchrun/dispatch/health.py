@@ -5,16 +5,15 @@ with a fatal error naming the cause. A server restarting for a few seconds does 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-
-import anyio
 
 from ..errors import FatalError, RequestError
 
 
 class EndpointHealth:
     def __init__(
-        self, threshold: int = 10, window_s: float = 30.0, clock: Callable[[], float] = anyio.current_time
+        self, threshold: int = 10, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.threshold = threshold
         self.window_s = window_s

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
-import anyio
 from aiolimiter import AsyncLimiter
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -25,7 +25,7 @@ class TokenBudget:
     """``tokens_per_minute``: each request takes its estimated tokens (prompt bytes / 4 plus the
     completion cap) from a small bucket that refills at the job's rate."""
 
-    def __init__(self, per_minute: float, clock: Callable[[], float] = anyio.current_time) -> None:
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
         self.capacity = max(1.0, per_minute / 60)
         rate = max(per_minute - self.capacity, per_minute / 2)
@@ -44,7 +44,7 @@ class CoolDown:
     """When the endpoint says "too many requests, retry after t", every worker waits until then,
     not only the one that was told; a hundred workers must not hammer an overloaded server."""
 
-    def __init__(self, clock: Callable[[], float] = anyio.current_time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._until = 0.0
         self.pauses = 0

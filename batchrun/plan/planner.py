@@ -155,6 +155,11 @@ class Planner:
         self.done_keys = done_keys if done_keys is not None else DoneKeys()
         self.render_body = compile_template(job_body_template(job), "request")
         self.render_url = compile_template(job.endpoint.url, "endpoint.url")
+        self.needs_row = any(
+            "row" in names
+            for value in (job_body_template(job), job.endpoint.url, prompt_template(job))
+            for names in referenced_names(value).values()
+        )
         self.chat = job.endpoint.format == "chat"
         self.stream_suffix = _stream_suffix(job)
         self.seeded = job.endpoint.format == "image-hf"
@@ -164,8 +169,10 @@ class Planner:
             compile_template(template, "prompt") if job.empty_prompts == "skip" and template is not None else None
         )
         self.skipped_rows: list[tuple[int, str | None]] = []  # the first few, for the log
-        self._seen: dict[bytes, int] = {}
-        self._done_seen: set[str] = set()
+        # occurrences of each request content: a set of 64-bit ints for the ones seen once (the
+        # usual case, ~60 bytes a row) and a dict only for the repeated ones
+        self._once: set[int] = set()
+        self._more: dict[int, int] = {}
 
     def plan(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Request]:
         """Yield the requests still to send for ``rows``, in input order."""
@@ -173,7 +180,7 @@ class Planner:
         for row in rows:
             index = counts.rows
             counts.rows += 1
-            context = {**row, "row": row}
+            context = {**row, "row": row} if self.needs_row else row
             if self.render_prompt is not None and _is_empty(self.render_prompt(context)):
                 counts.skipped += 1
                 if counts.skipped <= 20:
@@ -202,7 +209,6 @@ class Planner:
                     counts.done += 1
                     if key in self.done_keys.failed:
                         counts.done_failed += 1
-                    self._done_seen.add(key)
                     continue
                 counts.todo += 1
                 yield Request(
@@ -225,8 +231,13 @@ class Planner:
             h.update(b"\0")
         h.update(body)
         content = h.digest()
-        occurrence = self._seen.get(content, 0)
-        self._seen[content] = occurrence + 1
+        short = int.from_bytes(content[:8], "little")
+        if short not in self._once:
+            self._once.add(short)
+            occurrence = 0
+        else:
+            occurrence = self._more.get(short, 1)
+            self._more[short] = occurrence + 1
         if occurrence and self.dedupe:
             return None
         return hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
@@ -234,4 +245,4 @@ class Planner:
     @property
     def stale(self) -> int:
         """Done keys in the manifest that this plan no longer asks for (changed job or input)."""
-        return max(0, len(self.done_keys) - len(self._done_seen))
+        return max(0, len(self.done_keys) - self.counts.done)

@@ -20,7 +20,24 @@ from ..errors import TemplateError
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _SINGLE_EXPR = re.compile(r"^\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%|\{#).)*)\}\}$", re.DOTALL)
 
+_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
+_JINJA_WORDS = frozenset({"true", "false", "none", "True", "False", "None", "loop", "range", "namespace"})
+
 Renderer = Callable[[Mapping[str, Any]], Any]
+
+
+def _lookup(name: str, where: str) -> Renderer:
+    if name in _JINJA_WORDS:  # literals and globals mean what Jinja says they mean
+        expr = _ENV.compile_expression(name, undefined_to_none=False)
+        return lambda row: expr(**row)
+
+    def render(row: Mapping[str, Any]) -> Any:
+        try:
+            return row[name]
+        except KeyError:
+            raise TemplateError(f"template {where}: {name!r} is undefined") from None
+
+    return render
 
 
 def _constant(value: Any) -> Renderer:
@@ -56,6 +73,8 @@ def has_template(value: Any) -> bool:
 def _compile_str(src: str, where: str) -> Renderer:
     match = _SINGLE_EXPR.match(src.strip()) if src.strip() == src else None
     try:
+        if match and (name := _NAME.match(match["expr"])):
+            return _lookup(name[1], where)  # the common "{{ column }}": a dict lookup, not a Jinja call
         if match:
             expr = _ENV.compile_expression(match["expr"], undefined_to_none=False)
             return _guard(lambda row: expr(**row), where)
