@@ -126,3 +126,24 @@ async def test_exhausted_quota_header_pauses_everyone(write_job: JobWriter, endp
     summary = await run_job(load_job(job), transport=endpoint.transport(), quiet=True, sleep=sleep)
     assert summary.exit_code == ExitCode.OK
     assert slept and 0.3 < slept[0] <= 0.4
+
+
+async def test_smooth_rate_reserves_slots_and_banks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchrun.dispatch import limits
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(limits.anyio, "sleep", sleep)
+    clock = Clock()
+    rate = limits.SmoothRate(3000, clock=clock)
+    interval = 60 / 2999
+    for _ in range(3):
+        await rate.acquire()  # three workers at the same instant: now, +1 slot, +2 slots
+    assert slept == pytest.approx([interval, 2 * interval])
+    clock.now += 10  # an idle spell: no banked slots, so no burst after it
+    await rate.acquire()
+    await rate.acquire()
+    assert slept[2:] == pytest.approx([interval])

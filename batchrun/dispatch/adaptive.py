@@ -11,9 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from aiolimiter import AsyncLimiter
-
-from .limits import smooth_limiter
+from .limits import SmoothRate
 
 MIN_PER_MINUTE = 6.0  # one request every 10 s: the floor of any cut
 CUT = 0.5
@@ -30,7 +28,7 @@ class AdaptiveRate:
         self.per_minute = ceiling_per_minute  # None: unlimited
         self.cuts = 0
         self._clock = clock
-        self._limiter: AsyncLimiter | None = smooth_limiter(ceiling_per_minute) if ceiling_per_minute else None
+        self._limiter: SmoothRate | None = SmoothRate(ceiling_per_minute) if ceiling_per_minute else None
         self._last_cut = -1e9
         self._last_raise = clock()
         self._step = 0.0
@@ -87,7 +85,7 @@ class AdaptiveRate:
     def _set(self, per_minute: float | None) -> None:
         if per_minute != self.per_minute:
             self.per_minute = per_minute
-            self._limiter = smooth_limiter(per_minute) if per_minute else None
+            self._limiter = SmoothRate(per_minute) if per_minute else None
 
     def describe(self) -> str:
         if not self.cuts:

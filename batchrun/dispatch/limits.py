@@ -5,20 +5,38 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
 from aiolimiter import AsyncLimiter
 
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def smooth_limiter(per_minute: float) -> AsyncLimiter:
-    """At most ``per_minute`` requests in any 60-second window, and no burst: the bucket holds
-    ~2% of a second's share (one request at 3000/min), so 3000/min is 50 a second, never 100.
+class SmoothRate:
+    """At most ``per_minute`` requests in any 60-second window, evenly spaced, never in bursts.
 
-    (``AsyncLimiter(3000, 60)`` would let 3000 out at once; even ``AsyncLimiter(50, 1)`` lets
-    nearly 100 into one second: a full bucket plus what drips in.)"""
-    burst = max(1.0, per_minute / 60 / 50)
-    rate_per_minute = max(per_minute - burst, per_minute / 2)
-    return AsyncLimiter(burst, burst * 60 / rate_per_minute)
+    A schedule of reserved send times (GCRA, "virtual scheduling"): each request takes the next
+    free slot, ``60 / per_minute`` seconds after the previous one, and sleeps until then. Unused
+    slots are not banked, so an idle spell is never followed by a burst, and a worker that wakes
+    late does not cost the others their slots. aiolimiter's leaky bucket, tried first, either
+    bursts (a big bucket) or loses a slot on every late wake-up (a bucket of one: 2,850 instead of
+    3,000 a minute, measured in ``bench/rate.py``); it still paces ``tokens_per_minute``."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        # one slot less than asked: the first request of a window may fall on its very start
+        self.interval = 60.0 / max(per_minute - 1, per_minute / 2)
+        self._clock = clock
+        self._next = clock()
+
+    async def acquire(self) -> None:
+        now = self._clock()
+        slot = max(self._next, now)
+        self._next = slot + self.interval
+        if slot > now:
+            await anyio.sleep(slot - now)
+
+    def __repr__(self) -> str:
+        return f"SmoothRate(per_minute={self.per_minute:g})"
 
 
 class TokenBudget:
