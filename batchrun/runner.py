@@ -6,14 +6,11 @@ Everything that can be checked is checked before the output folder is touched or
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import anyio
 import httpx
@@ -25,11 +22,12 @@ from .dispatch.client import NetworkTransport, RedirectTransport, Sender, make_s
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
 from .dispatch.pool import Pool
 from .dispatch.retry import RetryPolicy
+from .dispatch.shutdown import deadline, stop_on, watch_signals
 from .endpoints.base import Adapter
 from .endpoints.chat import ChatAdapter
 from .endpoints.custom import CustomAdapter
 from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
-from .errors import BatchrunError, ExitCode, InputError, JobError
+from .errors import ExitCode, InputError, JobError
 from .export import remember_job
 from .log import event
 from .models import Request, Result
@@ -42,67 +40,9 @@ from .sink.lock import OutputLock
 from .sink.manifest import read_done_keys
 from .sink.writer import ManifestWriter
 from .spec import Job
+from .summary import RunSummary
 
 BATCH_ROWS = 2048
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    run_id: str
-    counts: PlanCounts
-    stale: int
-    sent: int  # HTTP requests, retries included
-    ok: int
-    failed: int
-    previously_failed: int
-    elapsed_s: float
-    fatal: str | None
-    stopped: str | None
-    exit_code: ExitCode
-    notes: str = ""  # e.g. how the adaptive rate ended
-
-    def line(self) -> str:
-        c = self.counts
-        if self.ok + self.failed == 0 and self.fatal is None and self.stopped is None and c.todo == 0:
-            text = f"nothing to do: {c.done}/{c.requests - c.shared} done"
-        else:
-            rate = (self.ok + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
-            text = (
-                f"finished {self.ok + self.failed} requests ({self.ok} ok, {self.failed} failed) in "
-                f"{self.elapsed_s:.1f}s, {rate:.1f}/s; {c.done} were already done; {self.sent} HTTP requests sent"
-            )
-        if c.skipped:
-            text += f"; {c.skipped} rows skipped (empty prompt)"
-        if self.notes:
-            text += f"; {self.notes}"
-        if self.previously_failed:
-            text += f"; {self.previously_failed} failed in earlier runs (--retry-failed sends them again)"
-        if self.stale:
-            text += f"; {self.stale} results in the manifest belong to an older version of the job"
-        if self.fatal:
-            text += f"; stopped early: {self.fatal}"
-        if self.stopped:
-            text += f"; stopped early ({self.stopped})"
-        return f"{text}; exit {int(self.exit_code)}: {self.exit_code.meaning}"
-
-    def fields(self) -> dict[str, Any]:
-        """The summary as JSON fields, for log collectors."""
-        c = self.counts
-        return {
-            "event": "summary",
-            "run_id": self.run_id,
-            "rows": c.rows,
-            "requests": c.requests,
-            "already_done": c.done,
-            "ok": self.ok,
-            "failed": self.failed,
-            "http_requests": self.sent,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "rate_per_s": round((self.ok + self.failed) / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0,
-            "stopped": self.fatal or self.stopped,
-            "exit_code": int(self.exit_code),
-            "exit_meaning": self.exit_code.meaning,
-        }
 
 
 def new_run_id() -> str:
@@ -234,12 +174,12 @@ async def run_job(
             progress.start()
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(writer.consume, results_receive, progress.on_result, _stop_on(pool))
+                    tg.start_soon(writer.consume, results_receive, progress.on_result, stop_on(pool))
                     async with anyio.create_task_group() as watchers:
                         if handle_signals:
-                            watchers.start_soon(_watch_signals, pool, grace_s)
+                            watchers.start_soon(watch_signals, pool, grace_s)
                         if max_runtime_s is not None:
-                            watchers.start_soon(_deadline, pool, max_runtime_s - (time.monotonic() - started), grace_s)
+                            watchers.start_soon(deadline, pool, max_runtime_s - (time.monotonic() - started), grace_s)
                         await pool.run(produce, results_send)
                         watchers.cancel_scope.cancel()
             finally:
@@ -302,37 +242,3 @@ def _storing(caller: Caller, store: ImageStore) -> Callable[[Request], Awaitable
         return result
 
     return call
-
-
-def _stop_on(pool: Pool) -> Callable[[BatchrunError], None]:
-    def stop(error: BatchrunError) -> None:
-        event(f"stopping: {error}", level=logging.ERROR)
-        pool.cancel(str(error))
-
-    return stop
-
-
-async def _watch_signals(pool: Pool, grace_s: float) -> None:
-    """First SIGINT/SIGTERM: no new requests, in-flight ones get ``grace_s``. Second: stop now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if pool.stopped is None:
-                event(
-                    f"{name}: no new requests; waiting up to {grace_s:g}s for {pool.in_flight} in flight "
-                    "(again to stop at once)",
-                    level=logging.WARNING,
-                    signal=name,
-                )
-                pool.stop(name, grace_s)
-            else:
-                event(
-                    f"{name} again: cancelling {pool.in_flight} requests in flight", level=logging.WARNING, signal=name
-                )
-                pool.cancel(name)
-
-
-async def _deadline(pool: Pool, seconds: float, grace_s: float) -> None:
-    await anyio.sleep(max(0.0, seconds))
-    event(f"max runtime reached: no new requests; waiting up to {grace_s:g}s for {pool.in_flight} in flight")
-    pool.stop("max runtime reached", grace_s)
