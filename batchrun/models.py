@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,12 +59,23 @@ class Result:
     error: str | None = None
 
 
+def short_key(key: str) -> int:
+    """The first 64 bits of a request key: enough to tell a million done keys apart (a collision
+    is about 1 in 10^7 at 10^6 keys), at a third of the memory of the hex strings."""
+    return int(key[:16], 16)
+
+
 @dataclass(slots=True)
 class DoneKeys:
-    """Keys not to send again: ``ok`` ones, and permanent failures unless retried on purpose."""
+    """Keys not to send again (as ``short_key``s): ``ok`` ones, and permanent failures unless
+    retried on purpose."""
 
-    ok: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
+    ok: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, ok: Iterable[str] = (), failed: Iterable[str] = ()) -> DoneKeys:
+        return cls({short_key(k) for k in ok}, {short_key(k) for k in failed})
 
     def __contains__(self, key: object) -> bool:
         return key in self.ok or key in self.failed

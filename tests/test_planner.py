@@ -64,7 +64,7 @@ def test_keys_survive_reordering_and_change_with_the_template(write_job: JobWrit
 def test_done_keys_are_skipped_and_counted(write_job: JobWriter) -> None:
     rows = [{"question": str(i)} for i in range(4)]
     keys = [r.key for r in planner_for(write_job).plan(rows)]
-    done = DoneKeys(ok={keys[0], "old-key"}, failed={keys[1]})
+    done = DoneKeys.of(ok=[keys[0], "0123456789abcdef0123456789abcdef"], failed=[keys[1]])
     planner = Planner(load_job(write_job()), done)
     todo = list(planner.plan(rows))
     assert [r.key for r in todo] == keys[2:]

@@ -18,7 +18,7 @@ from ..endpoints.chat import body_template as chat_body
 from ..endpoints.custom import hf_serverless_body
 from ..endpoints.images import hf_image_body, openai_image_body
 from ..errors import TemplateError
-from ..models import DoneKeys, Request
+from ..models import DoneKeys, Request, short_key
 from ..spec import Job
 from .templates import compile_template, referenced_names
 
@@ -205,9 +205,10 @@ class Planner:
                 if key is None:
                     counts.shared += 1
                     continue
-                if key in self.done_keys:
+                short = short_key(key)
+                if short in self.done_keys:
                     counts.done += 1
-                    if key in self.done_keys.failed:
+                    if short in self.done_keys.failed:
                         counts.done_failed += 1
                     continue
                 counts.todo += 1

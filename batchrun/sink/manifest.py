@@ -135,11 +135,11 @@ def read_done_keys(output_dir: Path, *, retry_failed: bool = False) -> DoneKeys:
     done = DoneKeys()
     if latest is None:
         return done
+    short = pl.col("request_key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("short")
     with _manifest_errors(output_dir):
-        frame = latest.select("request_key", "status", "error_kind").collect()
-    ok = frame.filter(pl.col("status") == "ok")
-    done.ok = set(ok.get_column("request_key").to_list())
+        frame = latest.select(short, "status", "error_kind").collect()
+    done.ok = set(frame.filter(pl.col("status") == "ok").get_column("short").to_list())
     if not retry_failed:
         failed = frame.filter((pl.col("status") == "failed") & (pl.col("error_kind") == "permanent"))
-        done.failed = set(failed.get_column("request_key").to_list())
+        done.failed = set(failed.get_column("short").to_list())
     return done
