@@ -173,6 +173,7 @@ class Planner:
         # usual case, ~60 bytes a row) and a dict only for the repeated ones
         self._once: set[int] = set()
         self._more: dict[int, int] = {}
+        self._prefixes: dict[str, bytes] = {}  # method, URL and model, hashed before every body
 
     def plan(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Request]:
         """Yield the requests still to send for ``rows``, in input order."""
@@ -226,12 +227,12 @@ class Planner:
 
     def _key(self, url: str, body: bytes, sample: int) -> str | None:
         """The request key, or None when dedupe finds an identical request already planned."""
-        h = hashlib.blake2b(digest_size=16)
-        for part in (self.method.encode(), url.encode(), (self.model or "").encode(), str(sample).encode()):
-            h.update(part)
-            h.update(b"\0")
-        h.update(body)
-        content = h.digest()
+        prefix = self._prefixes.get(url)
+        if prefix is None:
+            if len(self._prefixes) > 1024:
+                self._prefixes.clear()
+            prefix = self._prefixes[url] = b"\0".join((self.method.encode(), url.encode(), (self.model or "").encode()))
+        content = hashlib.blake2b(b"%s\0%d\0%s" % (prefix, sample, body), digest_size=16).digest()
         short = int.from_bytes(content[:8], "little")
         if short not in self._once:
             self._once.add(short)
