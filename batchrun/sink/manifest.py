@@ -130,16 +130,25 @@ def scan_latest(output_dir: Path) -> pl.LazyFrame | None:
     return frame.sort("finished_at").unique("request_key", keep="last", maintain_order=True)
 
 
-def read_done_keys(output_dir: Path, *, retry_failed: bool = False) -> DoneKeys:
-    latest = scan_latest(output_dir)
+def read_done_keys(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 64) -> DoneKeys:
+    """The keys not to send again, read a few parts at a time in the order they were written, so
+    that memory holds the answer (8-byte keys) and never the whole manifest."""
     done = DoneKeys()
-    if latest is None:
-        return done
+    files = part_files(output_dir)
     short = pl.col("request_key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("short")
-    with _manifest_errors(output_dir):
-        frame = latest.select(short, "status", "error_kind").collect()
-    done.ok = set(frame.filter(pl.col("status") == "ok").get_column("short").to_list())
-    if not retry_failed:
-        failed = frame.filter((pl.col("status") == "failed") & (pl.col("error_kind") == "permanent"))
-        done.failed = set(failed.get_column("short").to_list())
+    permanent = (pl.col("status") == "failed") & (pl.col("error_kind") == "permanent")
+    for start in range(0, len(files), files_per_read):
+        chunk = files[start : start + files_per_read]
+        with _manifest_errors(output_dir):
+            frame = (
+                pl.scan_parquet(chunk, schema=SCHEMA, missing_columns="insert", extra_columns="ignore")
+                .select(short, (pl.col("status") == "ok").alias("ok"), permanent.alias("permanent"))
+                .collect()
+            )
+        ok = frame.filter("ok").get_column("short").to_list()
+        done.ok.update(ok)
+        if not retry_failed:  # a later row for a key wins: a retry that failed again, or succeeded
+            done.failed.difference_update(frame.filter(~pl.col("permanent")).get_column("short").to_list())
+            done.failed.update(frame.filter("permanent").get_column("short").to_list())
+    done.failed -= done.ok
     return done
