@@ -12,7 +12,6 @@ import anyio
 from . import __version__
 from .durations import parse_duration
 from .errors import BatchrunError, ExitCode
-from .export import export_imagefolder, export_table, job_for
 from .log import configure as configure_logging
 from .log import event
 from .presets import PRESETS
@@ -109,6 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_simulate_command(args)
     if args.command == "export":
+        from .export import export_imagefolder, export_table, job_for
+
         job = job_for(args.target)
         if args.imagefolder:
             path, n = export_imagefolder(job, args.format)

@@ -143,7 +143,10 @@ class Caller:
                     assembler = cast(StreamingAdapter, self.adapter).new_stream()
                     return await read_event_stream(response, assembler, started)
                 # a server that ignored "stream": true answers with plain JSON, which reads fine
-                return self.adapter.parse(response.headers, await response.aread())
+                body = await response.aread()
+                if getattr(self.adapter, "decodes_images", False):  # a full image decode: off the event loop
+                    return await anyio.to_thread.run_sync(self.adapter.parse, response.headers, body)
+                return self.adapter.parse(response.headers, body)
             finally:
                 await response.aclose()
 

@@ -61,6 +61,7 @@ class RawImageAdapter:
     """HF text-to-image: the body of a 200 is the image itself."""
 
     streaming = False
+    decodes_images = True
 
     def parse(self, headers: Mapping[str, str], content: bytes) -> Parsed:
         claimed = headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -73,6 +74,7 @@ class OpenAIImageAdapter:
     """OpenAI images: ``data[0].b64_json``."""
 
     streaming = False
+    decodes_images = True
 
     def parse(self, headers: Mapping[str, str], content: bytes) -> Parsed:
         data = load_json(content)
