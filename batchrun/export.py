@@ -61,6 +61,7 @@ def keyed_input(job: Job) -> pl.DataFrame:
     """Every input row with the request key of each of its samples (no resume filtering)."""
     table = Table(job.input)
     planner = Planner(job)
+    planner.include_shared = True
     keys: list[str] = []
     frames: list[pl.DataFrame] = []
     for frame in table.frames(65_536):

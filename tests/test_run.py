@@ -257,3 +257,19 @@ def test_unresolvable_host_stops_the_job_with_one_line(write_job: JobWriter, tmp
     assert proc.returncode == 4, proc.stderr
     assert "stopped early: openai-compatible (http://no-such-host.invalid/v1/chat/completions)" in proc.stdout
     assert "cannot connect" in proc.stdout
+
+
+async def test_export_joins_every_input_row_even_with_dedupe(
+    write_job: JobWriter, endpoint: ScriptedEndpoint, tmp_path: Path
+) -> None:
+    from batchrun.cli import main
+
+    rows = [{"id": "a", "question": "same"}, {"id": "b", "question": "same"}, {"id": "c", "question": "other"}]
+    job = write_job(rows=rows, top='id_column = "id"\ndedupe = true')
+    await run(job, endpoint)
+    assert endpoint.count == 2
+    assert await anyio.to_thread.run_sync(main, ["export", str(tmp_path / "out"), "--to", str(tmp_path / "r.csv")]) == 0
+    exported = pl.read_csv(tmp_path / "r.csv").sort("id")
+    assert exported["id"].to_list() == ["a", "b", "c"]
+    assert exported["response_text"].to_list() == ["echo: same", "echo: same", "echo: other"]
+    assert exported["status"].to_list() == ["ok"] * 3

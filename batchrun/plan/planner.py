@@ -164,6 +164,7 @@ class Planner:
         self.stream_suffix = _stream_suffix(job)
         self.seeded = job.endpoint.format == "image-hf"
         self.counts = PlanCounts()
+        self.include_shared = False  # export: also yield the rows that dedupe answers with an earlier result
         template = prompt_template(job)
         self.render_prompt = (
             compile_template(template, "prompt") if job.empty_prompts == "skip" and template is not None else None
@@ -202,17 +203,18 @@ class Planner:
                 seed = None
                 if self.seeded:
                     seed, body = _seeded(rendered, unseeded, sample, index)
-                key = self._key(url, body, sample)
-                if key is None:
+                key, shared = self._key(url, body, sample)
+                if shared:
                     counts.shared += 1
-                    continue
+                    if not self.include_shared:
+                        continue
                 short = short_key(key)
-                if short in self.done_keys:
+                if not shared and short in self.done_keys:
                     counts.done += 1
                     if short in self.done_keys.failed:
                         counts.done_failed += 1
                     continue
-                counts.todo += 1
+                counts.todo += not shared
                 yield Request(
                     key=key,
                     row_id=row_id,
@@ -225,8 +227,8 @@ class Planner:
                     seed=seed,
                 )
 
-    def _key(self, url: str, body: bytes, sample: int) -> str | None:
-        """The request key, or None when dedupe finds an identical request already planned."""
+    def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool]:
+        """The request key, and whether dedupe shares it with an identical request planned before."""
         prefix = self._prefixes.get(url)
         if prefix is None:
             if len(self._prefixes) > 1024:
@@ -240,9 +242,10 @@ class Planner:
         else:
             occurrence = self._more.get(short, 1)
             self._more[short] = occurrence + 1
-        if occurrence and self.dedupe:
-            return None
-        return hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
+        shared = bool(occurrence and self.dedupe)
+        if shared:
+            occurrence = 0  # the result of the first identical request serves this row too
+        return hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest(), shared
 
     @property
     def stale(self) -> int:
