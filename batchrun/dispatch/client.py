@@ -93,9 +93,11 @@ class NetworkTransport(httpx.AsyncBaseTransport):
     def __init__(self, concurrency: int, proxy: str | None = None) -> None:
         # trust_env=False: with it, aiohttp looks for ~/.netrc in a thread on every request
         # (~70 % of a busy run's CPU); the proxy, if any, is read from the environment once.
+        # TLS as httpx does it (certifi, SSL_CERT_FILE), not the system store aiohttp would use
+        ssl_context = httpx.create_ssl_context()
         self.inner = AiohttpTransport(
             client=lambda: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0),
+                connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=ssl_context),
                 trust_env=False,
             ),
             proxy=httpx.Proxy(proxy) if proxy else None,
