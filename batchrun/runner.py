@@ -31,6 +31,7 @@ from .errors import ExitCode, InputError, JobError
 from .export import remember_job
 from .log import event
 from .models import Request, Result
+from .plan.feed import Feed
 from .plan.planner import PlanCounts, Planner, check_columns, prompt_columns
 from .plan.reader import Table
 from .progress import Progress
@@ -96,9 +97,12 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
     planner = Planner(job, done)
 
     def count() -> None:
-        for batch in table.batches(BATCH_ROWS):
-            for _ in planner.plan(batch):
+        feed = Feed.open(job, planner, done, note=False)
+        start = 0
+        for frame in table.frames(BATCH_ROWS):
+            for _ in feed.requests(start, frame):
                 pass
+            start += frame.height
 
     await anyio.to_thread.run_sync(count)
     return planner.counts, planner.stale
@@ -155,16 +159,24 @@ async def run_job(
             flush_seconds=job.sink.flush_seconds,
         )
 
+        feed = await anyio.to_thread.run_sync(Feed.open, job, planner, done)
+        progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
+
         async def produce(send: MemoryObjectSendStream[Request]) -> None:
-            batches = table.batches(BATCH_ROWS)
-            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+            frames, start = table.frames(BATCH_ROWS), 0
+            while (frame := await anyio.to_thread.run_sync(next, frames, None)) is not None:
                 before = planner.counts.done + planner.counts.shared + planner.counts.skipped
-                for request in planner.plan(batch):
+                for request in feed.requests(start, frame):
                     await send.send(request)
+                start += frame.height
                 progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
                 while planner.skipped_rows:
                     index, row_id = planner.skipped_rows.pop(0)
                     event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
+                if part := feed.journal_part():
+                    await anyio.to_thread.run_sync(feed.write, part)
+            if part := feed.journal_part(final=True):
+                await anyio.to_thread.run_sync(feed.write, part)
 
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)

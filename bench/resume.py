@@ -5,7 +5,8 @@
 How the manifest is made (honest, and said so in the table): sending 1M requests through
 batchrun takes far longer than this benchmark may, so the done part is written by batchrun's own
 code, without HTTP: its ``Planner`` keys the job's rows (the same keys a run computes, URL and
-body included), and its ``ManifestWriter`` (``flush_rows`` = 1000, the default) writes an "ok"
+body included; through ``Feed``, so the plan index is noted as a run notes it), and its
+``ManifestWriter`` (``flush_rows`` = 1000, the default) writes an "ok"
 result per key, i.e. the same part files a real run at the default flush size leaves behind
 (1 part per 1000 results). ``batchrun plan`` then has to report exactly ``--done`` rows done, which
 checks the keys. The done rows are the first ones of the input: the worst case for the time to
@@ -40,20 +41,25 @@ def build_manifest(job_path: Path, start: int, stop: int, seq: int) -> int:
     """Write "ok" results for rows [start, stop) with batchrun's own planner and writer."""
     sys.path.insert(0, str(ROOT))
     from batchrun.models import Parsed, Result
+    from batchrun.plan.feed import Feed
     from batchrun.plan.planner import Planner
     from batchrun.plan.reader import Table
+    from batchrun.sink.manifest import read_done_keys
     from batchrun.sink.writer import ManifestWriter
     from batchrun.spec import load_job
 
     job = load_job(str(job_path))
-    planner = Planner(job)
+    done = read_done_keys(job.output_dir)
+    planner = Planner(job, done)
+    feed = Feed.open(job, planner, done)  # as a real run does: the plan index is noted as rows are keyed
     writer = ManifestWriter(job.output_dir, run_id=RUN_ID, endpoint=job.endpoint.name, flush_rows=1000)
     writer.seq = seq
     writer.flush_seconds = 1e9
     parsed = Parsed(text="The answer is 42.", finish_reason="stop", prompt_tokens=17, completion_tokens=6)
     now = time.time() - 3600
-    for batch in Table(job.input).batches(2048):
-        for request in planner.plan(batch):
+    offset = 0
+    for frame in Table(job.input).frames(2048):
+        for request in feed.requests(offset, frame):
             if request.row_index >= stop:
                 break
             if request.row_index < start:
@@ -63,8 +69,13 @@ def build_manifest(job_path: Path, start: int, stop: int, seq: int) -> int:
             if writer.due():
                 writer.flush()
         else:
+            offset += frame.height
+            if part := feed.journal_part():
+                feed.write(part)
             continue
         break
+    if part := feed.journal_part(final=True):
+        feed.write(part)
     writer.flush()
     return writer.seq
 

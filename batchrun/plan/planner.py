@@ -175,6 +175,9 @@ class Planner:
         self._once: set[int] = set()
         self._more: dict[int, int] = {}
         self._prefixes: dict[str, bytes] = {}  # method, URL and model, hashed before every body
+        # with journal on, every planned request is noted (row, sample, key, content, shared; sample
+        # -1 for a skipped row), so a later run over the same input can skip rendering these rows
+        self.journal: list[tuple[int, int, str, int, bool]] | None = None
 
     def plan(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Request]:
         """Yield the requests still to send for ``rows``, in input order."""
@@ -185,6 +188,8 @@ class Planner:
             context = {**row, "row": row} if self.needs_row else row
             if self.render_prompt is not None and _is_empty(self.render_prompt(context)):
                 counts.skipped += 1
+                if self.journal is not None:
+                    self.journal.append((index, -1, "", 0, False))
                 if counts.skipped <= 20:
                     self.skipped_rows.append((index, None if self.id_column is None else str(row.get(self.id_column))))
                 continue
@@ -203,7 +208,9 @@ class Planner:
                 seed = None
                 if self.seeded:
                     seed, body = _seeded(rendered, unseeded, sample, index)
-                key, shared = self._key(url, body, sample)
+                key, shared, content = self._key(url, body, sample)
+                if self.journal is not None:
+                    self.journal.append((index, sample, key, content, shared))
                 if shared:
                     counts.shared += 1
                     if not self.include_shared:
@@ -227,8 +234,9 @@ class Planner:
                     seed=seed,
                 )
 
-    def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool]:
-        """The request key, and whether dedupe shares it with an identical request planned before."""
+    def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool, int]:
+        """The request key, whether dedupe shares it with an identical request planned before, and
+        the short digest of the content (what the occurrence index counts)."""
         prefix = self._prefixes.get(url)
         if prefix is None:
             if len(self._prefixes) > 1024:
@@ -236,16 +244,56 @@ class Planner:
             prefix = self._prefixes[url] = b"\0".join((self.method.encode(), url.encode(), (self.model or "").encode()))
         content = hashlib.blake2b(b"%s\0%d\0%s" % (prefix, sample, body), digest_size=16).digest()
         short = int.from_bytes(content[:8], "little")
-        if short not in self._once:
-            self._once.add(short)
-            occurrence = 0
-        else:
-            occurrence = self._more.get(short, 1)
-            self._more[short] = occurrence + 1
+        occurrence = self._count(short)
         shared = bool(occurrence and self.dedupe)
         if shared:
             occurrence = 0  # the result of the first identical request serves this row too
-        return hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest(), shared
+        key = hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
+        return key, shared, short
+
+    def _count(self, short: int) -> int:
+        """How many identical requests came before this one (and count this one)."""
+        if short not in self._once:
+            self._once.add(short)
+            return 0
+        occurrence = self._more.get(short, 1)
+        self._more[short] = occurrence + 1
+        return occurrence
+
+    def restore(self, rows: int, contents: Iterable[int]) -> None:
+        """Continue after ``rows`` rows planned by an earlier run: ``contents`` are the short digests
+        of their requests, in plan order, so occurrence numbers go on exactly as before."""
+        for short in contents:
+            self._count(short)
+        self.counts.rows = rows
+
+    def replan(self, rows: Iterable[tuple[int, Mapping[str, Any], list[tuple[int, str]]]]) -> Iterator[Request]:
+        """Requests for rows planned before, whose keys are known: (row index, row, [(sample, key)])."""
+        for index, row, keys in rows:
+            context = {**row, "row": row} if self.needs_row else row
+            rendered = self.render_body(context)
+            if self.chat:
+                _text_contents(rendered)
+            url = self.render_url(context)
+            row_id = None
+            if self.id_column is not None and row.get(self.id_column) is not None:
+                row_id = str(row[self.id_column])
+            unseeded = body = canonical_json(rendered)
+            for sample, key in keys:
+                seed = None
+                if self.seeded:
+                    seed, body = _seeded(rendered, unseeded, sample, index)
+                yield Request(
+                    key=key,
+                    row_id=row_id,
+                    row_index=index,
+                    sample=sample,
+                    method=self.method,
+                    url=str(url),
+                    body=body if self.stream_suffix is None else body[:-1] + self.stream_suffix,
+                    model=self.model,
+                    seed=seed,
+                )
 
     @property
     def stale(self) -> int:

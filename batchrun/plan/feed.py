@@ -1,0 +1,101 @@
+"""What the producer sends, using the plan index where it can: rows an earlier run already keyed
+are rendered only if they still have work to do; the rest of the input is planned as usual and
+noted in the index for the next run."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Iterator
+
+import polars as pl
+
+from ..models import DoneKeys, Request
+from ..spec import Job
+from .keyindex import Entry, KeyIndex, fingerprint
+from .planner import Planner
+
+JOURNAL_ROWS = 65_536  # entries per index part
+
+
+class Feed:
+    def __init__(self, planner: Planner, index: KeyIndex | None, covered: int = 0) -> None:
+        self.planner = planner
+        self.index = index
+        self.covered = covered  # rows 0..covered-1 were keyed by an earlier run
+        self.todo: dict[int, list[tuple[int, str]]] = {}
+        self.todo_rows: list[int] = []
+        self._journal_from = covered
+        planner.journal = [] if index is not None else None
+
+    @classmethod
+    def open(cls, job: Job, planner: Planner, done: DoneKeys, *, note: bool = True) -> Feed:
+        """Load the index if it matches this job and input (blocking: call it in a thread). With
+        ``note`` (a run, holding the lock) the rows planned anew are added to it."""
+        try:
+            index = KeyIndex(job.output_dir, fingerprint(job))
+            loaded = index.load()
+            if loaded is None:
+                if not note:
+                    return cls(planner, None)
+                index.start()
+                return cls(planner, index)
+        except OSError:
+            return cls(planner, None)  # a cache: without it, every row is planned as before
+        covered, frame = loaded
+        feed = cls(planner, index if note else None, covered)
+        feed._take(frame, done)
+        return feed
+
+    def _take(self, frame: pl.DataFrame, done: DoneKeys) -> None:
+        planned = frame.filter(pl.col("sample") >= 0)
+        self.planner.restore(self.covered, planned.get_column("content").to_list())
+        short = pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
+        ok = pl.Series(list(done.ok), dtype=pl.UInt64)
+        failed = pl.Series(list(done.failed), dtype=pl.UInt64)
+        active = planned.filter(~pl.col("shared")).with_columns(
+            short.is_in(ok.implode()).alias("is_ok"), short.is_in(failed.implode()).alias("is_failed")
+        )
+        todo = active.filter(~pl.col("is_ok") & ~pl.col("is_failed"))
+        counts = self.planner.counts
+        counts.requests += planned.height
+        counts.shared += planned.height - active.height
+        counts.skipped += frame.height - planned.height
+        counts.done += active.height - todo.height
+        counts.done_failed += int(active.get_column("is_failed").sum())
+        for index, sample, key in todo.select("row_index", "sample", "key").iter_rows():
+            self.todo.setdefault(index, []).append((sample, key))
+        counts.todo += todo.height
+        self.todo_rows = sorted(self.todo)
+
+    def requests(self, start: int, frame: pl.DataFrame) -> Iterator[Request]:
+        """The requests for the ``frame`` of input rows that begins at row ``start``."""
+        end = start + frame.height
+        if start < self.covered:
+            first = bisect.bisect_left(self.todo_rows, start)
+            last = bisect.bisect_left(self.todo_rows, min(end, self.covered))
+            rows = [(i, frame.row(i - start, named=True), self.todo[i]) for i in self.todo_rows[first:last]]
+            yield from self.planner.replan(rows)
+            if end > self.covered:
+                yield from self.planner.plan(frame.slice(self.covered - start).to_dicts())
+        else:
+            yield from self.planner.plan(frame.to_dicts())
+
+    def journal_part(self, final: bool = False) -> tuple[int, int, list[Entry]] | None:
+        """Entries to write as the next index part, taken at a batch boundary."""
+        journal = self.planner.journal
+        if journal is None or not journal or (len(journal) < JOURNAL_ROWS and not final):
+            return None
+        self.planner.journal = []
+        first, self._journal_from = self._journal_from, self.planner.counts.rows
+        return first, self._journal_from, journal
+
+    def write(self, part: tuple[int, int, list[Entry]]) -> None:
+        if self.index is None:
+            return
+        try:
+            self.index.write(*part)
+        except OSError:
+            self.planner.journal = None  # stop noting: the index is only a cache
+            with contextlib.suppress(OSError):
+                self.index.start()

@@ -1,0 +1,90 @@
+"""The plan index: the request keys an earlier run computed, row by row, so that a resumed run
+over the same input and the same job need not render every row again to find what is done.
+
+It is kept in ``<output>/plan-index/``: a ``fingerprint`` of the job (templates, URL, model,
+samples, dedupe, prompt policy) and of the input files (path, size, mtime), and parts covering
+consecutive row ranges. Any change to the job or the input changes the fingerprint, and the
+index is rebuilt; a part that is missing ends the usable prefix. It is a cache: losing it costs
+time, never results.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from ..sink.files import write_atomic
+from ..spec import Job
+from .planner import canonical_json, job_body_template, prompt_template
+
+INDEX_DIR = "plan-index"
+RECIPE = 1  # bump when the request-key recipe changes
+SCHEMA = {"row_index": pl.Int64, "sample": pl.Int32, "key": pl.String, "content": pl.UInt64, "shared": pl.Boolean}
+_PART = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
+
+Entry = tuple[int, int, str, int, bool]
+
+
+def fingerprint(job: Job) -> str:
+    source = job.input
+    files = sorted(glob.glob(source)) if any(c in source for c in "*?[") else [source]
+    stats = []
+    for name in files:
+        st = os.stat(name)
+        stats.append([str(Path(name).resolve()), st.st_size, st.st_mtime_ns])
+    fields = {
+        "recipe": RECIPE,
+        "body": job_body_template(job),
+        "url": job.endpoint.url,
+        "model": job.endpoint.model,
+        "format": job.endpoint.format,
+        "samples": job.request.samples,
+        "dedupe": job.dedupe,
+        "empty_prompts": job.empty_prompts,
+        "prompt": prompt_template(job),
+        "files": stats,
+    }
+    return hashlib.blake2b(canonical_json(fields), digest_size=16).hexdigest()
+
+
+class KeyIndex:
+    def __init__(self, output_dir: Path, fingerprint: str) -> None:
+        self.folder = output_dir / INDEX_DIR
+        self.fingerprint = fingerprint
+
+    def load(self) -> tuple[int, pl.DataFrame] | None:
+        """The rows covered from the start of the input, and their entries in plan order."""
+        marker = self.folder / "fingerprint"
+        if not marker.is_file() or marker.read_text().strip() != self.fingerprint:
+            return None
+        parts: dict[int, tuple[int, Path]] = {}
+        for path in self.folder.glob("part-*.parquet"):
+            if match := _PART.match(path.name):
+                parts[int(match[1])] = (int(match[2]), path)
+        chain, covered = [], 0
+        while covered in parts:
+            end, path = parts[covered]
+            chain.append(path)
+            covered = end
+        if not chain:
+            return None
+        try:
+            return covered, pl.read_parquet(chain, schema=SCHEMA)
+        except (pl.exceptions.PolarsError, OSError):
+            return None
+
+    def start(self) -> None:
+        """Begin a new index for this fingerprint, dropping any other."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        write_atomic(self.folder / "fingerprint", lambda tmp: tmp.write_text(self.fingerprint + "\n"))
+
+    def write(self, first_row: int, end_row: int, entries: list[Entry]) -> None:
+        frame = pl.DataFrame(entries, schema=SCHEMA, orient="row")
+        write_atomic(self.folder / f"part-{first_row:012d}-{end_row:012d}.parquet", frame.write_parquet)

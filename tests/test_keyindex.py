@@ -1,0 +1,105 @@
+"""The plan index: a resumed run that skips rendering keyed rows sends exactly what a full
+re-plan would, and the index is dropped whenever the job or the input changes."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
+
+from batchrun.models import DoneKeys
+from batchrun.plan.feed import Feed
+from batchrun.plan.keyindex import INDEX_DIR
+from batchrun.plan.planner import Planner
+from batchrun.runner import run_job
+from batchrun.spec import load_job
+
+
+def rows_with_duplicates(n: int, seed: int) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    return [{"id": i, "question": rng.choice(["", "a", "b", "c"]) + str(rng.randint(0, n // 3))} for i in range(n)]
+
+
+def full_plan(job_path: Path, rows: list[dict[str, object]]) -> list[tuple[int, int, str]]:
+    return [(r.row_index, r.sample, r.key) for r in Planner(load_job(job_path)).plan(rows)]
+
+
+@pytest.mark.parametrize(("dedupe", "samples", "seed"), [(False, 1, 1), (True, 1, 2), (False, 2, 3), (True, 2, 4)])
+def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
+    write_job: JobWriter, tmp_path: Path, dedupe: bool, samples: int, seed: int
+) -> None:
+    rows = rows_with_duplicates(300, seed)
+    job_path = write_job(
+        rows=rows,
+        top=f'dedupe = {str(dedupe).lower()}\nempty_prompts = "skip"',
+        request=f'prompt = "{{{{ question }}}}"\nsamples = {samples}',
+    )
+    job = load_job(job_path)
+    expected = full_plan(job_path, rows)
+    frame = pl.DataFrame(rows)
+    rng = random.Random(seed)
+
+    # a first run keys the first 120 rows (in batches of 40), then dies; some of them were done
+    first = Planner(job)
+    feed = Feed.open(job, first, DoneKeys())
+    for start in range(0, 120, 40):
+        list(feed.requests(start, frame.slice(start, 40)))
+        part = feed.journal_part(final=True)
+        assert part is not None
+        feed.write(part)
+    done_keys = [k for (i, _, k) in expected if i < 120 and rng.random() < 0.7]
+
+    # the resumed run: only rows 0..119 with work left are rendered, the rest planned as usual
+    second = Planner(job, DoneKeys.of(ok=done_keys))
+    resumed = Feed.open(job, second, second.done_keys)
+    assert resumed.covered == 120
+    got = []
+    for start in range(0, 300, 50):
+        got += [(r.row_index, r.sample, r.key) for r in resumed.requests(start, frame.slice(start, 50))]
+    assert sorted(got) == sorted(t for t in expected if t[2] not in set(done_keys))
+    full = Planner(job, DoneKeys.of(ok=done_keys))
+    list(full.plan(rows))
+    assert second.counts == full.counts
+
+
+@pytest.mark.anyio
+async def test_the_index_is_rebuilt_when_the_job_or_the_input_changes(
+    write_job: JobWriter, endpoint: ScriptedEndpoint, tmp_path: Path
+) -> None:
+    job = write_job(rows=questions(30), limits="concurrency = 2")
+    await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
+    index = tmp_path / "out" / INDEX_DIR
+    fingerprint = (index / "fingerprint").read_text()
+    assert list(index.glob("part-*.parquet"))
+
+    again = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
+    assert again.counts.done == 30 and endpoint.count == 30
+    assert (index / "fingerprint").read_text() == fingerprint
+
+    write_table(tmp_path / "input.parquet", questions(40))  # appended rows: a new input file
+    os.utime(tmp_path / "input.parquet", ns=(1, 1))
+    summary = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
+    assert (summary.counts.done, summary.ok) == (30, 10) and endpoint.count == 40
+    assert (index / "fingerprint").read_text() != fingerprint
+
+    job.write_text(job.read_text().replace('prompt = "{{ question }}"', 'prompt = "Q: {{ question }}"'))
+    changed = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
+    assert changed.ok == 40 and changed.stale == 40  # a new template: new requests, the old results stale
+    assert read_manifest(tmp_path / "out").height == 80
+
+
+@pytest.mark.anyio
+async def test_a_damaged_index_only_costs_time(
+    write_job: JobWriter, endpoint: ScriptedEndpoint, tmp_path: Path
+) -> None:
+    job = write_job(rows=questions(20))
+    await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
+    for part in (tmp_path / "out" / INDEX_DIR).glob("part-*.parquet"):
+        part.write_bytes(b"garbage")
+    summary = await run_job(load_job(job), transport=httpx.MockTransport(endpoint), quiet=True)
+    assert summary.counts.done == 20 and endpoint.count == 20
