@@ -103,3 +103,19 @@ async def test_a_damaged_index_only_costs_time(
         part.write_bytes(b"garbage")
     summary = await run_job(load_job(job), transport=httpx.MockTransport(endpoint), quiet=True)
     assert summary.counts.done == 20 and endpoint.count == 20
+
+
+@pytest.mark.anyio
+async def test_a_rewritten_input_with_the_same_size_and_time_is_noticed(
+    write_job: JobWriter, endpoint: ScriptedEndpoint, tmp_path: Path
+) -> None:
+    job = write_job(rows=[{"question": f"q{i:03d}"} for i in range(50)])
+    await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
+    source = tmp_path / "input.parquet"
+    st = source.stat()
+    data = source.read_bytes()
+    write_table(source, [{"question": f"r{i:03d}"} for i in range(50)])  # same shape, new prompts
+    assert len(source.read_bytes()) == len(data)  # the very same size...
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and modification time
+    summary = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
+    assert (summary.ok, summary.counts.done) == (50, 0)  # every new prompt was sent

@@ -2,7 +2,8 @@
 over the same input and the same job need not render every row again to find what is done.
 
 It is kept in ``<output>/plan-index/``: a ``fingerprint`` of the job (templates, URL, model,
-samples, dedupe, prompt policy) and of the input files (path, size, mtime), and parts covering
+samples, dedupe, prompt policy) and of the input files (path, size, mtime, inode, and a digest of
+their first and last 64 KiB), and parts covering
 consecutive row ranges. Any change to the job or the input changes the fingerprint, and the
 index is rebuilt; a part that is missing ends the usable prefix. It is a cache: losing it costs
 time, never results.
@@ -37,7 +38,7 @@ def fingerprint(job: Job) -> str:
     stats = []
     for name in files:
         st = os.stat(name)
-        stats.append([str(Path(name).resolve()), st.st_size, st.st_mtime_ns])
+        stats.append([str(Path(name).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, _ends(name, st.st_size)])
     fields = {
         "recipe": RECIPE,
         "body": job_body_template(job),
@@ -51,6 +52,18 @@ def fingerprint(job: Job) -> str:
         "files": stats,
     }
     return hashlib.blake2b(canonical_json(fields), digest_size=16).hexdigest()
+
+
+def _ends(name: str, size: int, span: int = 65_536) -> str:
+    """A digest of the first and last 64 KiB: a file rewritten with the same size and time
+    (a copy that keeps timestamps) still changes the fingerprint."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(name, "rb") as f:
+        digest.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            digest.update(f.read(span))
+    return digest.hexdigest()
 
 
 class KeyIndex:
