@@ -32,8 +32,9 @@ from .export import remember_job
 from .log import event
 from .models import Request, Result
 from .plan.feed import Feed
-from .plan.planner import PlanCounts, Planner, check_columns, prompt_columns
+from .plan.planner import PlanCounts, Planner
 from .plan.reader import Table
+from .plan.shape import check_columns, prompt_columns
 from .progress import Progress
 from .sink.files import remove_temp_files
 from .sink.images import ImageStore

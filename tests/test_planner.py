@@ -10,7 +10,8 @@ from conftest import JobWriter
 
 from batchrun.errors import TemplateError
 from batchrun.models import DoneKeys
-from batchrun.plan.planner import Planner, check_columns
+from batchrun.plan.planner import Planner
+from batchrun.plan.shape import check_columns
 from batchrun.plan.templates import compile_template
 from batchrun.spec import load_job
 

@@ -22,7 +22,8 @@ import polars as pl
 
 from ..sink.files import write_atomic
 from ..spec import Job
-from .planner import canonical_json, job_body_template, prompt_template
+from .planner import canonical_json
+from .shape import job_body_template, prompt_template
 
 INDEX_DIR = "plan-index"
 RECIPE = 1  # bump when the request-key recipe changes

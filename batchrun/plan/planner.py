@@ -14,12 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..endpoints.chat import body_template as chat_body
-from ..endpoints.custom import hf_serverless_body
-from ..endpoints.images import hf_image_body, openai_image_body
 from ..errors import TemplateError
 from ..models import DoneKeys, Request, short_key
 from ..spec import Job
+from .shape import job_body_template, prompt_template
 from .templates import compile_template, referenced_names
 
 
@@ -36,64 +34,10 @@ class PlanCounts:
     todo: int = 0
 
 
-def job_body_template(job: Job) -> Any:
-    req, ep = job.request, job.endpoint
-    if ep.format == "chat":
-        return chat_body(ep.model, req.system, req.prompt, req.messages, req.params)
-    if ep.format == "image-hf":
-        return hf_image_body(req.inputs if req.inputs is not None else req.prompt, req.parameters)
-    if ep.format == "image-openai":
-        return openai_image_body(ep.model, req.prompt, req.params)
-    if req.body is not None:
-        return req.body
-    return hf_serverless_body(req.inputs if req.inputs is not None else req.prompt, req.parameters)
-
-
-def prompt_template(job: Job) -> Any:
-    """The template of the prompt itself (not the system text or the options): the part that must
-    not be empty. None for custom bodies, where batchrun cannot tell which part is the prompt."""
-    req, fmt = job.request, job.endpoint.format
-    if fmt == "chat":
-        if req.prompt is not None:
-            return req.prompt
-        return [m.get("content") for m in req.messages or () if m.get("role") == "user"]
-    if fmt in ("image-hf", "image-openai") or job.endpoint.preset == "hf-serverless":
-        return req.inputs if req.inputs is not None else req.prompt
-    return None
-
-
-def prompt_columns(job: Job) -> set[str]:
-    names: set[str] = set()
-    for found in referenced_names(prompt_template(job), "prompt").values():
-        names |= found
-    return names - {"row"}
-
-
 def _is_empty(value: Any) -> bool:
     if isinstance(value, list):
         return all(_is_empty(v) for v in value)
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def check_columns(job: Job, columns: Iterable[str]) -> None:
-    """Fail before any request if a template or the id column names a column the input lacks."""
-    available = set(columns)
-    if job.id_column is not None and job.id_column not in available:
-        raise TemplateError(f"id_column {job.id_column!r} is not a column of the input ({_listing(available)})")
-    templates = {"request": job_body_template(job), "endpoint.url": job.endpoint.url}
-    for where, value in templates.items():
-        for location, names in referenced_names(value, where).items():
-            missing = sorted(names - available - {"row"})
-            if missing:
-                raise TemplateError(
-                    f"template {location} uses column {missing[0]!r}, which the input does not have "
-                    f"({_listing(available)})"
-                )
-
-
-def _listing(columns: set[str]) -> str:
-    shown = sorted(columns)[:20]
-    return "columns: " + ", ".join(shown) + (", ..." if len(columns) > 20 else "")
 
 
 def _stream_suffix(job: Job) -> bytes | None:
@@ -193,15 +137,7 @@ class Planner:
                 if counts.skipped <= 20:
                     self.skipped_rows.append((index, None if self.id_column is None else str(row.get(self.id_column))))
                 continue
-            rendered = self.render_body(context)
-            if self.chat:
-                _text_contents(rendered)
-            url = self.render_url(context)
-            if not isinstance(url, str):
-                raise TemplateError(f"template endpoint.url renders {url!r} for row {index}, not a URL")
-            row_id = None
-            if self.id_column is not None and row.get(self.id_column) is not None:
-                row_id = str(row[self.id_column])
+            rendered, url, row_id = self._render(row, context, index)
             unseeded = body = canonical_json(rendered)
             for sample in range(self.samples):
                 counts.requests += 1
@@ -222,17 +158,7 @@ class Planner:
                         counts.done_failed += 1
                     continue
                 counts.todo += not shared
-                yield Request(
-                    key=key,
-                    row_id=row_id,
-                    row_index=index,
-                    sample=sample,
-                    method=self.method,
-                    url=url,
-                    body=body if self.stream_suffix is None else body[:-1] + self.stream_suffix,
-                    model=self.model,
-                    seed=seed,
-                )
+                yield self._request(key, row_id, index, sample, url, body, seed)
 
     def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool, int]:
         """The request key, whether dedupe shares it with an identical request planned before, and
@@ -270,30 +196,41 @@ class Planner:
     def replan(self, rows: Iterable[tuple[int, Mapping[str, Any], list[tuple[int, str]]]]) -> Iterator[Request]:
         """Requests for rows planned before, whose keys are known: (row index, row, [(sample, key)])."""
         for index, row, keys in rows:
-            context = {**row, "row": row} if self.needs_row else row
-            rendered = self.render_body(context)
-            if self.chat:
-                _text_contents(rendered)
-            url = self.render_url(context)
-            row_id = None
-            if self.id_column is not None and row.get(self.id_column) is not None:
-                row_id = str(row[self.id_column])
+            rendered, url, row_id = self._render(row, {**row, "row": row} if self.needs_row else row, index)
             unseeded = body = canonical_json(rendered)
             for sample, key in keys:
                 seed = None
                 if self.seeded:
                     seed, body = _seeded(rendered, unseeded, sample, index)
-                yield Request(
-                    key=key,
-                    row_id=row_id,
-                    row_index=index,
-                    sample=sample,
-                    method=self.method,
-                    url=str(url),
-                    body=body if self.stream_suffix is None else body[:-1] + self.stream_suffix,
-                    model=self.model,
-                    seed=seed,
-                )
+                yield self._request(key, row_id, index, sample, url, body, seed)
+
+    def _render(self, row: Mapping[str, Any], context: Mapping[str, Any], index: int) -> tuple[Any, str, str | None]:
+        """The rendered body, the URL and the row id of one input row."""
+        rendered = self.render_body(context)
+        if self.chat:
+            _text_contents(rendered)
+        url = self.render_url(context)
+        if not isinstance(url, str):
+            raise TemplateError(f"template endpoint.url renders {url!r} for row {index}, not a URL")
+        row_id = None
+        if self.id_column is not None and row.get(self.id_column) is not None:
+            row_id = str(row[self.id_column])
+        return rendered, url, row_id
+
+    def _request(
+        self, key: str, row_id: str | None, index: int, sample: int, url: str, body: bytes, seed: int | None
+    ) -> Request:
+        return Request(
+            key=key,
+            row_id=row_id,
+            row_index=index,
+            sample=sample,
+            method=self.method,
+            url=url,
+            body=body if self.stream_suffix is None else body[:-1] + self.stream_suffix,
+            model=self.model,
+            seed=seed,
+        )
 
     @property
     def stale(self) -> int:
