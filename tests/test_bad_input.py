@@ -32,6 +32,19 @@ def raw(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def assert_refused(
+    job: Path, sim: Simulator, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2, one line saying what and where, no request at the simulator, no output folder."""
+    before = sim.stats.total
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert err[0].startswith("batchrun: error:")
+    assert sim.stats.total == before
+    assert not (tmp_path / "out").exists()
+
+
 CSV_CASES = {
     "missing input file": (None, "file not found"),
     "empty file": (b"", "cannot read input"),
@@ -56,12 +69,7 @@ def test_bad_tables(
     job = write_job(fmt="csv", endpoint=f'base_url = "{url}"\nmodel = "m"')
     if data is not None:
         raw(tmp_path / "input.csv", data)
-    before = sim.stats.total
-    assert main(["run", str(job)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and expected in err[0], err
-    assert sim.stats.total == before
-    assert not (tmp_path / "out").exists()
+    assert_refused(job, sim, expected, tmp_path, capsys)
 
 
 def test_corrupt_parquet(
@@ -71,10 +79,7 @@ def test_corrupt_parquet(
     job = write_job(rows=questions(5), endpoint=f'base_url = "{url}"\nmodel = "m"')
     data = (tmp_path / "input.parquet").read_bytes()
     raw(tmp_path / "input.parquet", data[: len(data) // 2])
-    before = sim.stats.total
-    assert main(["run", str(job)]) == 2
-    assert "cannot read input" in capsys.readouterr().err
-    assert sim.stats.total == before
+    assert_refused(job, sim, "cannot read input", tmp_path, capsys)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +98,12 @@ def test_corrupt_parquet(
         ({"limits": "timeout_s = 0"}, "limits.timeout_s"),
         ({"request": 'prompt = "{{ question }}"\nprompts = 2'}, "request.prompts: unknown field (a typo?)"),
         ({"top": "dedup = true"}, "dedup: unknown field (a typo?)"),
+        ({"request": 'prompt = "{{ questoin }}"'}, "uses column 'questoin'"),
+        ({"top": 'id_column = "nope"'}, "id_column 'nope' is not a column"),
+        ({"preset": "hf-endpoint"}, "environment variable HF_TOKEN is not set"),
+        ({"endpoint": 'base_url = "ftp://x"\nmodel = "m"'}, "not an http(s) URL"),
+        ({"request": ""}, "exactly one of prompt or messages"),
+        ({"limits": "concurrency = 0"}, "limits.concurrency: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_job_files(
@@ -106,12 +117,7 @@ def test_bad_job_files(
     sim, url = live
     kwargs.setdefault("endpoint", f'base_url = "{url}"\nmodel = "m"')
     job = write_job(rows=questions(3), **kwargs)
-    before = sim.stats.total
-    assert main(["run", str(job)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and expected in err[0], err
-    assert sim.stats.total == before
-    assert not (tmp_path / "out").exists()
+    assert_refused(job, sim, expected, tmp_path, capsys)
 
 
 def test_empty_prompts_can_be_skipped_and_are_reported(

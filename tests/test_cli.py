@@ -1,4 +1,5 @@
-"""Through the real entry point: exit codes, one-line errors, nothing sent on bad input."""
+"""Through the real entry point: exit codes, one-line errors, locks, plan, presets, python -m.
+(Bad jobs and bad tables, with the simulator counting that nothing was sent: test_bad_input.py.)"""
 
 from __future__ import annotations
 
@@ -20,52 +21,6 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     return err[0]
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "expected"),
-    [
-        ({"preset": "nope"}, "endpoint.preset: unknown preset 'nope'"),
-        ({"request": 'prompt = "{{ questoin }}"'}, "uses column 'questoin'"),
-        ({"request": 'prompt = "{{ question "'}, "syntax error"),
-        ({"limits": "concurrency = 0"}, "limits.concurrency: Input should be greater than or equal to 1"),
-        ({"limits": "concurency = 3"}, "limits.concurency: unknown field (a typo?)"),
-        ({"top": 'id_column = "nope"'}, "id_column 'nope' is not a column"),
-        ({"preset": "hf-endpoint"}, "environment variable HF_TOKEN is not set"),
-        ({"endpoint": 'base_url = "ftp://x"\nmodel = "m"'}, "not an http(s) URL"),
-        ({"request": ""}, "exactly one of prompt or messages"),
-    ],
-)
-def test_bad_jobs_exit_2_with_one_line(
-    write_job: JobWriter, capsys: pytest.CaptureFixture[str], tmp_path: Path, kwargs: dict[str, str], expected: str
-) -> None:
-    kwargs.setdefault("endpoint", DEAD)
-    job = write_job(rows=questions(3), **kwargs)
-    assert main(["run", str(job)]) == 2
-    line = error_line(capsys)
-    assert expected in line
-    assert line.startswith("batchrun: error:")
-    assert not (tmp_path / "out").exists()
-
-
-def test_bad_inputs_exit_2(write_job: JobWriter, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    job = write_job(endpoint=DEAD, fmt="csv")
-    assert main(["run", str(job)]) == 2
-    assert "file not found" in error_line(capsys)
-
-    (tmp_path / "input.csv").write_text("id,question\n")
-    assert main(["run", str(job)]) == 2
-    assert "the table has no rows" in error_line(capsys)
-
-    (tmp_path / "input.csv").write_text("")
-    assert main(["run", str(job)]) == 2
-    assert "cannot read input" in error_line(capsys)
-
-    parquet = write_job(endpoint=DEAD, fmt="parquet")
-    (tmp_path / "input.parquet").write_bytes(b"not parquet at all")
-    assert main(["run", str(parquet)]) == 2
-    assert "cannot read input" in error_line(capsys)
-    assert not (tmp_path / "out").exists()
 
 
 def test_bad_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
