@@ -144,7 +144,7 @@ class Caller:
                     return await read_event_stream(response, assembler, started)
                 # a server that ignored "stream": true answers with plain JSON, which reads fine
                 body = await response.aread()
-                if getattr(self.adapter, "decodes_images", False):  # a full image decode: off the event loop
+                if self.adapter.decodes_images:  # a full image decode: off the event loop
                     return await anyio.to_thread.run_sync(self.adapter.parse, response.headers, body)
                 return self.adapter.parse(response.headers, body)
             finally:

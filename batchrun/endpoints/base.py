@@ -30,6 +30,7 @@ class Adapter(Protocol):
     A streaming adapter also hands out an assembler for SSE answers."""
 
     streaming: bool
+    decodes_images: bool  # parse() does a full image decode: the caller runs it in a worker thread
 
     def parse(self, headers: Mapping[str, str], content: bytes) -> Parsed: ...
 

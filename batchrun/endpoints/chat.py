@@ -31,6 +31,8 @@ def body_template(
 class ChatAdapter:
     """Reads ``choices[0].message.content``, the finish reason and the usage counts."""
 
+    decodes_images = False
+
     def __init__(self, keep_raw: bool = False, streaming: bool = False) -> None:
         self.keep_raw = keep_raw
         self.streaming = streaming

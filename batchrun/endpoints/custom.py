@@ -33,6 +33,7 @@ class CustomAdapter:
     """Reads the answer at ``response_path``; a missing answer is retryable (a server's bad moment)."""
 
     streaming = False
+    decodes_images = False
 
     def __init__(self, response_path: str, where: str = "job", keep_raw: bool = False) -> None:
         self.path = compile_path(response_path, where)
