@@ -98,8 +98,8 @@ def test_random_kills_of_a_chat_job_lose_nothing_and_resend_little(write_job: Jo
     import random
 
     rng = random.Random(2026)
-    rows = [{"id": f"r{i}", "question": f"question {i}"} for i in range(800)]
-    sim = create_app(FaultPlan(latency_ms=5, latency_jitter_ms=15))
+    rows = [{"id": f"r{i}", "question": f"question {i}"} for i in range(2000)]
+    sim = create_app(FaultPlan(latency_ms=20, latency_jitter_ms=20))  # a whole run takes ~4 s
     concurrency, flush_rows = 16, 50
     with serve_in_thread(sim) as url:
         job = write_job(
@@ -110,7 +110,9 @@ def test_random_kills_of_a_chat_job_lose_nothing_and_resend_little(write_job: Jo
         )
         out = tmp_path / "out"
         kills = 0
-        for _ in range(5):
+        for _ in range(8):
+            if kills == 4:
+                break
             proc = start(job)
             time.sleep(rng.uniform(0.7, 1.6))  # the interpreter takes ~0.6 s to start
             if proc.poll() is None:
