@@ -80,13 +80,28 @@ class Table:
             empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns])
             exprs.append(empty.sum().alias("__empty"))
         with input_errors(self.source):
-            stats = self.frame.select(exprs).collect(engine="streaming").row(0, named=True)
-            rows, empties, first = int(stats["__rows"]), int(stats.get("__empty") or 0), None
+            rows, empties, first = 0, 0, None
+            for stats in self._stats(exprs):
+                rows, empties = rows + int(stats["__rows"]), empties + int(stats.get("__empty") or 0)
             if empties:
                 first = self.frame.with_row_index("__index").filter(empty).select("__index").head(1).collect().item()
         if rows == 0:
             raise InputError(f"input {self.source}: the table has no rows")
         return TableStats(rows=rows, empty_prompts=empties, first_empty=first)
+
+    def _stats(self, exprs: list[pl.Expr], slice_rows: int = 250_000) -> Iterator[dict[str, Any]]:
+        """The statistics of the whole table, or of Parquet slices in turn: the streaming engine
+        decodes many row groups at once (188 MiB at 10M short rows, against 88 MiB by slices)."""
+        if self.kind != "parquet":
+            yield self.frame.select(exprs).collect(engine="streaming").row(0, named=True)
+            return
+        offset = 0
+        while True:
+            stats = self.frame.slice(offset, slice_rows).select(exprs).collect().row(0, named=True)
+            if not stats["__rows"]:
+                return
+            yield stats
+            offset += int(stats["__rows"])
 
     def frames(self, size: int) -> Iterator[pl.DataFrame]:
         """The table, ``size`` rows at a time, in input order. Parquet is read slice by slice
