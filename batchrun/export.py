@@ -64,13 +64,14 @@ def keyed_input(job: Job) -> pl.DataFrame:
     planner.include_shared = True
     keys: list[str] = []
     frames: list[pl.DataFrame] = []
-    for frame in table.frames(65_536):
-        indices = []
-        start = planner.counts.rows
-        for request in planner.plan(frame.to_dicts()):
-            keys.append(request.key)
-            indices.append(request.row_index - start)
-        frames.append(frame.select(pl.all().gather(indices)))
+    with planner.occurrences:
+        for frame in table.frames(65_536):
+            indices = []
+            start = planner.counts.rows
+            for request in planner.plan(frame.to_dicts()):
+                keys.append(request.key)
+                indices.append(request.row_index - start)
+            frames.append(frame.select(pl.all().gather(indices)))
     rows = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
     return rows.with_columns(pl.Series("request_key", keys, dtype=pl.String))
 

@@ -32,6 +32,7 @@ from .export import remember_job
 from .log import event
 from .models import Request, Result
 from .plan.feed import Feed
+from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
 from .plan.reader import Table
 from .plan.shape import check_columns, prompt_columns
@@ -86,16 +87,16 @@ def open_input(job: Job) -> tuple[Table, int]:
         )
     rows = stats.rows
     first = next(table.batches(1))
-    list(Planner(job).plan(first[:1]))
+    list(Planner(job, occurrences=Occurrences(1)).plan(first[:1]))
     make_adapter(job)
     return table, rows
 
 
 async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
     """Dry run: what a run would send now. Reads the input and the manifest, sends nothing."""
-    table, _ = await anyio.to_thread.run_sync(open_input, job)
+    table, rows = await anyio.to_thread.run_sync(open_input, job)
     done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
-    planner = Planner(job, done)
+    planner = Planner(job, done, Occurrences(rows * job.request.samples))
 
     def count() -> None:
         feed = Feed.open(job, planner, done, note=False)
@@ -105,7 +106,8 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
                 pass
             start += frame.height
 
-    await anyio.to_thread.run_sync(count)
+    with planner.occurrences:
+        await anyio.to_thread.run_sync(count)
     return planner.counts, planner.stale
 
 
@@ -144,11 +146,13 @@ async def run_job(
         job.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
-    with OutputLock(job.output_dir, run_id):
+    with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
         await anyio.to_thread.run_sync(remember_job, job)
         done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
-        planner = Planner(job, done)
+        occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
+        stack.callback(occurrences.close)
+        planner = Planner(job, done, occurrences)
         progress = Progress(
             total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
         )
@@ -176,6 +180,8 @@ async def run_job(
                     event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
                 if part := feed.journal_part():
                     await anyio.to_thread.run_sync(feed.write, part)
+                if occurrences.flush_due:
+                    await anyio.to_thread.run_sync(occurrences.flush)
             if part := feed.journal_part(final=True):
                 await anyio.to_thread.run_sync(feed.write, part)
 

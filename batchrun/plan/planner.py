@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import TemplateError
 from ..models import DoneKeys, Request, short_key
 from ..spec import Job
+from .occurrences import Occurrences
 from .shape import job_body_template, prompt_template
 from .templates import compile_template, referenced_names
 
@@ -90,7 +91,7 @@ def canonical_json(value: Any) -> bytes:
 class Planner:
     """Renders rows into requests, keys them and drops what is already done."""
 
-    def __init__(self, job: Job, done_keys: DoneKeys | None = None) -> None:
+    def __init__(self, job: Job, done_keys: DoneKeys | None = None, occurrences: Occurrences | None = None) -> None:
         self.method = "POST"
         self.model = job.endpoint.model
         self.samples = job.request.samples
@@ -114,10 +115,8 @@ class Planner:
             compile_template(template, "prompt") if job.empty_prompts == "skip" and template is not None else None
         )
         self.skipped_rows: list[tuple[int, str | None]] = []  # the first few, for the log
-        # occurrences of each request content: a set of 64-bit ints for the ones seen once (the
-        # usual case, ~60 bytes a row) and a dict only for the repeated ones
-        self._once: set[int] = set()
-        self._more: dict[int, int] = {}
+        # how many identical requests came before each one, in flat memory (spills to disk)
+        self.occurrences = occurrences if occurrences is not None else Occurrences()
         self._prefixes: dict[str, bytes] = {}  # method, URL and model, hashed before every body
         # with journal on, every planned request is noted (row, sample, key, content, shared; sample
         # -1 for a skipped row), so a later run over the same input can skip rendering these rows
@@ -170,27 +169,17 @@ class Planner:
             prefix = self._prefixes[url] = b"\0".join((self.method.encode(), url.encode(), (self.model or "").encode()))
         content = hashlib.blake2b(b"%s\0%d\0%s" % (prefix, sample, body), digest_size=16).digest()
         short = int.from_bytes(content[:8], "little")
-        occurrence = self._count(short)
+        occurrence = self.occurrences.count(short)
         shared = bool(occurrence and self.dedupe)
         if shared:
             occurrence = 0  # the result of the first identical request serves this row too
         key = hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
         return key, shared, short
 
-    def _count(self, short: int) -> int:
-        """How many identical requests came before this one (and count this one)."""
-        if short not in self._once:
-            self._once.add(short)
-            return 0
-        occurrence = self._more.get(short, 1)
-        self._more[short] = occurrence + 1
-        return occurrence
-
     def restore(self, rows: int, contents: Iterable[int]) -> None:
         """Continue after ``rows`` rows planned by an earlier run: ``contents`` are the short digests
         of their requests, in plan order, so occurrence numbers go on exactly as before."""
-        for short in contents:
-            self._count(short)
+        self.occurrences.extend(contents)
         self.counts.rows = rows
 
     def replan(self, rows: Iterable[tuple[int, Mapping[str, Any], list[tuple[int, str]]]]) -> Iterator[Request]:

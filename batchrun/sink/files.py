@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def remove_temp_files(folder: Path) -> int:
     if folder.is_dir():
         for path in folder.rglob(f"{TMP_PREFIX}*"):
             with contextlib.suppress(OSError):
-                path.unlink()
+                if path.is_dir():
+                    shutil.rmtree(path)  # a planner's scratch folder
+                else:
+                    path.unlink()
                 removed += 1
     return removed

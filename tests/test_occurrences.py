@@ -1,0 +1,94 @@
+"""The occurrence index: exact counts of identical requests, in flat memory, spilling to disk."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+from conftest import JobWriter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchrun.plan.occurrences import Occurrences
+from batchrun.plan.planner import Planner
+from batchrun.sink.files import remove_temp_files
+from batchrun.spec import load_job
+
+
+def reference(shorts: list[int]) -> list[int]:
+    seen: Counter[int] = Counter()
+    out = []
+    for short in shorts:
+        out.append(seen[short])
+        seen[short] += 1
+    return out
+
+
+def counted(occurrences: Occurrences, shorts: list[int], flush_every: int = 0) -> list[int]:
+    out = []
+    for i, short in enumerate(shorts, 1):
+        out.append(occurrences.count(short))
+        if flush_every and i % flush_every == 0 and occurrences.flush_due:
+            occurrences.flush()
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63, 2**64 - 1, 12345]), max_size=400),
+    st.integers(1, 40),
+    st.integers(0, 400),
+)
+def test_counts_are_exact_through_spills_and_a_resume(
+    tmp_path_factory: object, shorts: list[int], spill_after: int, cut: int
+) -> None:
+    """A tiny filter (many false "maybe"s) and tiny spills: every count still matches a Counter,
+    and a resume (extend with the first rows, then count on) matches counting straight through."""
+    expected = reference(shorts)
+    with Occurrences(expected=1, spill_after=spill_after) as occurrences:
+        assert counted(occurrences, shorts, flush_every=7) == expected
+    cut = min(cut, len(shorts))
+    with Occurrences(expected=1, spill_after=spill_after) as resumed:
+        resumed.extend(shorts[:cut])
+        assert counted(resumed, shorts[cut:], flush_every=5) == expected[cut:]
+
+
+def test_large_job_spills_to_a_scratch_folder_that_close_removes(tmp_path: Path) -> None:
+    rnd = random.Random(7)
+    shorts = [rnd.getrandbits(64) for _ in range(30_000)]
+    shorts += rnd.sample(shorts, 3_000)  # 10 % repeated, after their first spill
+    with Occurrences(expected=len(shorts), folder=tmp_path, spill_after=4096) as occurrences:
+        assert counted(occurrences, shorts, flush_every=1000) == reference(shorts)
+        scratch = list(tmp_path.glob(".tmp-occurrences-*"))
+        assert len(scratch) == 1 and (scratch[0] / "seen.sqlite").is_file()
+        # the filter answers almost every new request alone: the table is asked for the repeats
+        assert 3_000 <= occurrences.lookups < 3_000 + 0.05 * 30_000
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_small_job_never_touches_the_disk(tmp_path: Path) -> None:
+    with Occurrences(expected=100, folder=tmp_path) as occurrences:
+        assert counted(occurrences, [1, 2, 1, 3, 1]) == [0, 0, 1, 0, 2]
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_runs_scratch_folder_is_removed_by_the_next(tmp_path: Path) -> None:
+    occurrences = Occurrences(folder=tmp_path, spill_after=1)
+    occurrences.count(1)
+    occurrences.flush()
+    assert len(list(tmp_path.glob(".tmp-occurrences-*"))) == 1  # as if the run were killed here
+    assert remove_temp_files(tmp_path) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_planner_keys_do_not_change_when_the_index_spills(write_job: JobWriter, tmp_path: Path) -> None:
+    job = load_job(write_job())
+    rows = [{"question": f"q{i % 700}"} for i in range(2_000)]  # every question about three times
+    in_memory = [r.key for r in Planner(job).plan(rows)]
+    spilled_index = Occurrences(expected=1, folder=tmp_path, spill_after=64)
+    with spilled_index:
+        spilled = [r.key for r in Planner(job, occurrences=spilled_index).plan(rows)]
+        assert spilled_index.lookups > 0
+    assert spilled == in_memory
+    assert len(set(in_memory)) == 2_000
