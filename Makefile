@@ -7,15 +7,20 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test lint clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-test
 
+# the demo needs only the package; the tests also need the test tools (pytest, ruff, mypy, datasets)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo: install
+demo: $(VENV)/.installed
 	$(BIN)/batchrun run jobs/demo.toml
 
 lint: install
