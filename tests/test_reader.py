@@ -121,6 +121,7 @@ def test_inspect_counts_and_finds_the_first_empty_prompt_across_blocks(tmp_path:
         (b'7,"unclosed\n8,b\n', "could not parse"),
         ("7,caf\xe9\n".encode("latin-1"), "is the file saved as UTF-8?"),
         (b"seven,a\n", "could not parse"),
+        (b'7,ab"c\n8,"x\ny"\n', "could not parse"),  # a stray quote: polars refuses the whole file too
     ],
 )
 def test_bad_rows_far_from_the_start_fail_in_inspect(tmp_path: Path, tail: bytes, expected: str) -> None:
