@@ -1,4 +1,10 @@
-"""The input table: polars lazy scans read in bounded batches, so memory stays flat in input size.
+"""The input table, read in bounded pieces so that memory stays flat in input size.
+
+Parquet is read slice by slice through a lazy scan. CSV, TSV and NDJSON are read in 1 MiB blocks,
+each cut at the end of a record and parsed by polars with the schema it inferred from the first
+10,000 rows. Polars' own streaming CSV source reads ahead of use by an amount that grows with the
+file (RssAnon 350 MiB at 10M short rows, against 50 MiB by blocks; no option of ``scan_csv``,
+``collect_batches`` or ``pl.Config`` bounds it), and its NDJSON source maps the whole file (RSS 933 MiB).
 
 Polars errors are translated here, once, into ``InputError`` naming the file.
 """
@@ -10,7 +16,7 @@ import glob
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
 
@@ -24,6 +30,69 @@ FORMATS = {
     ".jsonl": "ndjson",
     ".ndjson": "ndjson",
 }
+
+BLOCK_BYTES = 1 << 20
+"""Bytes read and parsed at a time from a text table (about 16,000 short prompts). Larger blocks
+read no faster and hold more: peak RssAnon at 10M short rows is 50 MiB with 1 MiB blocks, 64 with 2,
+88 with 4 (bench/reader.py --block-bytes)."""
+
+
+def last_record_end(data: bytes, *, quoted: bool) -> int:
+    """Where the last complete record of ``data`` ends (just past its newline), or 0 if none does.
+
+    ``data`` starts at the start of a record. With ``quoted`` (CSV, RFC 4180) a newline ends a record
+    only outside quotes: every ``"`` opens or closes a quoted field (a doubled ``""`` inside one
+    closes and reopens it), so a newline is outside quotes when the count of ``"`` before it is even.
+    The count is taken once for the block and walked back from the end: linear in ``len(data)``."""
+    end = data.rfind(b"\n")
+    if not quoted or b'"' not in data:  # a fast test (memchr), where counting runs at ~1 GB/s
+        return end + 1
+    before = data.count(b'"', 0, end) if end >= 0 else 0
+    while end >= 0 and before % 2:
+        previous = data.rfind(b"\n", 0, end)
+        before -= data.count(b'"', previous + 1, end)
+        end = previous
+    return end + 1
+
+
+def first_record_end(data: bytes) -> int:
+    """Where the first record of CSV ``data`` ends (just past its newline), or ``len(data)``."""
+    start, quotes = 0, 0
+    while (newline := data.find(b"\n", start)) >= 0:
+        quotes += data.count(b'"', start, newline)
+        if quotes % 2 == 0:
+            return newline + 1
+        start = newline + 1
+    return len(data)
+
+
+def blocks(file: BinaryIO, size: int, *, quoted: bool) -> Iterator[bytes]:
+    """``file`` in pieces of about ``size`` bytes, each made of whole records (see ``last_record_end``).
+    A record longer than ``size`` is read on, in reads that double, until it ends."""
+    rest = b""
+    while chunk := file.read(max(size, len(rest))):
+        data = rest + chunk
+        end = last_record_end(data, quoted=quoted)
+        if end:
+            yield data[:end]
+        rest = data[end:]
+    if rest:
+        yield rest
+
+
+def rechunk(frames: Iterable[pl.DataFrame], size: int) -> Iterator[pl.DataFrame]:
+    """``frames`` again, as frames of exactly ``size`` rows (the last one excepted)."""
+    held: list[pl.DataFrame] = []
+    rows = 0
+    for frame in frames:
+        held.append(frame)
+        rows += frame.height
+        while rows >= size:
+            whole = pl.concat(held)
+            yield whole.slice(0, size)
+            held, rows = [whole.slice(size)], rows - size
+    if rows:
+        yield pl.concat(held)
 
 
 @contextlib.contextmanager
@@ -47,10 +116,10 @@ class TableStats:
 
 
 class Table:
-    """A lazily scanned input table; nothing is loaded until batches are asked for."""
+    """An input table whose schema is known; nothing is loaded until batches are asked for."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, source: str, *, block_bytes: int = BLOCK_BYTES) -> None:
+        self.source, self.block_bytes = source, block_bytes
         suffix = Path(source).suffix.lower()
         kind = FORMATS.get(suffix)
         if kind is None:
@@ -60,6 +129,7 @@ class Table:
         if not (glob.glob(source) if has_magic else Path(source).is_file()):
             raise InputError(f"input {source}: {'no file matches' if has_magic else 'file not found'}")
         self.kind = kind
+        self.paths = sorted(glob.glob(source)) if has_magic else [source]
         with input_errors(source):
             if kind in ("csv", "tsv"):
                 self.frame = pl.scan_csv(source, separator="\t" if kind == "tsv" else ",", infer_schema_length=10_000)
@@ -67,7 +137,8 @@ class Table:
                 self.frame = pl.scan_parquet(source)
             else:
                 self.frame = pl.scan_ndjson(source, infer_schema_length=10_000)
-            self.columns: list[str] = self.frame.collect_schema().names()
+            self.schema = self.frame.collect_schema()
+            self.columns: list[str] = self.schema.names()
 
     def inspect(self, prompt_columns: Iterable[str] = ()) -> TableStats:
         """One pass over the whole table before anything is sent: it parses every field (a ragged
@@ -75,25 +146,26 @@ class Table:
         and finds rows whose prompt columns are null or empty."""
         columns = [c for c in prompt_columns if c in self.columns]
         exprs = [pl.len().alias("__rows"), pl.all().null_count()]
-        empty = pl.lit(False)
         if columns:
             empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns])
-            exprs.append(empty.sum().alias("__empty"))
+            exprs += [empty.sum().alias("__empty"), pl.arg_where(empty).first().alias("__first")]
         with input_errors(self.source):
             rows, empties, first = 0, 0, None
             for stats in self._stats(exprs):
+                if first is None and stats.get("__first") is not None:
+                    first = rows + int(stats["__first"])
                 rows, empties = rows + int(stats["__rows"]), empties + int(stats.get("__empty") or 0)
-            if empties:
-                first = self.frame.with_row_index("__index").filter(empty).select("__index").head(1).collect().item()
         if rows == 0:
             raise InputError(f"input {self.source}: the table has no rows")
         return TableStats(rows=rows, empty_prompts=empties, first_empty=first)
 
     def _stats(self, exprs: list[pl.Expr], slice_rows: int = 250_000) -> Iterator[dict[str, Any]]:
-        """The statistics of the whole table, or of Parquet slices in turn: the streaming engine
-        decodes many row groups at once (188 MiB at 10M short rows, against 88 MiB by slices)."""
+        """The statistics of each piece of the table in turn: text blocks, or Parquet slices (the
+        streaming engine decodes many row groups at once: 188 MiB at 10M short rows, against 88 MiB
+        by slices)."""
         if self.kind != "parquet":
-            yield self.frame.select(exprs).collect(engine="streaming").row(0, named=True)
+            for frame in self._text_frames():
+                yield frame.select(exprs).row(0, named=True)
             return
         offset = 0
         while True:
@@ -104,17 +176,34 @@ class Table:
             offset += int(stats["__rows"])
 
     def frames(self, size: int) -> Iterator[pl.DataFrame]:
-        """The table, ``size`` rows at a time, in input order. Parquet is read slice by slice
-        (``collect_batches`` decodes far ahead of use: +55 MiB at 1M rows); text formats, which
-        cannot be entered in the middle, stream through ``collect_batches``."""
+        """The table, ``size`` rows at a time, in input order. Parquet is read slice by
+        slice (``collect_batches`` decodes far ahead of use: +55 MiB at 1M rows), text formats
+        block by block."""
         with input_errors(self.source):
             if self.kind != "parquet":
-                yield from self.frame.collect_batches(chunk_size=size)
+                yield from rechunk(self._text_frames(), size)
                 return
             offset = 0
             while (frame := self.frame.slice(offset, size).collect()).height:
                 yield frame
                 offset += frame.height
+
+    def _text_frames(self) -> Iterator[pl.DataFrame]:
+        """A text table block by block (see ``blocks``), each block parsed with the schema inferred
+        at open. A CSV block is parsed behind its file's header line, so that polars reads it as it
+        reads a whole file (a first line with fewer fields, say, means the same to it)."""
+        separator = "\t" if self.kind == "tsv" else ","
+        for path in self.paths:
+            with open(path, "rb") as file:
+                header = None
+                for block in blocks(file, self.block_bytes, quoted=self.kind != "ndjson"):
+                    if self.kind == "ndjson":
+                        yield pl.read_ndjson(block, schema=self.schema)
+                    elif header is None:
+                        header = block[: first_record_end(block)]
+                        yield pl.read_csv(block, separator=separator, schema=self.schema)
+                    else:
+                        yield pl.read_csv(header + block, separator=separator, schema=self.schema)
 
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
         """Rows as dicts, ``size`` at a time, in input order."""
