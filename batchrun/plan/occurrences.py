@@ -1,8 +1,8 @@
 """How many identical requests came before each one: the occurrence number of the request key,
 exact for any number of rows, in memory that does not grow with the input.
 
-Nearly every request is new, so a blocked Bloom filter (16 bits a request, in 64-bit words)
-answers "never seen" at once. Only when it says "maybe" (a repeated request, or ~1 % of new
+Nearly every request is new, so a blocked Bloom filter (12 bits a request, in 64-bit words)
+answers "never seen" at once. Only when it says "maybe" (a repeated request, or ~2 % of new
 ones) are the exact counts asked: a dict of the requests since the last spill, then an SQLite
 table on disk, then the sorted arrays of the requests an earlier run planned (``extend``, on
 resume), memory-mapped. The dict is spilled at batch boundaries (``flush``, called by the owner
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-BITS_PER_ITEM = 16
+BITS_PER_ITEM = 12
 _OFFSET = 1 << 63
 
 
 class Occurrences:
     def __init__(self, expected: int = 1_000_000, *, folder: Path | None = None, spill_after: int = 65_536) -> None:
-        words = 1 << max(14, (max(expected, 1) * BITS_PER_ITEM // 64 - 1).bit_length())  # a power of two
-        self._mask = words - 1
+        words = max(1024, expected * BITS_PER_ITEM // 64)
+        self._size = words
         self._words = array("Q", bytes(8 * words))
         self._pending: dict[int, int] = {}  # short -> occurrences so far, since the last spill
         self._in_table: set[int] = set()  # pending shorts that the table already holds
@@ -47,7 +47,7 @@ class Occurrences:
     def count(self, short: int) -> int:
         """How many identical requests came before this one; and count this one."""
         # one word of the filter (low bits of the digest), six bits in it (high bits)
-        index = short & self._mask
+        index = short % self._size
         bits = (
             1 << (short >> 28 & 63)
             | 1 << (short >> 34 & 63)
@@ -81,7 +81,7 @@ class Occurrences:
         for shift in range(28, 64, 6):
             bits |= np.uint64(1) << ((values >> np.uint64(shift)) & np.uint64(63))
         words = np.frombuffer(self._words, dtype=np.uint64)
-        np.bitwise_or.at(words, (values & np.uint64(self._mask)).astype(np.intp), bits)
+        np.bitwise_or.at(words, (values % np.uint64(self._size)).astype(np.intp), bits)
         if len(values) < self.spill_after:
             self._pending = dict(zip(values.tolist(), counts.tolist(), strict=True))
             return
@@ -103,11 +103,11 @@ class Occurrences:
             return
         db = self._table()
         pending, in_table = self._pending, self._in_table
-        new = [(s - _OFFSET, pending[s]) for s in sorted(pending) if s not in in_table]
-        updated = [(pending[s], s - _OFFSET) for s in in_table]
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO seen VALUES (?, ?)", new)
-        db.executemany("UPDATE seen SET n = ? WHERE short = ?", updated)
+        db.execute("BEGIN")  # rows from generators, in key order: no second copy of the dict
+        db.executemany(
+            "INSERT INTO seen VALUES (?, ?)", ((s - _OFFSET, pending[s]) for s in sorted(pending) if s not in in_table)
+        )
+        db.executemany("UPDATE seen SET n = ? WHERE short = ?", ((pending[s], s - _OFFSET) for s in in_table))
         db.execute("COMMIT")
         self._pending, self._in_table = {}, set()
 
@@ -138,7 +138,7 @@ class Occurrences:
             db = sqlite3.connect(self._scratch() / "seen.sqlite", check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode = OFF")  # scratch: a crash only loses the folder
             db.execute("PRAGMA synchronous = OFF")
-            db.execute("PRAGMA cache_size = -8192")  # KiB: memory stays flat, the OS caches the rest
+            db.execute("PRAGMA cache_size = -2048")  # KiB: memory stays flat, the OS caches the rest
             db.execute("CREATE TABLE seen (short INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
             self._db = db
         return self._db

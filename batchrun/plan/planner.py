@@ -1,4 +1,5 @@
-"""Rows -> keyed requests. Pure: no I/O, so every rule here is testable with plain values.
+"""Rows -> keyed requests. Pure (the occurrence index it is given may spill to disk), so every
+rule here is testable with plain values.
 
 The request key is a hash of what is sent and where (method, URL, model, body, sample; never
 credentials) plus the occurrence number among identical requests, so N rows in give N results,
