@@ -1,8 +1,8 @@
 """How many identical requests came before each one: the occurrence number of the request key,
 exact for any number of rows, in memory that does not grow with the input.
 
-Nearly every request is new, so a blocked Bloom filter (12 bits a request, in 64-bit words)
-answers "never seen" at once. Only when it says "maybe" (a repeated request, or ~2 % of new
+Nearly every request is new, so a blocked Bloom filter (12 bits a request, in 64-bit words, at
+most 8 MiB) answers "never seen" at once. Only when it says "maybe" (a repeated request, or ~2 % of new
 ones) are the exact counts asked: a dict of the requests since the last spill, then an SQLite
 table on disk, then the sorted arrays of the requests an earlier run planned (``extend``, on
 resume), memory-mapped. The dict is spilled at batch boundaries (``flush``, called by the owner
@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 BITS_PER_ITEM = 12
+MAX_WORDS = 1 << 20  # 8 MiB: past ~5M requests the filter says "maybe" more often (5 % at 10M), not bigger
 _OFFSET = 1 << 63
 
 
 class Occurrences:
     def __init__(self, expected: int = 1_000_000, *, folder: Path | None = None, spill_after: int = 65_536) -> None:
-        words = max(1024, expected * BITS_PER_ITEM // 64)
+        words = min(MAX_WORDS, max(1024, expected * BITS_PER_ITEM // 64))
         self._size = words
         self._words = array("Q", bytes(8 * words))
         self._pending: dict[int, int] = {}  # short -> occurrences so far, since the last spill
