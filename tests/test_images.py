@@ -5,16 +5,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
+import struct
+import zlib
 from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 from conftest import JobWriter, read_manifest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from batchrun.cli import main
 from batchrun.endpoints.images import OpenAIImageAdapter, RawImageAdapter, check_image
+from batchrun.endpoints.png import PngError, check_png
 from batchrun.errors import ExitCode, RetryableError
 from batchrun.plan.planner import Planner
 from batchrun.runner import run_job
@@ -64,6 +70,105 @@ def test_check_image_accepts_whole_images_only() -> None:
         RawImageAdapter().parse({"content-type": "image/png"}, b'{"error": "x"}')
     jpeg = render_image("x", fmt="jpeg")
     assert RawImageAdapter().parse({"content-type": "image/jpeg"}, jpeg).mime_type == "image/jpeg"
+
+
+def noise(mode: str, width: int, height: int, **options: int) -> bytes:
+    rng = random.Random(f"{mode}{width}{height}{options}")
+    image = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3)).convert(mode)
+    out = io.BytesIO()
+    image.save(out, format="PNG", **options)
+    return out.getvalue()
+
+
+PNGS = [
+    noise(mode, width, height, **options)
+    for mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+    for width, height in ((1, 1), (7, 3), (40, 24))
+    for options in ({}, {"compress_level": 0})
+]
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_fixed_crcs(data: bytes) -> bytes:
+    """Every chunk's CRC recomputed: damage that only a decoder, not a checksum, can find."""
+    fixed, pos = bytearray(data), 8
+    while pos + 12 <= len(fixed):
+        (length,) = struct.unpack_from(">I", fixed, pos)
+        if pos + 12 + length > len(fixed):
+            break
+        fixed[pos + 8 + length : pos + 12 + length] = struct.pack(">I", zlib.crc32(fixed[pos + 4 : pos + 8 + length]))
+        pos += 12 + length
+    return bytes(fixed)
+
+
+def full_decode_accepts(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
+
+
+def test_check_png_accepts_every_kind_of_whole_png() -> None:
+    for png in PNGS:
+        with Image.open(io.BytesIO(png)) as image:
+            assert check_png(png) is True
+            assert check_image(png, "image/png").width == image.width
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(PNGS), st.data())
+def test_check_png_accepts_nothing_a_full_decode_refuses(png: bytes, data: st.DataObject) -> None:
+    """Truncated anywhere: refused. Bytes changed, with or without fixed CRCs: if the fast check
+    passes it, Pillow's full decode passes it too."""
+    cut = data.draw(st.integers(0, len(png) - 1))
+    with pytest.raises(PngError):
+        check_png(png[:cut])
+    damaged = bytearray(png)
+    for at, value in data.draw(st.lists(st.tuples(st.integers(8, len(png) - 1), st.integers(0, 255)), min_size=1)):
+        damaged[at] = value
+    for candidate in (bytes(damaged), with_fixed_crcs(bytes(damaged))):
+        try:
+            check_png(candidate)
+        except PngError:
+            continue
+        assert full_decode_accepts(candidate)
+
+
+def test_check_png_refuses_bad_rows_with_good_checksums() -> None:
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))  # 2x2 grey: rows of 1 + 2 bytes
+
+    def png(rows: bytes, *extra: bytes) -> bytes:
+        data = chunk(b"IDAT", zlib.compress(rows)) + b"".join(extra)
+        return b"\x89PNG\r\n\x1a\n" + header + data + chunk(b"IEND", b"")
+
+    assert check_png(png(b"\x00ab\x04cd"))
+    for rows, why in [
+        (b"\x00ab\x05cd", "unknown filter type"),
+        (b"\x00ab\x00c", "not 6"),
+        (b"\x00ab\x00cde", "more image data"),
+    ]:
+        with pytest.raises(PngError, match=why):
+            check_png(png(rows))
+    cut = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00ab\x00cd")[:-4]) + chunk(b"IEND", b"")
+    with pytest.raises(PngError, match="ends before its zlib stream"):
+        check_png(cut)
+    with pytest.raises(PngError, match="after the end of the zlib stream"):
+        check_png(png(b"\x00ab\x00cd", chunk(b"IDAT", b"junk")))
+
+
+def test_an_interlaced_png_gets_a_full_decode() -> None:
+    # 1x1 Adam7: only the first pass holds a pixel, so its data is that of a plain 1x1 image
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 1))
+    png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00\x10\x20\x30")) + chunk(b"IEND", b"")
+    assert (check_image(png, "image/png").width, check_image(png, None).height) == (1, 1)
+    assert check_png(png) is False  # whole, but its rows are left to the decoder
+    with pytest.raises(RetryableError, match="not a valid image"):
+        check_image(png[:-20], "image/png")  # cut after its last pixel: Pillow alone would take it
 
 
 def test_openai_images_reads_b64_json() -> None:
