@@ -292,6 +292,11 @@ def test_image_store_syncs_each_folder_that_gained_a_file_once(tmp_path: Path, m
     assert store.sync() == 0
     store.save(image_result("cd" + "1" * 30))
     assert store.sync() == 1 and synced[-1] == images / "cd"
+    # a new store (a new run) syncs the parents of a folder it finds: a killed run may have left them unsynced
+    again = ImageStore(tmp_path)
+    again.save(image_result("cd" + "2" * 30))
+    synced.clear()
+    assert again.sync() == 3 and sorted(synced) == [tmp_path, images, images / "cd"]
     for result in saved:
         assert result.parsed is not None and result.parsed.image_path is not None
         data = (tmp_path / result.parsed.image_path).read_bytes()

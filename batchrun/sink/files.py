@@ -52,7 +52,7 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
     For many files in few folders, whose folders can be synced once for a batch."""
     tmp = final.with_name(f"{TMP_PREFIX}{os.getpid()}-{final.name}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)
             while view:

@@ -19,7 +19,7 @@ class ImageStore:
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
         self.saved = 0
-        self._known: set[Path] = set()  # folders that exist
+        self._known: set[Path] = set()  # folders written into (and whose parents will be synced)
         self._unsynced: set[Path] = set()  # folders whose new entries may not be durable yet
         self._lock = threading.Lock()  # saves run in many worker threads
 
@@ -34,7 +34,8 @@ class ImageStore:
         final = self.output_dir / relpath
         data = parsed.image
         try:
-            created = self._make_folder(final.parent)
+            if final.parent not in self._known:
+                self._first_use(final.parent)
             write_bytes_atomic(final, data)
         except OSError as exc:
             reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
@@ -42,7 +43,6 @@ class ImageStore:
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             self._unsynced.add(final.parent)
-            self._unsynced.update(created)
             self.saved += 1
         stored = dataclasses.replace(parsed, image=None, image_path=relpath, image_sha256=digest, image_bytes=len(data))
         return dataclasses.replace(result, parsed=stored)
@@ -61,14 +61,15 @@ class ImageStore:
                 raise SinkError(f"cannot sync the image folder {folder}: {exc.strerror or exc}") from None
         return len(folders)
 
-    def _make_folder(self, folder: Path) -> list[Path]:
-        """Create ``folder`` (and its parents) if needed; return the folders that gained an entry."""
-        if folder in self._known:
-            return []
-        created = [parent for parent in (folder.parent, folder) if not parent.is_dir()]
-        folder.mkdir(parents=True, exist_ok=True)
-        self._known.add(folder)
-        return [p.parent for p in created]
+    def _first_use(self, folder: Path) -> None:
+        """Create ``images/<prefix>/`` if needed, and mark its parents for the next sync: the folder
+        may be new, or left unsynced by a run that was killed. Under the lock, so that no save can
+        find the folder made before its parents are marked."""
+        with self._lock:
+            if folder not in self._known:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._unsynced.update((folder.parent, folder.parent.parent))
+                self._known.add(folder)
 
     def __repr__(self) -> str:
         return f"ImageStore(saved={self.saved}, unsynced_folders={len(self._unsynced)})"
