@@ -209,27 +209,13 @@ timeout_s = 120
     return row, {"what": "whole-run", "files": len(files), "avg_bytes": avg, **m.__dict__}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--kib", type=float, default=200.0, help="size of each PNG in KiB")
-    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64], help="1 = one loop, no threads")
-    parser.add_argument("--whole-run", type=int, default=2000, help="rows of the hf-text-to-image job; 0 to skip")
-    parser.add_argument("--concurrency", type=int, default=64, help="of the whole-run job")
-    args = parser.parse_args()
-    import PIL
-
-    work = tmpdir("images")
-    images = [noise_png(args.kib, seed) for seed in range(16)]
-    size = sum(map(len, images)) / len(images)
-    if abs(size - args.kib * 1024) > 0.05 * args.kib * 1024:
-        raise SystemExit(f"the PNGs are {size:,.0f} B, not ~{args.kib:g} KiB")
-    fs = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
-    note(f"{len(images)} PNGs of {size:,.0f} B each on average; writing to {work} ({fs})")
+def run_cases(
+    args: argparse.Namespace, images: list[bytes], size: float, work: Path
+) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     rows: list[list[Any]] = []
     raw: list[dict[str, Any]] = []
-    for tasks in args.tasks:
-        folder = work / f"out-{tasks}"
+    for case, tasks in enumerate(args.tasks):
+        folder = work / f"out-{case}-{tasks}"  # kept to the end: --tasks 8 8 needs two folders
         folder.mkdir()
         if tasks == 1:
             r = run_serial(images, args.images, folder)
@@ -263,7 +249,30 @@ def main() -> None:
         note(f"whole run: {row[3]:,.0f} images/s")
         rows.append(row)
         raw.append(data)
-    shutil.rmtree(work, ignore_errors=True)
+    return rows, raw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--kib", type=float, default=200.0, help="size of each PNG in KiB")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64], help="1 = one loop, no threads")
+    parser.add_argument("--whole-run", type=int, default=2000, help="rows of the hf-text-to-image job; 0 to skip")
+    parser.add_argument("--concurrency", type=int, default=64, help="of the whole-run job")
+    args = parser.parse_args()
+    import PIL
+
+    work = tmpdir("images")
+    images = [noise_png(args.kib, seed) for seed in range(16)]
+    size = sum(map(len, images)) / len(images)
+    if abs(size - args.kib * 1024) > 0.05 * args.kib * 1024:
+        raise SystemExit(f"the PNGs are {size:,.0f} B, not ~{args.kib:g} KiB")
+    fs = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+    note(f"{len(images)} PNGs of {size:,.0f} B each on average; writing to {work} ({fs})")
+    try:
+        rows, raw = run_cases(args, images, size, work)
+    finally:  # 2 GB a case
+        shutil.rmtree(work, ignore_errors=True)
     print(f"\n### Images: check_image + ImageStore.save, no network ({machine()}; Pillow {PIL.__version__}; {fs})\n")
     print(
         table(
