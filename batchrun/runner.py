@@ -156,12 +156,14 @@ async def run_job(
         progress = Progress(
             total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
         )
+        store = ImageStore(job.output_dir)
         writer = ManifestWriter(
             job.output_dir,
             run_id=run_id,
             endpoint=job.endpoint.name,
             flush_rows=job.sink.flush_rows,
             flush_seconds=job.sink.flush_seconds,
+            before_part=store.sync,
         )
 
         feed = await anyio.to_thread.run_sync(Feed.open, job, planner, done)
@@ -188,7 +190,7 @@ async def run_job(
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)
             progress.notes = caller.rate.describe
-            pool = Pool(_storing(caller, ImageStore(job.output_dir)), job.limits.concurrency)
+            pool = Pool(_storing(caller, store), job.limits.concurrency)
             results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
             progress.start()
             try:

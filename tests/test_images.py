@@ -5,20 +5,31 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
+import struct
+import zlib
 from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 from conftest import JobWriter, read_manifest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from batchrun.cli import main
 from batchrun.endpoints.images import OpenAIImageAdapter, RawImageAdapter, check_image
-from batchrun.errors import ExitCode, RetryableError
+from batchrun.endpoints.png import PngError, check_png
+from batchrun.errors import ExitCode, RetryableError, SinkError
+from batchrun.models import Parsed, Request, Result
 from batchrun.plan.planner import Planner
 from batchrun.runner import run_job
 from batchrun.simulator import FaultPlan, Trigger, create_app, render_image
+from batchrun.sink import images as image_sink
+from batchrun.sink import writer as manifest_writer
+from batchrun.sink.images import ImageStore
+from batchrun.sink.writer import ManifestWriter
 from batchrun.spec import load_job
 
 HF_IMAGE = 'base_url = "http://sim.test/"\nmodel = "black-forest-labs/FLUX.1-dev"'
@@ -64,6 +75,105 @@ def test_check_image_accepts_whole_images_only() -> None:
         RawImageAdapter().parse({"content-type": "image/png"}, b'{"error": "x"}')
     jpeg = render_image("x", fmt="jpeg")
     assert RawImageAdapter().parse({"content-type": "image/jpeg"}, jpeg).mime_type == "image/jpeg"
+
+
+def noise(mode: str, width: int, height: int, **options: int) -> bytes:
+    rng = random.Random(f"{mode}{width}{height}{options}")
+    image = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3)).convert(mode)
+    out = io.BytesIO()
+    image.save(out, format="PNG", **options)
+    return out.getvalue()
+
+
+PNGS = [
+    noise(mode, width, height, **options)
+    for mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+    for width, height in ((1, 1), (7, 3), (40, 24))
+    for options in ({}, {"compress_level": 0})
+]
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_fixed_crcs(data: bytes) -> bytes:
+    """Every chunk's CRC recomputed: damage that only a decoder, not a checksum, can find."""
+    fixed, pos = bytearray(data), 8
+    while pos + 12 <= len(fixed):
+        (length,) = struct.unpack_from(">I", fixed, pos)
+        if pos + 12 + length > len(fixed):
+            break
+        fixed[pos + 8 + length : pos + 12 + length] = struct.pack(">I", zlib.crc32(fixed[pos + 4 : pos + 8 + length]))
+        pos += 12 + length
+    return bytes(fixed)
+
+
+def full_decode_accepts(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
+
+
+def test_check_png_accepts_every_kind_of_whole_png() -> None:
+    for png in PNGS:
+        with Image.open(io.BytesIO(png)) as image:
+            assert check_png(png) is True
+            assert check_image(png, "image/png").width == image.width
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(PNGS), st.data())
+def test_check_png_accepts_nothing_a_full_decode_refuses(png: bytes, data: st.DataObject) -> None:
+    """Truncated anywhere: refused. Bytes changed, with or without fixed CRCs: if the fast check
+    passes it, Pillow's full decode passes it too."""
+    cut = data.draw(st.integers(0, len(png) - 1))
+    with pytest.raises(PngError):
+        check_png(png[:cut])
+    damaged = bytearray(png)
+    for at, value in data.draw(st.lists(st.tuples(st.integers(8, len(png) - 1), st.integers(0, 255)), min_size=1)):
+        damaged[at] = value
+    for candidate in (bytes(damaged), with_fixed_crcs(bytes(damaged))):
+        try:
+            check_png(candidate)
+        except PngError:
+            continue
+        assert full_decode_accepts(candidate)
+
+
+def test_check_png_refuses_bad_rows_with_good_checksums() -> None:
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))  # 2x2 grey: rows of 1 + 2 bytes
+
+    def png(rows: bytes, *extra: bytes) -> bytes:
+        data = chunk(b"IDAT", zlib.compress(rows)) + b"".join(extra)
+        return b"\x89PNG\r\n\x1a\n" + header + data + chunk(b"IEND", b"")
+
+    assert check_png(png(b"\x00ab\x04cd"))
+    for rows, why in [
+        (b"\x00ab\x05cd", "unknown filter type"),
+        (b"\x00ab\x00c", "not 6"),
+        (b"\x00ab\x00cde", "more image data"),
+    ]:
+        with pytest.raises(PngError, match=why):
+            check_png(png(rows))
+    cut = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00ab\x00cd")[:-4]) + chunk(b"IEND", b"")
+    with pytest.raises(PngError, match="ends before its zlib stream"):
+        check_png(cut)
+    with pytest.raises(PngError, match="after the end of the zlib stream"):
+        check_png(png(b"\x00ab\x00cd", chunk(b"IDAT", b"junk")))
+
+
+def test_an_interlaced_png_gets_a_full_decode() -> None:
+    # 1x1 Adam7: only the first pass holds a pixel, so its data is that of a plain 1x1 image
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 1))
+    png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00\x10\x20\x30")) + chunk(b"IEND", b"")
+    assert (check_image(png, "image/png").width, check_image(png, None).height) == (1, 1)
+    assert check_png(png) is False  # whole, but its rows are left to the decoder
+    with pytest.raises(RetryableError, match="not a valid image"):
+        check_image(png[:-20], "image/png")  # cut after its last pixel: Pillow alone would take it
 
 
 def test_openai_images_reads_b64_json() -> None:
@@ -162,6 +272,110 @@ async def test_openai_images_preset(write_job: JobWriter, tmp_path: Path, monkey
     manifest = read_manifest(tmp_path / "out")
     assert manifest["width"].to_list() == [40] * 3 and manifest["mime_type"].to_list() == ["image/png"] * 3
     assert len(list((tmp_path / "out").glob("images/*/*.png"))) == 3
+
+
+def image_result(key: str) -> Result:
+    request = Request(key, "r", 0, 0, "POST", "http://sim.test/", b"{}", "m")
+    parsed = Parsed(image=render_image(key, width=4, height=4), mime_type="image/png", width=4, height=4)
+    return Result(request, "ok", 1, 0.0, 1.0, parsed=parsed)
+
+
+def test_image_store_syncs_each_folder_that_gained_a_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(image_sink, "fsync_dir", synced.append)
+    store = ImageStore(tmp_path)
+    saved = [store.save(image_result(key)) for key in ("ab" + "0" * 30, "ab" + "1" * 30, "cd" + "0" * 30)]
+    assert synced == [] and store.saved == 3  # a save syncs its file, not its folder
+    assert store.sync() == 4
+    images = tmp_path / "images"
+    assert sorted(synced) == [tmp_path, images, images / "ab", images / "cd"]  # new folders in their parents
+    assert store.sync() == 0
+    store.save(image_result("cd" + "1" * 30))
+    assert store.sync() == 1 and synced[-1] == images / "cd"
+    # a new store (a new run) syncs the parents of a folder it finds: a killed run may have left them unsynced
+    again = ImageStore(tmp_path)
+    again.save(image_result("cd" + "2" * 30))
+    synced.clear()
+    assert again.sync() == 3 and sorted(synced) == [tmp_path, images, images / "cd"]
+    for result in saved:
+        assert result.parsed is not None and result.parsed.image_path is not None
+        data = (tmp_path / result.parsed.image_path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == result.parsed.image_sha256
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_writer_syncs_images_before_each_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_write_part = manifest_writer.write_part
+
+    def write_part(folder: Path, name: str, rows: list[dict[str, object]]) -> Path:
+        events.append("part")
+        return real_write_part(folder, name, rows)
+
+    def sync() -> None:
+        events.append("sync")
+        if len(events) == 1:
+            raise SinkError("cannot sync the image folder x: I/O error")
+
+    monkeypatch.setattr(manifest_writer, "write_part", write_part)
+    writer = ManifestWriter(tmp_path, run_id="r1", endpoint="e", before_part=sync)
+    writer.add(image_result("ab" + "0" * 30))
+    with pytest.raises(SinkError, match="cannot sync"):
+        writer.flush()
+    assert events == ["sync"] and len(writer.buffer) == 1 and writer.seq == 0  # no part, rows kept
+    writer.flush()
+    assert events == ["sync", "sync", "part"] and writer.written == 1
+
+
+@pytest.mark.anyio
+async def test_every_image_a_part_names_is_synced_before_the_part(
+    write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash-safety order in a whole run: file fsync and rename (in ``save``), then an fsync of
+    its folder, then the manifest part that names it."""
+    events: list[tuple[str, object]] = []
+    real_save, real_write_part, real_fsync_dir = ImageStore.save, manifest_writer.write_part, image_sink.fsync_dir
+
+    def save(self: ImageStore, result: Result) -> Result:
+        stored = real_save(self, result)
+        assert stored.parsed is not None
+        events.append(("saved", stored.parsed.image_path))
+        return stored
+
+    def fsync_dir(path: Path) -> None:
+        events.append(("synced", path))
+        real_fsync_dir(path)
+
+    def write_part(folder: Path, name: str, rows: list[dict[str, object]]) -> Path:
+        events.append(("part", [row["image_path"] for row in rows]))
+        return real_write_part(folder, name, rows)
+
+    monkeypatch.setattr(ImageStore, "save", save)
+    monkeypatch.setattr(image_sink, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(manifest_writer, "write_part", write_part)
+    job_path = write_job(
+        rows=prompts(40),
+        preset="hf-text-to-image",
+        endpoint=HF_IMAGE,
+        request=HF_REQUEST,
+        top='id_column = "id"\n[sink]\nflush_rows = 7',
+        limits="concurrency = 8",
+    )
+    summary = await run_job(load_job(job_path), transport=httpx.ASGITransport(app=create_app()), quiet=True)
+    assert summary.exit_code == ExitCode.OK
+    out = tmp_path / "out"
+    parts = [i for i, (kind, _) in enumerate(events) if kind == "part"]
+    assert len(parts) >= 80 // 7 and len(read_manifest(out)) == 80
+    for at in parts:
+        paths = events[at][1]
+        assert isinstance(paths, list)
+        for path in paths:
+            saved_at = events.index(("saved", path))
+            folder = (out / path).parent
+            assert ("synced", folder) in events[saved_at + 1 : at], path
+    first_saved = next(i for i, (kind, _) in enumerate(events) if kind == "saved")
+    for created in (out, out / "images"):  # gained the new folders images/ and images/<prefix>/
+        assert ("synced", created) in events[first_saved + 1 : parts[0]]
 
 
 def test_imagefolder_loads_with_datasets(write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,15 +1,17 @@
-"""Images go to disk, whole, before their manifest row: temp file, fsync, rename."""
+"""Images go to disk, whole, before their manifest row: temp file, fsync, rename; the folders that
+gained a file are synced once per manifest part, before the part (``sync``), not once per image."""
 
 from __future__ import annotations
 
 import dataclasses
 import errno
 import hashlib
+import threading
 from pathlib import Path
 
 from ..errors import SinkError
 from ..models import Result
-from .files import write_atomic
+from .files import fsync_dir, write_bytes_atomic
 from .layout import image_relpath
 
 
@@ -17,10 +19,14 @@ class ImageStore:
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
         self.saved = 0
+        self._known: set[Path] = set()  # folders written into (and whose parents will be synced)
+        self._unsynced: set[Path] = set()  # folders whose new entries may not be durable yet
+        self._lock = threading.Lock()  # saves run in many worker threads
 
     def save(self, result: Result) -> Result:
         """Write the image of an ok result (blocking: run it in a worker thread); the returned
-        result holds the path, size and hash instead of the bytes."""
+        result holds the path, size and hash instead of the bytes. The file's name is durable
+        only after the next ``sync``."""
         parsed = result.parsed
         if parsed is None or parsed.image is None or parsed.mime_type is None:
             return result
@@ -28,13 +34,42 @@ class ImageStore:
         final = self.output_dir / relpath
         data = parsed.image
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(final, lambda tmp: tmp.write_bytes(data))
+            if final.parent not in self._known:
+                self._first_use(final.parent)
+            write_bytes_atomic(final, data)
         except OSError as exc:
             reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
             raise SinkError(f"cannot write {final}: {reason}") from None
-        self.saved += 1
-        stored = dataclasses.replace(
-            parsed, image=None, image_path=relpath, image_sha256=hashlib.sha256(data).hexdigest(), image_bytes=len(data)
-        )
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            self._unsynced.add(final.parent)
+            self.saved += 1
+        stored = dataclasses.replace(parsed, image=None, image_path=relpath, image_sha256=digest, image_bytes=len(data))
         return dataclasses.replace(result, parsed=stored)
+
+    def sync(self) -> int:
+        """Make every file saved so far durable under its name: fsync each folder that gained an
+        entry since the last call (blocking). The manifest writer calls it before each part."""
+        with self._lock:
+            folders, self._unsynced = sorted(self._unsynced), set()
+        for i, folder in enumerate(folders):
+            try:
+                fsync_dir(folder)
+            except OSError as exc:
+                with self._lock:
+                    self._unsynced.update(folders[i:])
+                raise SinkError(f"cannot sync the image folder {folder}: {exc.strerror or exc}") from None
+        return len(folders)
+
+    def _first_use(self, folder: Path) -> None:
+        """Create ``images/<prefix>/`` if needed, and mark its parents for the next sync: the folder
+        may be new, or left unsynced by a run that was killed. Under the lock, so that no save can
+        find the folder made before its parents are marked."""
+        with self._lock:
+            if folder not in self._known:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._unsynced.update((folder.parent, folder.parent.parent))
+                self._known.add(folder)
+
+    def __repr__(self) -> str:
+        return f"ImageStore(saved={self.saved}, unsynced_folders={len(self._unsynced)})"

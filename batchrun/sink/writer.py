@@ -26,13 +26,17 @@ class ManifestWriter:
         shard: str = "s0of1",
         flush_rows: int = 1000,
         flush_seconds: float = 5.0,
+        before_part: Callable[[], object] | None = None,
     ) -> None:
+        """``before_part`` runs in the flush, before each part is written: ``ImageStore.sync``,
+        so that every image a part names is durable before the part is."""
         self.folder = output_dir / MANIFEST_DIR
         self.run_id = run_id
         self.endpoint = endpoint
         self.shard = shard
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self.before_part = before_part
         self.buffer: list[dict[str, Any]] = []
         self.seq = 0
         self.written = 0
@@ -57,12 +61,17 @@ class ManifestWriter:
             return
         rows, self.buffer = self.buffer, []
         try:
+            if self.before_part is not None:
+                self.before_part()
             self.folder.mkdir(parents=True, exist_ok=True)
             write_part(self.folder, part_name(self.run_id, self.shard, self.seq), rows)
         except OSError as exc:
             self.buffer = rows + self.buffer  # keep them for a later try
             reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
             raise SinkError(f"cannot write the manifest in {self.folder}: {reason}") from None
+        except SinkError:
+            self.buffer = rows + self.buffer
+            raise
         self.seq += 1
         self.written += len(rows)
 
