@@ -13,6 +13,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import SinkError
 from ..models import Result
+from .files import fsync_dir
 from .manifest import MANIFEST_DIR, manifest_row, part_name, write_part
 
 
@@ -41,6 +42,7 @@ class ManifestWriter:
         self.seq = 0
         self.written = 0
         self._last_flush = time.monotonic()
+        self._folder_synced = False
         self.error: SinkError | None = None
 
     def add(self, result: Result) -> None:
@@ -63,7 +65,10 @@ class ManifestWriter:
         try:
             if self.before_part is not None:
                 self.before_part()
-            self.folder.mkdir(parents=True, exist_ok=True)
+            if not self._folder_synced:  # the manifest folder's own entry, once a run
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.folder.parent)
+                self._folder_synced = True
             write_part(self.folder, part_name(self.run_id, self.shard, self.seq), rows)
         except OSError as exc:
             self.buffer = rows + self.buffer  # keep them for a later try
