@@ -100,11 +100,9 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
 
     def count() -> None:
         feed = Feed.open(job, planner, done, note=False)
-        start = 0
-        for frame in table.frames(BATCH_ROWS):
+        for start, frame in table.slices(BATCH_ROWS, feed.next_row):
             for _ in feed.requests(start, frame):
                 pass
-            start += frame.height
 
     with planner.occurrences:
         await anyio.to_thread.run_sync(count)
@@ -168,12 +166,12 @@ async def run_job(
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 
         async def produce(send: MemoryObjectSendStream[Request]) -> None:
-            frames, start = table.frames(BATCH_ROWS), 0
-            while (frame := await anyio.to_thread.run_sync(next, frames, None)) is not None:
+            slices = table.slices(BATCH_ROWS, feed.next_row)
+            while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
+                start, frame = pair
                 before = planner.counts.done + planner.counts.shared + planner.counts.skipped
                 for request in feed.requests(start, frame):
                     await send.send(request)
-                start += frame.height
                 progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
                 while planner.skipped_rows:
                     index, row_id = planner.skipped_rows.pop(0)

@@ -16,6 +16,7 @@ from batchrun.models import DoneKeys
 from batchrun.plan.feed import Feed
 from batchrun.plan.keyindex import INDEX_DIR
 from batchrun.plan.planner import Planner
+from batchrun.plan.reader import Table
 from batchrun.runner import run_job
 from batchrun.spec import load_job
 
@@ -54,17 +55,39 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
         feed.write(part)
     done_keys = [k for (i, _, k) in expected if i < 120 and rng.random() < 0.7]
 
-    # the resumed run: only rows 0..119 with work left are rendered, the rest planned as usual
+    # the resumed run: of rows 0..119, only those with work left are read and rendered; the rest
+    # of the input is planned as usual
     second = Planner(job, DoneKeys.of(ok=done_keys))
     resumed = Feed.open(job, second, second.done_keys)
     assert resumed.covered == 120
-    got = []
-    for start in range(0, 300, 50):
-        got += [(r.row_index, r.sample, r.key) for r in resumed.requests(start, frame.slice(start, 50))]
+    got, read = [], []
+    for start, part in Table(job.input).slices(50, resumed.next_row):
+        read += part.get_column("id").to_list()
+        got += [(r.row_index, r.sample, r.key) for r in resumed.requests(start, part)]
     assert sorted(got) == sorted(t for t in expected if t[2] not in set(done_keys))
+    assert len(read) == len(set(read)) and set(read) >= set(range(120, 300))
+    assert min(read) == resumed.todo_rows[0] == min(i for i, _, k in expected if k not in set(done_keys))
     full = Planner(job, DoneKeys.of(ok=done_keys))
     list(full.plan(rows))
     assert second.counts == full.counts
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_slices_read_only_the_rows_asked_for(tmp_path: Path, suffix: str) -> None:
+    source = tmp_path / f"input{suffix}"
+    write_table(source, [{"id": i} for i in range(100)])
+    wanted = [10, 11, 35, *range(60, 100)]
+
+    def next_row(row: int) -> int:
+        return next((w for w in wanted if w >= row), 100)
+
+    seen = []
+    for start, frame in Table(str(source)).slices(8, next_row):
+        ids = frame.get_column("id").to_list()
+        assert start in wanted and ids == list(range(start, start + len(ids)))
+        seen += ids
+    assert len(seen) == len(set(seen)) and set(wanted) <= set(seen)
+    assert len(seen) < 60
 
 
 @pytest.mark.anyio

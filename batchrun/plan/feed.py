@@ -68,6 +68,14 @@ class Feed:
         counts.todo += todo.height
         self.todo_rows = sorted(self.todo)
 
+    def next_row(self, row: int) -> int:
+        """The first row from ``row`` on that has to be read: of the rows the index covers, only
+        those with work left (so a resumed run does not read the done part of its input at all)."""
+        if row >= self.covered:
+            return row
+        at = bisect.bisect_left(self.todo_rows, row)
+        return self.todo_rows[at] if at < len(self.todo_rows) else self.covered
+
     def requests(self, start: int, frame: pl.DataFrame) -> Iterator[Request]:
         """The requests for the ``frame`` of input rows that begins at row ``start``."""
         end = start + frame.height
