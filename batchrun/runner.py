@@ -100,7 +100,7 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
 
     def count() -> None:
         feed = Feed.open(job, planner, done, note=False)
-        for start, frame in table.slices(BATCH_ROWS, feed.next_row):
+        for start, frame in feed.slices(table, BATCH_ROWS):
             for _ in feed.requests(start, frame):
                 pass
 
@@ -166,7 +166,7 @@ async def run_job(
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 
         async def produce(send: MemoryObjectSendStream[Request]) -> None:
-            slices = table.slices(BATCH_ROWS, feed.next_row)
+            slices = feed.slices(table, BATCH_ROWS)
             while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
                 start, frame = pair
                 before = planner.counts.done + planner.counts.shared + planner.counts.skipped

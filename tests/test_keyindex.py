@@ -61,7 +61,7 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
     resumed = Feed.open(job, second, second.done_keys)
     assert resumed.covered == 120
     got, read = [], []
-    for start, part in Table(job.input).slices(50, resumed.next_row):
+    for start, part in resumed.slices(Table(job.input), 50):
         read += part.get_column("id").to_list()
         got += [(r.row_index, r.sample, r.key) for r in resumed.requests(start, part)]
     assert sorted(got) == sorted(t for t in expected if t[2] not in set(done_keys))
@@ -70,6 +70,12 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
     full = Planner(job, DoneKeys.of(ok=done_keys))
     list(full.plan(rows))
     assert second.counts == full.counts
+
+    # frames that straddle the end of the index, handed over as they come, plan the same
+    third = Planner(job, DoneKeys.of(ok=done_keys))
+    straddled = Feed.open(job, third, third.done_keys)
+    again = [(r.row_index, r.sample, r.key) for i in range(0, 300, 70) for r in straddled.requests(i, frame[i:][:70])]
+    assert sorted(again) == sorted(got) and third.counts == full.counts
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -14,6 +15,9 @@ from ..models import DoneKeys, Request
 from ..spec import Job
 from .keyindex import Entry, KeyIndex, fingerprint
 from .planner import Planner
+
+if TYPE_CHECKING:
+    from .reader import Table
 
 JOURNAL_ROWS = 65_536  # entries per index part
 
@@ -25,6 +29,7 @@ class Feed:
         self.covered = covered  # rows 0..covered-1 were keyed by an earlier run
         self.todo: dict[int, list[tuple[int, str]]] = {}
         self.todo_rows: list[int] = []
+        self._contents: pl.Series | None = None  # the covered requests' digests, until restored
         self._journal_from = covered
         planner.journal = [] if index is not None else None
 
@@ -49,7 +54,8 @@ class Feed:
 
     def _take(self, frame: pl.DataFrame, done: DoneKeys) -> None:
         planned = frame.filter(pl.col("sample") >= 0)
-        self.planner.restore(self.covered, planned.get_column("content").to_list())
+        self._contents = planned.get_column("content")
+        self.planner.counts.rows = self.covered
         short = pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
         ok = pl.Series(list(done.ok), dtype=pl.UInt64)
         failed = pl.Series(list(done.failed), dtype=pl.UInt64)
@@ -68,6 +74,25 @@ class Feed:
         counts.todo += todo.height
         self.todo_rows = sorted(self.todo)
 
+    def restore(self) -> None:
+        """Seed the planner's occurrence index with the requests the index covers: needed before
+        the first row past it is planned, and only then (a finished job never needs it)."""
+        if self._contents is not None:
+            self.planner.restore(self.covered, self._contents.to_list())
+            self._contents = None
+
+    def slices(self, table: Table, size: int) -> Iterator[tuple[int, pl.DataFrame]]:
+        """``(first row, frame)`` of the input rows with work in them (blocking: call ``next`` in a
+        thread). A frame is cut where the index ends, so the rows before that are sent before the
+        occurrence index is restored for the rows after it."""
+        for start, frame in table.slices(size, self.next_row):
+            if start < self.covered < start + frame.height:
+                yield start, frame.slice(0, self.covered - start)
+                start, frame = self.covered, frame.slice(self.covered - start)
+            if start + frame.height > self.covered:
+                self.restore()
+            yield start, frame
+
     def next_row(self, row: int) -> int:
         """The first row from ``row`` on that has to be read: of the rows the index covers, only
         those with work left (so a resumed run does not read the done part of its input at all)."""
@@ -85,8 +110,10 @@ class Feed:
             rows = [(i, frame.row(i - start, named=True), self.todo[i]) for i in self.todo_rows[first:last]]
             yield from self.planner.replan(rows)
             if end > self.covered:
+                self.restore()
                 yield from self.planner.plan(frame.slice(self.covered - start).to_dicts())
         else:
+            self.restore()
             yield from self.planner.plan(frame.to_dicts())
 
     def journal_part(self, final: bool = False) -> tuple[int, int, list[Entry]] | None:
