@@ -40,7 +40,7 @@ from .progress import Progress
 from .sink.files import remove_temp_files
 from .sink.images import ImageStore
 from .sink.lock import OutputLock
-from .sink.manifest import read_done_keys
+from .sink.manifest import read_done
 from .sink.writer import ManifestWriter
 from .spec import Job
 from .summary import RunSummary
@@ -92,20 +92,28 @@ def open_input(job: Job) -> tuple[Table, int]:
     return table, rows
 
 
+def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> tuple[Planner, Feed]:
+    """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
+    call it in a thread)."""
+    done = read_done(job.output_dir, retry_failed=retry_failed)
+    planner = Planner(job, done.keys, occurrences)
+    return planner, Feed.open(job, planner, done.keys, done.ok, note=note)
+
+
 async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
     """Dry run: what a run would send now. Reads the input and the manifest, sends nothing."""
     table, rows = await anyio.to_thread.run_sync(open_input, job)
-    done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
-    planner = Planner(job, done, Occurrences(rows * job.request.samples))
+    occurrences = Occurrences(rows * job.request.samples)
 
-    def count() -> None:
-        feed = Feed.open(job, planner, done, note=False)
+    def count() -> Planner:
+        planner, feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
         for start, frame in feed.slices(table, BATCH_ROWS):
             for _ in feed.requests(start, frame):
                 pass
+        return planner
 
-    with planner.occurrences:
-        await anyio.to_thread.run_sync(count)
+    with occurrences:
+        planner = await anyio.to_thread.run_sync(count)
     return planner.counts, planner.stale
 
 
@@ -147,10 +155,11 @@ async def run_job(
     with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
         await anyio.to_thread.run_sync(remember_job, job)
-        done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
         occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
         stack.callback(occurrences.close)
-        planner = Planner(job, done, occurrences)
+        planner, feed = await anyio.to_thread.run_sync(
+            lambda: open_plan(job, occurrences, retry_failed=retry_failed, note=True)
+        )
         progress = Progress(
             total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
         )
@@ -161,8 +170,6 @@ async def run_job(
             flush_rows=job.sink.flush_rows,
             flush_seconds=job.sink.flush_seconds,
         )
-
-        feed = await anyio.to_thread.run_sync(Feed.open, job, planner, done)
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 
         async def produce(send: MemoryObjectSendStream[Request]) -> None:

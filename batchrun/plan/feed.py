@@ -34,9 +34,12 @@ class Feed:
         planner.journal = [] if index is not None else None
 
     @classmethod
-    def open(cls, job: Job, planner: Planner, done: DoneKeys, *, note: bool = True) -> Feed:
+    def open(
+        cls, job: Job, planner: Planner, done: DoneKeys, ok: pl.Series | None = None, *, note: bool = True
+    ) -> Feed:
         """Load the index if it matches this job and input (blocking: call it in a thread). With
-        ``note`` (a run, holding the lock) the rows planned anew are added to it."""
+        ``note`` (a run, holding the lock) the rows planned anew are added to it. ``ok``: the ok
+        keys of ``done`` as a column, if the caller has it (saves building it from the set)."""
         try:
             index = KeyIndex(job.output_dir, fingerprint(job))
             loaded = index.load()
@@ -49,15 +52,16 @@ class Feed:
             return cls(planner, None)  # a cache: without it, every row is planned as before
         covered, frame = loaded
         feed = cls(planner, index if note else None, covered)
-        feed._take(frame, done)
+        feed._take(frame, done, ok)
         return feed
 
-    def _take(self, frame: pl.DataFrame, done: DoneKeys) -> None:
+    def _take(self, frame: pl.DataFrame, done: DoneKeys, ok: pl.Series | None) -> None:
         planned = frame.filter(pl.col("sample") >= 0)
         self._contents = planned.get_column("content")
         self.planner.counts.rows = self.covered
         short = pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
-        ok = pl.Series(list(done.ok), dtype=pl.UInt64)
+        if ok is None:
+            ok = pl.Series(list(done.ok), dtype=pl.UInt64)
         failed = pl.Series(list(done.failed), dtype=pl.UInt64)
         active = planned.filter(~pl.col("shared")).with_columns(
             short.is_in(ok.implode()).alias("is_ok"), short.is_in(failed.implode()).alias("is_failed")
