@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
-from .dispatch.client import NetworkTransport, RedirectTransport, Sender, make_sender
+from .dispatch.client import RedirectTransport, Sender, make_sender
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
 from .dispatch.pool import Pool
 from .dispatch.retry import RetryPolicy
@@ -125,6 +125,7 @@ async def _endpoint_transport(
     if transport is not None or not job.endpoint.simulated:
         yield transport
         return
+    from .dispatch.network import NetworkTransport
     from .simulator import create_app, serve
 
     async with serve(create_app()) as base_url:

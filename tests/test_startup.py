@@ -1,5 +1,6 @@
 """What a start costs: a chat job with a plain ``{{ column }}`` template plans without importing
-the libraries that only some jobs or commands need (each is tens of milliseconds at every start)."""
+the libraries that only some jobs or commands need (each is tens of milliseconds at every start;
+aiohttp is for runs that go on the network)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from conftest import JobWriter, questions
 
 from batchrun.plan.templates import referenced_names
 
-ONLY_SOMETIMES = ["jinja2", "tenacity", "PIL", "jmespath", "starlette", "uvicorn"]
+ONLY_SOMETIMES = ["aiohttp", "jinja2", "tenacity", "PIL", "jmespath", "starlette", "uvicorn"]
 
 
 def test_planning_a_plain_job_imports_only_what_it_needs(write_job: JobWriter) -> None:
