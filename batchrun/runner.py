@@ -174,22 +174,28 @@ async def run_job(
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 
         async def produce(send: MemoryObjectSendStream[Request]) -> None:
-            slices = feed.slices(table, BATCH_ROWS)
-            while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
-                start, frame = pair
-                before = planner.counts.done + planner.counts.shared + planner.counts.skipped
-                for request in feed.requests(start, frame):
-                    await send.send(request)
-                progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
-                while planner.skipped_rows:
-                    index, row_id = planner.skipped_rows.pop(0)
-                    event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
-                if part := feed.journal_part():
-                    await anyio.to_thread.run_sync(feed.write, part)
-                if occurrences.flush_due:
-                    await anyio.to_thread.run_sync(occurrences.flush)
-            if part := feed.journal_part(final=True):
-                await anyio.to_thread.run_sync(feed.write, part)
+            slices, whole = feed.slices(table, BATCH_ROWS), False
+            try:
+                while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
+                    start, frame = pair
+                    before = planner.counts.done + planner.counts.shared + planner.counts.skipped
+                    for request in feed.requests(start, frame):
+                        await send.send(request)
+                    progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
+                    while planner.skipped_rows:
+                        index, row_id = planner.skipped_rows.pop(0)
+                        event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
+                    if part := feed.journal_part():
+                        await anyio.to_thread.run_sync(feed.write, part)
+                    if occurrences.flush_due:
+                        await anyio.to_thread.run_sync(occurrences.flush)
+                whole = True
+            finally:
+                # also when stopped (a signal, the deadline, a fatal answer): the rows keyed so far
+                # go into the plan index, so the next run does not render them again
+                if part := feed.journal_part(final=True, stopped=not whole):
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(feed.write, part)
 
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)

@@ -14,7 +14,7 @@ from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, writ
 
 from batchrun.models import DoneKeys
 from batchrun.plan.feed import Feed
-from batchrun.plan.keyindex import INDEX_DIR
+from batchrun.plan.keyindex import INDEX_DIR, KeyIndex, fingerprint
 from batchrun.plan.planner import Planner
 from batchrun.plan.reader import Table
 from batchrun.runner import run_job
@@ -120,6 +120,29 @@ async def test_the_index_is_rebuilt_when_the_job_or_the_input_changes(
     changed = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
     assert changed.ok == 40 and changed.stale == 40  # a new template: new requests, the old results stale
     assert read_manifest(tmp_path / "out").height == 80
+
+
+@pytest.mark.anyio
+async def test_a_stopped_run_keeps_the_index_of_the_rows_it_planned(
+    write_job: JobWriter, endpoint: ScriptedEndpoint, tmp_path: Path
+) -> None:
+    rows = rows_with_duplicates(3000, 5)
+    job_path = write_job(rows=rows, request='prompt = "{{ question }}"\nsamples = 3', limits="concurrency = 4")
+
+    def refuse_after_50(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401) if endpoint.count >= 50 else endpoint(request)
+
+    # stopped by a fatal answer mid-batch: far fewer rows planned than an index part holds
+    stopped = await run_job(load_job(job_path), transport=httpx.MockTransport(refuse_after_50), quiet=True)
+    assert stopped.fatal and stopped.ok < 3 * 3000
+    job = load_job(job_path)
+    loaded = KeyIndex(job.output_dir, fingerprint(job)).load()
+    assert loaded is not None and 0 < loaded[0] < 3000
+
+    resumed = await run_job(job, transport=endpoint.transport(), quiet=True)
+    assert resumed.counts.rows == 3000 and resumed.counts.done == stopped.ok
+    ok = read_manifest(tmp_path / "out").filter(pl.col("status") == "ok")
+    assert sorted(ok.get_column("request_key").to_list()) == sorted(k for _, _, k in full_plan(job_path, rows))
 
 
 @pytest.mark.anyio

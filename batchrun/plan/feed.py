@@ -120,14 +120,20 @@ class Feed:
             self.restore()
             yield from self.planner.plan(frame.to_dicts())
 
-    def journal_part(self, final: bool = False) -> tuple[int, int, list[Entry]] | None:
-        """Entries to write as the next index part, taken at a batch boundary."""
+    def journal_part(self, final: bool = False, *, stopped: bool = False) -> tuple[int, int, list[Entry]] | None:
+        """Entries to write as the next index part, taken at a batch boundary; or, ``stopped``
+        anywhere, those of the rows planned whole (the last row begun may lack a sample)."""
         journal = self.planner.journal
-        if journal is None or not journal or (len(journal) < JOURNAL_ROWS and not final):
+        if journal is None or not journal or (len(journal) < JOURNAL_ROWS and not final and not stopped):
             return None
+        end = self.planner.counts.rows - 1 if stopped else self.planner.counts.rows
         self.planner.journal = []
-        first, self._journal_from = self._journal_from, self.planner.counts.rows
-        return first, self._journal_from, journal
+        if stopped:
+            journal = [entry for entry in journal if entry[0] < end]
+            if not journal:
+                return None
+        first, self._journal_from = self._journal_from, end
+        return first, end, journal
 
     def write(self, part: tuple[int, int, list[Entry]]) -> None:
         if self.index is None:
