@@ -30,7 +30,7 @@ from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
 from .errors import ExitCode, InputError, JobError
 from .export import remember_job
 from .log import event
-from .models import Request, Result
+from .models import DoneKeys, Request, Result
 from .plan.feed import Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
@@ -96,8 +96,8 @@ def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: b
     """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
     call it in a thread)."""
     done = read_done(job.output_dir, retry_failed=retry_failed)
-    planner = Planner(job, done.keys, occurrences)
-    return planner, Feed.open(job, planner, done.keys, done.ok, note=note)
+    planner = Planner(job, DoneKeys(failed=done.failed), occurrences)  # the ok keys follow, through the feed
+    return planner, Feed.open(job, planner, planner.done_keys, done.ok, note=note)
 
 
 async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
@@ -105,16 +105,15 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
     table, rows = await anyio.to_thread.run_sync(open_input, job)
     occurrences = Occurrences(rows * job.request.samples)
 
-    def count() -> Planner:
+    def count() -> tuple[PlanCounts, int]:
         planner, feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
         for start, frame in feed.slices(table, BATCH_ROWS):
             for _ in feed.requests(start, frame):
                 pass
-        return planner
+        return planner.counts, feed.stale
 
     with occurrences:
-        planner = await anyio.to_thread.run_sync(count)
-    return planner.counts, planner.stale
+        return await anyio.to_thread.run_sync(count)
 
 
 @contextlib.asynccontextmanager
@@ -230,7 +229,7 @@ async def run_job(
     return RunSummary(
         run_id=run_id,
         counts=counts,
-        stale=planner.stale,
+        stale=feed.stale,
         sent=caller.attempts,
         ok=progress.ok,
         failed=progress.failed,

@@ -30,6 +30,7 @@ class Feed:
         self.todo: dict[int, list[tuple[int, str]]] = {}
         self.todo_rows: list[int] = []
         self._contents: pl.Series | None = None  # the covered requests' digests, until restored
+        self._ok: pl.Series | None = None  # ok keys not yet in the planner's done keys, until restored
         self._journal_from = covered
         planner.journal = [] if index is not None else None
 
@@ -38,8 +39,15 @@ class Feed:
         cls, job: Job, planner: Planner, done: DoneKeys, ok: pl.Series | None = None, *, note: bool = True
     ) -> Feed:
         """Load the index if it matches this job and input (blocking: call it in a thread). With
-        ``note`` (a run, holding the lock) the rows planned anew are added to it. ``ok``: the ok
-        keys of ``done`` as a column, if the caller has it (saves building it from the set)."""
+        ``note`` (a run, holding the lock) the rows planned anew are added to it. ``ok``: ok keys
+        read as a column and not yet in ``done``; they are added to it when the first row past the
+        index is planned, so the rows the index says are to do need not wait for that set."""
+        feed = cls._open(job, planner, done, ok, note)
+        feed._ok = ok
+        return feed
+
+    @classmethod
+    def _open(cls, job: Job, planner: Planner, done: DoneKeys, ok: pl.Series | None, note: bool) -> Feed:
         try:
             index = KeyIndex(job.output_dir, fingerprint(job))
             loaded = index.load()
@@ -79,11 +87,22 @@ class Feed:
         self.todo_rows = sorted(self.todo)
 
     def restore(self) -> None:
-        """Seed the planner's occurrence index with the requests the index covers: needed before
-        the first row past it is planned, and only then (a finished job never needs it)."""
+        """Ready the planner for rows past the index: its occurrence index seeded with the requests
+        the index covers, its done keys complete. Only then: a finished job needs neither."""
         if self._contents is not None:
             self.planner.restore(self.covered, self._contents.to_list())
             self._contents = None
+        if self._ok is not None:
+            self.planner.done_keys.ok.update(self._ok.to_list())
+            self._ok = None
+
+    @property
+    def stale(self) -> int:
+        """Done keys this plan no longer asks for (``Planner.stale``, also before ``restore``)."""
+        if self._ok is None:
+            return self.planner.stale
+        done = self._ok.n_unique() + len(self.planner.done_keys)
+        return max(0, done - self.planner.counts.done)
 
     def slices(self, table: Table, size: int) -> Iterator[tuple[int, pl.DataFrame]]:
         """``(first row, frame)`` of the input rows with work in them (blocking: call ``next`` in a
