@@ -107,7 +107,7 @@ class Feed:
     def slices(self, table: Table, size: int) -> Iterator[tuple[int, pl.DataFrame]]:
         """``(first row, frame)`` of the input rows with work in them (blocking: call ``next`` in a
         thread). A frame is cut where the index ends, so the rows before that are sent before the
-        occurrence index is restored for the rows after it."""
+        planner is readied (``restore``) for the rows after it."""
         for start, frame in table.slices(size, self.next_row):
             if start < self.covered < start + frame.height:
                 yield start, frame.slice(0, self.covered - start)
