@@ -14,7 +14,7 @@ from conftest import JobWriter, questions
 
 from batchrun.plan.templates import referenced_names
 
-ONLY_SOMETIMES = ["aiohttp", "jinja2", "tenacity", "PIL", "jmespath", "starlette", "uvicorn"]
+ONLY_SOMETIMES = ["aiohttp", "jinja2", "tenacity", "PIL", "jmespath", "numpy", "starlette", "uvicorn"]
 
 
 def test_planning_a_plain_job_imports_only_what_it_needs(write_job: JobWriter) -> None:
