@@ -6,14 +6,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
+from typing import TYPE_CHECKING, TextIO
 
 from .log import event
 from .models import Result
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
 
 class Progress:
@@ -44,6 +44,11 @@ class Progress:
     def start(self) -> None:
         if self.quiet or not self.interactive:
             return
+        # rich only for the live bar: cron, --quiet and JSON logs do not pay for importing it
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
         self._bar = RichProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
-from .dispatch.client import NetworkTransport, RedirectTransport, Sender, make_sender
+from .dispatch.client import RedirectTransport, Sender, make_sender
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
 from .dispatch.pool import Pool
 from .dispatch.retry import RetryPolicy
@@ -30,7 +30,7 @@ from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
 from .errors import ExitCode, InputError, JobError
 from .export import remember_job
 from .log import event
-from .models import Request, Result
+from .models import DoneKeys, Request, Result
 from .plan.feed import Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
@@ -40,7 +40,7 @@ from .progress import Progress
 from .sink.files import remove_temp_files
 from .sink.images import ImageStore
 from .sink.lock import OutputLock
-from .sink.manifest import read_done_keys
+from .sink.manifest import read_done
 from .sink.writer import ManifestWriter
 from .spec import Job
 from .summary import RunSummary
@@ -92,23 +92,28 @@ def open_input(job: Job) -> tuple[Table, int]:
     return table, rows
 
 
+def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> tuple[Planner, Feed]:
+    """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
+    call it in a thread)."""
+    done = read_done(job.output_dir, retry_failed=retry_failed)
+    planner = Planner(job, DoneKeys(failed=done.failed), occurrences)  # the ok keys follow, through the feed
+    return planner, Feed.open(job, planner, planner.done_keys, done.ok, note=note)
+
+
 async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
     """Dry run: what a run would send now. Reads the input and the manifest, sends nothing."""
     table, rows = await anyio.to_thread.run_sync(open_input, job)
-    done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
-    planner = Planner(job, done, Occurrences(rows * job.request.samples))
+    occurrences = Occurrences(rows * job.request.samples)
 
-    def count() -> None:
-        feed = Feed.open(job, planner, done, note=False)
-        start = 0
-        for frame in table.frames(BATCH_ROWS):
+    def count() -> tuple[PlanCounts, int]:
+        planner, feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
+        for start, frame in feed.slices(table, BATCH_ROWS):
             for _ in feed.requests(start, frame):
                 pass
-            start += frame.height
+        return planner.counts, feed.stale
 
-    with planner.occurrences:
-        await anyio.to_thread.run_sync(count)
-    return planner.counts, planner.stale
+    with occurrences:
+        return await anyio.to_thread.run_sync(count)
 
 
 @contextlib.asynccontextmanager
@@ -119,6 +124,7 @@ async def _endpoint_transport(
     if transport is not None or not job.endpoint.simulated:
         yield transport
         return
+    from .dispatch.network import NetworkTransport
     from .simulator import create_app, serve
 
     async with serve(create_app()) as base_url:
@@ -149,10 +155,11 @@ async def run_job(
     with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
         await anyio.to_thread.run_sync(remember_job, job)
-        done = await anyio.to_thread.run_sync(lambda: read_done_keys(job.output_dir, retry_failed=retry_failed))
         occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
         stack.callback(occurrences.close)
-        planner = Planner(job, done, occurrences)
+        planner, feed = await anyio.to_thread.run_sync(
+            lambda: open_plan(job, occurrences, retry_failed=retry_failed, note=True)
+        )
         progress = Progress(
             total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
         )
@@ -165,27 +172,31 @@ async def run_job(
             flush_seconds=job.sink.flush_seconds,
             before_part=store.sync,
         )
-
-        feed = await anyio.to_thread.run_sync(Feed.open, job, planner, done)
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 
         async def produce(send: MemoryObjectSendStream[Request]) -> None:
-            frames, start = table.frames(BATCH_ROWS), 0
-            while (frame := await anyio.to_thread.run_sync(next, frames, None)) is not None:
-                before = planner.counts.done + planner.counts.shared + planner.counts.skipped
-                for request in feed.requests(start, frame):
-                    await send.send(request)
-                start += frame.height
-                progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
-                while planner.skipped_rows:
-                    index, row_id = planner.skipped_rows.pop(0)
-                    event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
-                if part := feed.journal_part():
-                    await anyio.to_thread.run_sync(feed.write, part)
-                if occurrences.flush_due:
-                    await anyio.to_thread.run_sync(occurrences.flush)
-            if part := feed.journal_part(final=True):
-                await anyio.to_thread.run_sync(feed.write, part)
+            slices, whole = feed.slices(table, BATCH_ROWS), False
+            try:
+                while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
+                    start, frame = pair
+                    before = planner.counts.done + planner.counts.shared + planner.counts.skipped
+                    for request in feed.requests(start, frame):
+                        await send.send(request)
+                    progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
+                    while planner.skipped_rows:
+                        index, row_id = planner.skipped_rows.pop(0)
+                        event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
+                    if part := feed.journal_part():
+                        await anyio.to_thread.run_sync(feed.write, part)
+                    if occurrences.flush_due:
+                        await anyio.to_thread.run_sync(occurrences.flush)
+                whole = True
+            finally:
+                # also when stopped (a signal, the deadline, a fatal answer): the rows keyed so far
+                # go into the plan index, so the next run does not render them again
+                if part := feed.journal_part(final=True, stopped=not whole):
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(feed.write, part)
 
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)
@@ -220,7 +231,7 @@ async def run_job(
     return RunSummary(
         run_id=run_id,
         counts=counts,
-        stale=planner.stale,
+        stale=feed.stale,
         sent=caller.attempts,
         ok=progress.ok,
         failed=progress.failed,

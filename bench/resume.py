@@ -9,8 +9,9 @@ body included; through ``Feed``, so the plan index is noted as a run notes it), 
 ``ManifestWriter`` (``flush_rows`` = 1000, the default) writes an "ok"
 result per key, i.e. the same part files a real run at the default flush size leaves behind
 (1 part per 1000 results). ``batchrun plan`` then has to report exactly ``--done`` rows done, which
-checks the keys. The done rows are the first ones of the input: the worst case for the time to
-the first new request, since the planner walks all of them first.
+checks the keys. The done rows are the first ones of the input (a run that reads or renders the
+rows it has done pays for all of them before its first new request; with the plan index it skips
+them unread).
 
 Measured, through the real CLI:
   * time to first new request: from spawning ``python -m batchrun run`` to the first request that

@@ -12,10 +12,11 @@ import polars as pl
 import pytest
 from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
 
-from batchrun.models import DoneKeys
+from batchrun.models import DoneKeys, short_key
 from batchrun.plan.feed import Feed
-from batchrun.plan.keyindex import INDEX_DIR
+from batchrun.plan.keyindex import INDEX_DIR, KeyIndex, fingerprint
 from batchrun.plan.planner import Planner
+from batchrun.plan.reader import Table
 from batchrun.runner import run_job
 from batchrun.spec import load_job
 
@@ -54,17 +55,59 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
         feed.write(part)
     done_keys = [k for (i, _, k) in expected if i < 120 and rng.random() < 0.7]
 
-    # the resumed run: only rows 0..119 with work left are rendered, the rest planned as usual
+    # the resumed run: of rows 0..119, only those with work left are read and rendered; the rest
+    # of the input is planned as usual
     second = Planner(job, DoneKeys.of(ok=done_keys))
     resumed = Feed.open(job, second, second.done_keys)
     assert resumed.covered == 120
-    got = []
-    for start in range(0, 300, 50):
-        got += [(r.row_index, r.sample, r.key) for r in resumed.requests(start, frame.slice(start, 50))]
+    got, read = [], []
+    for start, part in resumed.slices(Table(job.input), 50):
+        read += part.get_column("id").to_list()
+        got += [(r.row_index, r.sample, r.key) for r in resumed.requests(start, part)]
     assert sorted(got) == sorted(t for t in expected if t[2] not in set(done_keys))
+    assert len(read) == len(set(read)) and set(read) >= set(range(120, 300))
+    assert min(read) == resumed.todo_rows[0] == min(i for i, _, k in expected if k not in set(done_keys))
     full = Planner(job, DoneKeys.of(ok=done_keys))
     list(full.plan(rows))
     assert second.counts == full.counts
+
+    # frames that straddle the end of the index, handed over as they come, plan the same
+    third = Planner(job, DoneKeys.of(ok=done_keys))
+    straddled = Feed.open(job, third, third.done_keys)
+    again = [(r.row_index, r.sample, r.key) for i in range(0, 300, 70) for r in straddled.requests(i, frame[i:][:70])]
+    assert sorted(again) == sorted(got) and third.counts == full.counts
+
+    # the ok keys handed over as read (a column), joining the planner's set only when rows past
+    # the index are planned; one of them from an older job: stale either way
+    fourth = Planner(job)
+    column = pl.Series([short_key(k) for k in [*done_keys, "f" * 32]], dtype=pl.UInt64)
+    deferred = Feed.open(job, fourth, fourth.done_keys, column)
+    assert deferred.stale == 1 and not fourth.done_keys.ok
+    last = [
+        (r.row_index, r.sample, r.key)
+        for s, f in deferred.slices(Table(job.input), 50)
+        for r in deferred.requests(s, f)
+    ]
+    assert sorted(last) == sorted(got) and fourth.counts == full.counts
+    assert deferred.stale == 1 and len(fourth.done_keys.ok) == len(set(done_keys)) + 1
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_slices_read_only_the_rows_asked_for(tmp_path: Path, suffix: str) -> None:
+    source = tmp_path / f"input{suffix}"
+    write_table(source, [{"id": i} for i in range(100)])
+    wanted = [10, 11, 35, *range(60, 100)]
+
+    def next_row(row: int) -> int:
+        return next((w for w in wanted if w >= row), 100)
+
+    seen = []
+    for start, frame in Table(str(source)).slices(8, next_row):
+        ids = frame.get_column("id").to_list()
+        assert start in wanted and ids == list(range(start, start + len(ids)))
+        seen += ids
+    assert len(seen) == len(set(seen)) and set(wanted) <= set(seen)
+    assert len(seen) < 60
 
 
 @pytest.mark.anyio
@@ -91,6 +134,29 @@ async def test_the_index_is_rebuilt_when_the_job_or_the_input_changes(
     changed = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
     assert changed.ok == 40 and changed.stale == 40  # a new template: new requests, the old results stale
     assert read_manifest(tmp_path / "out").height == 80
+
+
+@pytest.mark.anyio
+async def test_a_stopped_run_keeps_the_index_of_the_rows_it_planned(
+    write_job: JobWriter, endpoint: ScriptedEndpoint, tmp_path: Path
+) -> None:
+    rows = rows_with_duplicates(3000, 5)
+    job_path = write_job(rows=rows, request='prompt = "{{ question }}"\nsamples = 3', limits="concurrency = 4")
+
+    def refuse_after_50(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401) if endpoint.count >= 50 else endpoint(request)
+
+    # stopped by a fatal answer mid-batch: far fewer rows planned than an index part holds
+    stopped = await run_job(load_job(job_path), transport=httpx.MockTransport(refuse_after_50), quiet=True)
+    assert stopped.fatal and stopped.ok < 3 * 3000
+    job = load_job(job_path)
+    loaded = KeyIndex(job.output_dir, fingerprint(job)).load()
+    assert loaded is not None and 0 < loaded[0] < 3000
+
+    resumed = await run_job(job, transport=endpoint.transport(), quiet=True)
+    assert resumed.counts.rows == 3000 and resumed.counts.done == stopped.ok
+    ok = read_manifest(tmp_path / "out").filter(pl.col("status") == "ok")
+    assert sorted(ok.get_column("request_key").to_list()) == sorted(k for _, _, k in full_plan(job_path, rows))
 
 
 @pytest.mark.anyio

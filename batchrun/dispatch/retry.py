@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-
-import tenacity
-from tenacity import RetryCallState
+from typing import TYPE_CHECKING
 
 from ..errors import RetryableError
 from .limits import Sleep
+
+if TYPE_CHECKING:
+    import tenacity
+    from tenacity import RetryCallState
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,9 @@ class RetryPolicy:
 
     def retrying(self, sleep: Sleep, already: int = 0) -> tenacity.AsyncRetrying:
         """The attempts after the first ``already`` (the first one is made without tenacity: it
-        succeeds almost always, and entering tenacity costs ~20 µs a request)."""
+        succeeds almost always, and entering tenacity costs ~20 µs a request). tenacity is
+        imported here, at the first retry, not at every start."""
+        import tenacity
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None

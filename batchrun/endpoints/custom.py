@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
-
-import jmespath
-import jmespath.exceptions
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RetryableError, SpecError
 from ..models import Parsed
 from .base import error_excerpt, load_json
+
+if TYPE_CHECKING:
+    import jmespath.parser
 
 
 def hf_serverless_body(inputs: Any, parameters: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -23,6 +23,9 @@ def hf_serverless_body(inputs: Any, parameters: Mapping[str, Any] | None) -> dic
 
 
 def compile_path(expression: str, where: str) -> jmespath.parser.ParsedResult:
+    import jmespath  # only custom endpoints read their answer with JMESPath
+    import jmespath.exceptions
+
     try:
         return jmespath.compile(expression)
     except jmespath.exceptions.ParseError as exc:

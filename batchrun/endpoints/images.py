@@ -13,8 +13,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from ..errors import RetryableError
 from ..models import Parsed
 from .base import error_excerpt, load_json
@@ -46,6 +44,8 @@ def check_image(content: bytes, claimed: str | None) -> Parsed:
     the rows of interlaced PNGs, a full decode."""
     if not content:
         raise RetryableError("an empty body where an image was expected")
+    from PIL import Image, UnidentifiedImageError  # Pillow: only image jobs pay for importing it
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

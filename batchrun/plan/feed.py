@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -14,6 +15,9 @@ from ..models import DoneKeys, Request
 from ..spec import Job
 from .keyindex import Entry, KeyIndex, fingerprint
 from .planner import Planner
+
+if TYPE_CHECKING:
+    from .reader import Table
 
 JOURNAL_ROWS = 65_536  # entries per index part
 
@@ -25,13 +29,25 @@ class Feed:
         self.covered = covered  # rows 0..covered-1 were keyed by an earlier run
         self.todo: dict[int, list[tuple[int, str]]] = {}
         self.todo_rows: list[int] = []
+        self._contents: pl.Series | None = None  # the covered requests' digests, until restored
+        self._ok: pl.Series | None = None  # ok keys not yet in the planner's done keys, until restored
         self._journal_from = covered
         planner.journal = [] if index is not None else None
 
     @classmethod
-    def open(cls, job: Job, planner: Planner, done: DoneKeys, *, note: bool = True) -> Feed:
+    def open(
+        cls, job: Job, planner: Planner, done: DoneKeys, ok: pl.Series | None = None, *, note: bool = True
+    ) -> Feed:
         """Load the index if it matches this job and input (blocking: call it in a thread). With
-        ``note`` (a run, holding the lock) the rows planned anew are added to it."""
+        ``note`` (a run, holding the lock) the rows planned anew are added to it. ``ok``: ok keys
+        read as a column and not yet in ``done``; they are added to it when the first row past the
+        index is planned, so the rows the index says are to do need not wait for that set."""
+        feed = cls._open(job, planner, done, ok, note)
+        feed._ok = ok
+        return feed
+
+    @classmethod
+    def _open(cls, job: Job, planner: Planner, done: DoneKeys, ok: pl.Series | None, note: bool) -> Feed:
         try:
             index = KeyIndex(job.output_dir, fingerprint(job))
             loaded = index.load()
@@ -44,14 +60,16 @@ class Feed:
             return cls(planner, None)  # a cache: without it, every row is planned as before
         covered, frame = loaded
         feed = cls(planner, index if note else None, covered)
-        feed._take(frame, done)
+        feed._take(frame, done, ok)
         return feed
 
-    def _take(self, frame: pl.DataFrame, done: DoneKeys) -> None:
+    def _take(self, frame: pl.DataFrame, done: DoneKeys, ok: pl.Series | None) -> None:
         planned = frame.filter(pl.col("sample") >= 0)
-        self.planner.restore(self.covered, planned.get_column("content").to_list())
+        self._contents = planned.get_column("content")
+        self.planner.counts.rows = self.covered
         short = pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
-        ok = pl.Series(list(done.ok), dtype=pl.UInt64)
+        if ok is None:
+            ok = pl.Series(list(done.ok), dtype=pl.UInt64)
         failed = pl.Series(list(done.failed), dtype=pl.UInt64)
         active = planned.filter(~pl.col("shared")).with_columns(
             short.is_in(ok.implode()).alias("is_ok"), short.is_in(failed.implode()).alias("is_failed")
@@ -68,6 +86,44 @@ class Feed:
         counts.todo += todo.height
         self.todo_rows = sorted(self.todo)
 
+    def restore(self) -> None:
+        """Ready the planner for rows past the index: its occurrence index seeded with the requests
+        the index covers, its done keys complete. Only then: a finished job needs neither."""
+        if self._contents is not None:
+            self.planner.restore(self.covered, self._contents.to_list())
+            self._contents = None
+        if self._ok is not None:
+            self.planner.done_keys.ok.update(self._ok.to_list())
+            self._ok = None
+
+    @property
+    def stale(self) -> int:
+        """Done keys this plan no longer asks for (``Planner.stale``, also before ``restore``)."""
+        if self._ok is None:
+            return self.planner.stale
+        done = self._ok.n_unique() + len(self.planner.done_keys)
+        return max(0, done - self.planner.counts.done)
+
+    def slices(self, table: Table, size: int) -> Iterator[tuple[int, pl.DataFrame]]:
+        """``(first row, frame)`` of the input rows with work in them (blocking: call ``next`` in a
+        thread). A frame is cut where the index ends, so the rows before that are sent before the
+        planner is readied (``restore``) for the rows after it."""
+        for start, frame in table.slices(size, self.next_row):
+            if start < self.covered < start + frame.height:
+                yield start, frame.slice(0, self.covered - start)
+                start, frame = self.covered, frame.slice(self.covered - start)
+            if start + frame.height > self.covered:
+                self.restore()
+            yield start, frame
+
+    def next_row(self, row: int) -> int:
+        """The first row from ``row`` on that has to be read: of the rows the index covers, only
+        those with work left (so a resumed run does not read the done part of its input at all)."""
+        if row >= self.covered:
+            return row
+        at = bisect.bisect_left(self.todo_rows, row)
+        return self.todo_rows[at] if at < len(self.todo_rows) else self.covered
+
     def requests(self, start: int, frame: pl.DataFrame) -> Iterator[Request]:
         """The requests for the ``frame`` of input rows that begins at row ``start``."""
         end = start + frame.height
@@ -77,18 +133,26 @@ class Feed:
             rows = [(i, frame.row(i - start, named=True), self.todo[i]) for i in self.todo_rows[first:last]]
             yield from self.planner.replan(rows)
             if end > self.covered:
+                self.restore()
                 yield from self.planner.plan(frame.slice(self.covered - start).to_dicts())
         else:
+            self.restore()
             yield from self.planner.plan(frame.to_dicts())
 
-    def journal_part(self, final: bool = False) -> tuple[int, int, list[Entry]] | None:
-        """Entries to write as the next index part, taken at a batch boundary."""
+    def journal_part(self, final: bool = False, *, stopped: bool = False) -> tuple[int, int, list[Entry]] | None:
+        """Entries to write as the next index part, taken at a batch boundary; or, ``stopped``
+        anywhere, those of the rows planned whole (the last row begun may lack a sample)."""
         journal = self.planner.journal
-        if journal is None or not journal or (len(journal) < JOURNAL_ROWS and not final):
+        if journal is None or not journal or (len(journal) < JOURNAL_ROWS and not final and not stopped):
             return None
+        end = self.planner.counts.rows - 1 if stopped else self.planner.counts.rows
         self.planner.journal = []
-        first, self._journal_from = self._journal_from, self.planner.counts.rows
-        return first, self._journal_from, journal
+        if stopped:
+            journal = [entry for entry in journal if entry[0] < end]
+            if not journal:
+                return None
+        first, self._journal_from = self._journal_from, end
+        return first, end, journal
 
     def write(self, part: tuple[int, int, list[Entry]]) -> None:
         if self.index is None:

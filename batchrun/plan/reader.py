@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -187,6 +187,24 @@ class Table:
             while (frame := self.frame.slice(offset, size).collect()).height:
                 yield frame
                 offset += frame.height
+
+    def slices(self, size: int, next_row: Callable[[int], int]) -> Iterator[tuple[int, pl.DataFrame]]:
+        """``(first row, frame)`` pairs of at most ``size`` rows, in input order, leaving out what
+        ``next_row`` says need not be read: given the row reached, it returns the next row wanted.
+        Parquet jumps straight there; text formats read through and drop the rows passed over."""
+        with input_errors(self.source):
+            if self.kind != "parquet":
+                start = 0
+                for frame in rechunk(self._text_frames(), size):
+                    wanted, end = next_row(start), start + frame.height
+                    if wanted < end:
+                        yield wanted, frame.slice(wanted - start)
+                    start = end
+                return
+            offset = next_row(0)
+            while (frame := self.frame.slice(offset, size).collect()).height:
+                yield offset, frame
+                offset = next_row(offset + frame.height)
 
     def _text_frames(self) -> Iterator[pl.DataFrame]:
         """A text table block by block (see ``blocks``), each block parsed with the schema inferred

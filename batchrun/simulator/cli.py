@@ -9,12 +9,14 @@ import argparse
 import re
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import anyio
 
-from .app import Simulator
 from .faults import FaultPlan
-from .server import serve
+
+if TYPE_CHECKING:
+    from .app import Simulator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
@@ -106,6 +108,8 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
 
 
 async def _serve_until_signal(sim: Simulator, host: str, port: int) -> None:
+    from .server import serve  # uvicorn: only when serving, not when the main CLI adds these options
+
     async with serve(sim, host, port) as url:
         print(f"batchrun simulator listening on {url}", flush=True)
         for line in ENDPOINTS:
@@ -124,6 +128,8 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"batchrun simulate: {exc}", file=sys.stderr)
         return 2
+    from .app import Simulator  # starlette: only when serving
+
     try:
         anyio.run(_serve_until_signal, Simulator(plan), args.host, args.port, backend="asyncio")
     except RuntimeError as exc:

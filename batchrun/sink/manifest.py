@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,28 @@ def scan_latest(output_dir: Path) -> pl.LazyFrame | None:
     return frame.sort("finished_at").unique("request_key", keep="last", maintain_order=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The keys not to send again: the ok ones as the column they were read as (it joins with
+    the plan index as it is, and a set of a million keys takes ~0.2 s to build, which a resumed
+    run need not wait for), the permanent failures (few) as a set."""
+
+    ok: pl.Series  # a key may repeat
+    failed: set[int]
+
+    def keys(self) -> DoneKeys:
+        return DoneKeys(set(self.ok.to_list()), self.failed)
+
+
 def read_done_keys(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 64) -> DoneKeys:
+    return read_done(output_dir, retry_failed=retry_failed, files_per_read=files_per_read).keys()
+
+
+def read_done(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 64) -> Done:
     """The keys not to send again, read a few parts at a time in the order they were written, so
     that memory holds the answer (8-byte keys) and never the whole manifest."""
-    done = DoneKeys()
+    failed: set[int] = set()
+    ok_columns = [pl.Series("short", [], dtype=pl.UInt64)]
     files = part_files(output_dir)
     short = pl.col("request_key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("short")
     permanent = (pl.col("status") == "failed") & (pl.col("error_kind") == "permanent")
@@ -145,10 +164,12 @@ def read_done_keys(output_dir: Path, *, retry_failed: bool = False, files_per_re
                 .select(short, (pl.col("status") == "ok").alias("ok"), permanent.alias("permanent"))
                 .collect()
             )
-        ok = frame.filter("ok").get_column("short").to_list()
-        done.ok.update(ok)
+        ok_columns.append(frame.filter("ok").get_column("short"))
         if not retry_failed:  # a later row for a key wins: a retry that failed again, or succeeded
-            done.failed.difference_update(frame.filter(~pl.col("permanent")).get_column("short").to_list())
-            done.failed.update(frame.filter("permanent").get_column("short").to_list())
-    done.failed -= done.ok
-    return done
+            failed.difference_update(frame.filter(~pl.col("permanent")).get_column("short").to_list())
+            failed.update(frame.filter("permanent").get_column("short").to_list())
+    ok = pl.concat(ok_columns)
+    if failed:  # a key that was ever answered is done, whatever came after
+        column = pl.Series(list(failed), dtype=pl.UInt64)
+        failed = set(column.filter(~column.is_in(ok.implode())).to_list())
+    return Done(ok, failed)
