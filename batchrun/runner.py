@@ -6,6 +6,7 @@ Everything that can be checked is checked before the output folder is touched or
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import NetworkTransport, RedirectTransport, Sender, make_sender
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
-from .dispatch.pool import Pool
+from .dispatch.pool import HANDOFF, Pool
 from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
 from .endpoints.base import Adapter
@@ -163,12 +164,13 @@ async def run_job(
         feed = await anyio.to_thread.run_sync(Feed.open, job, planner, done)
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 
-        async def produce(send: MemoryObjectSendStream[Request]) -> None:
+        async def produce(send: MemoryObjectSendStream[list[Request]]) -> None:
             frames, start = table.frames(BATCH_ROWS), 0
             while (frame := await anyio.to_thread.run_sync(next, frames, None)) is not None:
                 before = planner.counts.done + planner.counts.shared + planner.counts.skipped
-                for request in feed.requests(start, frame):
-                    await send.send(request)
+                requests = feed.requests(start, frame)
+                while batch := list(itertools.islice(requests, HANDOFF)):
+                    await send.send(batch)
                 start += frame.height
                 progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
                 while planner.skipped_rows:
