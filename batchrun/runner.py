@@ -121,7 +121,7 @@ async def _endpoint_transport(
     from .simulator import create_app, serve
 
     async with serve(create_app()) as base_url:
-        yield RedirectTransport(NetworkTransport(job.limits.concurrency), base_url)
+        yield RedirectTransport(NetworkTransport(job.limits.concurrency, tls=False), base_url)
 
 
 async def run_job(

@@ -8,6 +8,7 @@ import json
 import pytest
 from conftest import JobWriter
 
+from batchrun.dispatch.client import NetworkTransport, make_sender
 from batchrun.endpoints.base import classify, error_excerpt, parse_retry_after
 from batchrun.endpoints.chat import ChatAdapter
 from batchrun.endpoints.custom import CustomAdapter
@@ -88,3 +89,25 @@ def test_hf_endpoint_streams_by_default_and_hides_its_token(
     assert job.endpoint.url == "https://x.cloud/v1/chat/completions"
     assert (job.endpoint.stream, job.endpoint.model, job.endpoint.auth) == (True, "tgi", "bearer")
     assert "hf_very_secret" not in repr(job) and "hf_very_secret" not in str(job)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "proxy", "tls"),
+    [
+        ("http://127.0.0.1:8000/v1", None, False),
+        ("https://x.cloud/v1", None, True),
+        ("http://x.internal/v1", "https://proxy.example:3128", True),
+        ("http://x.internal/v1", "http://proxy.example:3128", False),
+    ],
+)
+@pytest.mark.anyio
+async def test_tls_is_set_up_only_when_https_may_be_used(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch, base_url: str, proxy: str | None, tls: bool
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+    job = load_job(write_job(endpoint=f'base_url = "{base_url}"\nmodel = "m"'))
+    async with make_sender(job.endpoint, concurrency=4, timeout_s=10) as sender:
+        assert isinstance(sender.transport, NetworkTransport) and sender.transport.tls is tls

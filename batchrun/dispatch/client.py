@@ -90,14 +90,18 @@ class NetworkTransport(httpx.AsyncBaseTransport):
     """aiohttp under httpx, with a connection pool the size of the worker pool (no retries here:
     the dispatcher owns the only retry loop)."""
 
-    def __init__(self, concurrency: int, proxy: str | None = None) -> None:
+    def __init__(self, concurrency: int, proxy: str | None = None, *, tls: bool = True) -> None:
         # trust_env=False: with it, aiohttp looks for ~/.netrc in a thread on every request
         # (~70 % of a busy run's CPU); the proxy, if any, is read from the environment once.
-        # TLS as httpx does it (certifi, SSL_CERT_FILE), not the system store aiohttp would use
-        ssl_context = httpx.create_ssl_context()
+        # TLS as httpx does it (certifi, SSL_CERT_FILE), not the system store aiohttp would use.
+        # Loading the CA bundle takes ~25 ms on the event loop: only when https may be used, and
+        # once (AiohttpTransport would load its own, unused, copy unless handed this one).
+        self.tls = tls
+        ssl_context = httpx.create_ssl_context() if tls else None
         self.inner = AiohttpTransport(
+            verify=ssl_context or False,
             client=lambda: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=ssl_context),
+                connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=ssl_context or True),
                 trust_env=False,
             ),
             proxy=httpx.Proxy(proxy) if proxy else None,
@@ -184,5 +188,8 @@ def proxy_for(url: str) -> str | None:
 def make_sender(
     endpoint: Endpoint, *, concurrency: int, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
 ) -> Sender:
-    chosen = transport or NetworkTransport(concurrency, proxy=proxy_for(endpoint.url))
-    return Sender(chosen, default_headers(endpoint), timeout_s)
+    if transport is None:
+        proxy = proxy_for(endpoint.url)
+        plain = endpoint.url.startswith("http://") and (proxy is None or proxy.startswith("http://"))
+        transport = NetworkTransport(concurrency, proxy=proxy, tls=not plain)
+    return Sender(transport, default_headers(endpoint), timeout_s)
