@@ -5,9 +5,11 @@ from __future__ import annotations
 import email.utils
 import json
 
+import httpx
 import pytest
 from conftest import JobWriter
 
+from batchrun.dispatch.call import transport_errors
 from batchrun.dispatch.client import NetworkTransport, make_sender
 from batchrun.endpoints.base import classify, error_excerpt, parse_retry_after
 from batchrun.endpoints.chat import ChatAdapter
@@ -111,3 +113,29 @@ async def test_tls_is_set_up_only_when_https_may_be_used(
     job = load_job(write_job(endpoint=f'base_url = "{base_url}"\nmodel = "m"'))
     async with make_sender(job.endpoint, concurrency=4, timeout_s=10) as sender:
         assert isinstance(sender.transport, NetworkTransport) and sender.transport.tls is tls
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "unreachable"),
+    [
+        (httpx.ConnectTimeout("slow"), RetryableError, False),
+        (httpx.ReadTimeout("slow"), RetryableError, False),
+        (httpx.InvalidURL("no host"), FatalError, False),
+        (httpx.UnsupportedProtocol("ftp"), FatalError, False),
+        (httpx.ConnectError("refused"), RetryableError, True),
+        (httpx.RemoteProtocolError("cut short"), RetryableError, False),
+        (httpx.StreamClosed(), RetryableError, False),
+    ],
+)
+def test_transport_errors_are_translated_once(raised: Exception, expected: type[Exception], unreachable: bool) -> None:
+    with pytest.raises(expected) as caught, transport_errors("http://x/v1"):
+        raise raised
+    assert caught.value.__cause__ is None
+    assert getattr(caught.value, "unreachable", False) is unreachable
+
+
+def test_other_errors_pass_through_transport_errors() -> None:
+    with pytest.raises(KeyError), transport_errors("http://x/v1"):
+        raise KeyError("a bug of ours is not retried")
+    with transport_errors("http://x/v1"):
+        pass
