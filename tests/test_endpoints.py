@@ -10,7 +10,7 @@ import pytest
 from conftest import JobWriter
 
 from batchrun.dispatch.call import transport_errors
-from batchrun.dispatch.client import NetworkTransport, make_sender
+from batchrun.dispatch.client import NetworkTransport, Sender, make_sender
 from batchrun.endpoints.base import classify, error_excerpt, parse_retry_after
 from batchrun.endpoints.chat import ChatAdapter
 from batchrun.endpoints.custom import CustomAdapter
@@ -139,3 +139,28 @@ def test_other_errors_pass_through_transport_errors() -> None:
         raise KeyError("a bug of ours is not retried")
     with transport_errors("http://x/v1"):
         pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "url", "body", "headers"),
+    [
+        ("POST", "http://127.0.0.1:8000/v1/chat/completions", b'{"a": 1}', {"Accept": "application/json"}),
+        ("POST", "https://x.cloud/v1", b"", {"Authorization": "Bearer t"}),
+        ("GET", "http://x.cloud:8080/v1/x?q=1", b"", {}),
+        ("POST", "http://10.0.0.1/v1", b"{}", {"Host": "api.example"}),
+    ],
+)
+async def test_sender_sends_what_httpx_would_build(method: str, url: str, body: bytes, headers: dict[str, str]) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    async with Sender(httpx.MockTransport(handler), headers, timeout_s=10) as sender:
+        await sender.send(method, url, body)
+    expected = httpx.Request(method, url, headers=headers, content=body)
+    (sent,) = seen
+    assert (sent.method, sent.url, sent.content) == (expected.method, expected.url, expected.content)
+    assert sorted(sent.headers.multi_items()) == sorted(expected.headers.multi_items())
