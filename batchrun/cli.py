@@ -29,7 +29,9 @@ EXIT_CODES_HELP = """exit codes:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given the ``command`` about to be parsed, the simulator's options (whose import
+    takes uvicorn, starlette and Pillow: ~90 ms of every start-up) are added only for ``simulate``."""
     parser = argparse.ArgumentParser(
         prog="batchrun",
         description="Run a table of prompts against chat-completion and text-to-image endpoints.",
@@ -78,18 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the endpoint presets")
 
-    try:
+    simulate = sub.add_parser("simulate", help="serve the built-in endpoint simulator on a local port")
+    if command in (None, "simulate"):
         from .simulator import add_simulate_arguments
-    except ImportError:  # pragma: no cover - the simulator ships with the package
-        pass
-    else:
-        simulate = sub.add_parser("simulate", help="serve the built-in endpoint simulator on a local port")
+
         add_simulate_arguments(simulate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(next((w for w in words if not w.startswith("-")), None)).parse_args(words)
     try:
         return _dispatch(args)
     except BatchrunError as exc:
