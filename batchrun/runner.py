@@ -6,6 +6,7 @@ Everything that can be checked is checked before the output folder is touched or
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
-from .dispatch.pool import Pool
+from .dispatch.pool import HANDOFF, Pool
 from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
 from .endpoints.base import Adapter
@@ -128,7 +129,7 @@ async def _endpoint_transport(
     from .simulator import create_app, serve
 
     async with serve(create_app()) as base_url:
-        yield RedirectTransport(NetworkTransport(job.limits.concurrency), base_url)
+        yield RedirectTransport(NetworkTransport(job.limits.concurrency, tls=False), base_url)
 
 
 async def run_job(
@@ -174,14 +175,15 @@ async def run_job(
         )
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 
-        async def produce(send: MemoryObjectSendStream[Request]) -> None:
+        async def produce(send: MemoryObjectSendStream[list[Request]]) -> None:
             slices, whole = feed.slices(table, BATCH_ROWS), False
             try:
                 while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
                     start, frame = pair
                     before = planner.counts.done + planner.counts.shared + planner.counts.skipped
-                    for request in feed.requests(start, frame):
-                        await send.send(request)
+                    requests = feed.requests(start, frame)
+                    while batch := list(itertools.islice(requests, HANDOFF)):
+                        await send.send(batch)
                     progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
                     while planner.skipped_rows:
                         index, row_id = planner.skipped_rows.pop(0)

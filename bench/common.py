@@ -199,8 +199,11 @@ def bare_client(kind: str, url: str, requests: int, concurrency: int) -> Measure
     return m
 
 
-def batchrun_run(job: Path, **kwargs: Any) -> Measured:
-    """``python -m batchrun run job.toml --quiet``, the real CLI."""
+def batchrun_run(job: Path, source: Path | None = None, **kwargs: Any) -> Measured:
+    """``python -m batchrun run job.toml --quiet``, the real CLI; ``source``: another checkout's
+    batchrun (say, the commit before a change), to compare the two in one session."""
+    if source is not None:
+        kwargs.update(cwd=source, env={**os.environ, "PYTHONPATH": str(source)})
     m = measure([PYTHON, "-m", "batchrun", "run", str(job), "--quiet"], **kwargs)
     match = SUMMARY.search(m.stdout)
     if match:
@@ -256,12 +259,14 @@ def note(text: str) -> None:
 
 
 def run_client(kind: str, url: str, requests: int, concurrency: int, work: Path, **job: Any) -> Measured:
-    """One bare loop, or a full ``batchrun run`` of a fresh job of ``requests`` rows; ``extra['rate']``."""
-    if kind != "batchrun":
+    """One bare loop, or a full ``batchrun run`` of a fresh job of ``requests`` rows; ``extra['rate']``.
+    ``batchrun@DIR`` runs the batchrun found in DIR (see ``batchrun_run``)."""
+    if kind != "batchrun" and not kind.startswith("batchrun@"):
         return bare_client(kind, url, requests, concurrency)
+    checkout = Path(kind.split("@", 1)[1]) if "@" in kind else None
     source = write_input(work / f"input-{requests}.parquet", requests)
     folder = Path(tempfile.mkdtemp(prefix=f"job-c{concurrency}-", dir=work))
-    m = batchrun_run(write_job(folder, source, url, concurrency=concurrency, **job))
+    m = batchrun_run(write_job(folder, source, url, concurrency=concurrency, **job), checkout)
     if m.returncode != 0 or "rate" not in m.extra:
         raise RuntimeError(f"batchrun failed ({m.returncode}): {m.stdout}{m.stderr[-3000:]}")
     m.extra["requests"] = requests

@@ -1,7 +1,7 @@
 """Keeping concurrency full: a server with 50 ms latency, concurrency 64 and 256.
 
     .venv/bin/python bench/concurrency.py [--latency-ms 50] [--concurrency 64 256] [--seconds 5]
-                                          [--servers simulator nginx]
+                                          [--servers simulator nginx] [--compare DIR ...]
 
 Two servers with the same fixed latency, each in its own process:
   * ``simulator``: batchrun's own simulator (``batchrun simulate --latency 50ms``), as issue 7 asks.
@@ -17,6 +17,7 @@ concurrency), the ceiling measured here against zero-latency nginx. Each run sen
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from common import has_module, machine, note, run_client, save, table, tmpdir
@@ -30,8 +31,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="about how long each run lasts")
     parser.add_argument("--servers", nargs="+", default=["simulator", "nginx"], choices=["simulator", "nginx"])
     parser.add_argument("--clients", nargs="+", default=["aiohttp", "httpx", "httpx-aiohttp", "batchrun"])
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="also run the batchrun of these checkouts (before/after)",
+    )
     args = parser.parse_args()
     kinds = [k for k in args.clients if "aiohttp" not in k or k == "aiohttp" or has_module("httpx_aiohttp")]
+    kinds += [f"batchrun@{Path(d).resolve()}" for d in args.compare]
     work = tmpdir("concurrency")
     latency = args.latency_ms / 1000
 
@@ -67,7 +76,11 @@ def main() -> None:
                         [
                             label,
                             c,
-                            "batchrun run (full CLI)" if kind == "batchrun" else f"bare {kind}",
+                            "batchrun run (full CLI)"
+                            if kind == "batchrun"
+                            else f"batchrun run, {kind[9:]}"
+                            if kind.startswith("batchrun@")
+                            else f"bare {kind}",
                             n,
                             rate,
                             c / latency,

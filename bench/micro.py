@@ -4,7 +4,7 @@
 
 Times batchrun's real functions on the overhead job's rows: reading (polars batches -> dicts),
 the planner as a whole and its pieces (render, canonical JSON, key), one tenacity retry loop
-around a call that succeeds, ``manifest_row`` and ``write_part`` per 1000 results, and
+around a call that succeeds, ``manifest_frame`` and ``write_part`` per 1000 results, and
 ``read_done_keys`` over a manifest of ``rows`` keys in parts of 1000. A profile says where the
 time goes in a run; this says what each piece costs alone.
 """
@@ -73,7 +73,7 @@ def main() -> None:
     from batchrun.models import Parsed, Result
     from batchrun.plan.planner import Planner, canonical_json
     from batchrun.plan.reader import Table
-    from batchrun.sink.manifest import manifest_row, read_done_keys
+    from batchrun.sink.manifest import manifest_frame, read_done_keys
     from batchrun.sink.writer import ManifestWriter
     from batchrun.spec import load_job
 
@@ -134,8 +134,9 @@ def main() -> None:
     now = time.time()
     results = [Result(r, "ok", 1, now, now + 0.002, latency_ms=2.0, parsed=parsed, http_status=200) for r in requests]
     k = min(len(results), 20_000)
-    resi = iter(results)
-    rows.append(["sink: manifest_row(result)", per_call(lambda: manifest_row(next(resi), endpoint="x", run_id="r"), k)])
+    chunks = iter([results[i : i + 1000] for i in range(0, k, 1000)])
+    per_chunk = per_call(lambda: manifest_frame(next(chunks), endpoint="x", run_id="r"), k // 1000)
+    rows.append(["sink: manifest_frame(1000 results), per result", per_chunk / 1000])
 
     out = work / "out"
     writer = ManifestWriter(out, run_id="20261126T000000Z-micro0", endpoint=job.endpoint.name, flush_rows=1000)

@@ -1,6 +1,6 @@
 """Overhead: zero-latency nginx, 20,000 POSTs, concurrency 64 and 256.
 
-    .venv/bin/python bench/overhead.py [--requests 20000] [--concurrency 64 256] [--repeat 1]
+    .venv/bin/python bench/overhead.py [--requests 20000] [--concurrency 64 256] [--repeat 1] [--compare DIR ...]
 
 Each client runs in a process of its own; CPU time and peak RSS are that process's own (wait4),
 imports and start-up included. The bare loops time their send loop; batchrun's req/s is the one
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+from pathlib import Path
 
 from common import (
     Measured,
@@ -51,6 +52,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--clients", nargs="+", default=None, help="a subset (batchrun included by default)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="also run the batchrun of these checkouts (before/after)",
+    )
     args = parser.parse_args()
 
     kinds = ["aiohttp", "httpx", "httpx-pool8", "httpx-aiohttp", "httpx-aiohttp-direct", "httpx2"]
@@ -62,6 +70,7 @@ def main() -> None:
         kinds.remove("httpx2")
     if args.clients:
         kinds = [k for k in kinds if k in args.clients]
+    kinds += [f"batchrun@{Path(d).resolve()}" for d in args.compare]
     work = tmpdir("overhead")
     source = write_input(work / "input.parquet", args.requests)
     results: list[dict[str, object]] = []
@@ -72,16 +81,17 @@ def main() -> None:
             measured: dict[str, list[Measured]] = {k: [] for k in kinds}
             for rep in range(args.repeat):
                 for kind in kinds:
-                    if kind == "batchrun":
-                        folder = work / f"job-c{c}-{rep}"
+                    if kind == "batchrun" or kind.startswith("batchrun@"):
+                        checkout = Path(kind[9:]) if "@" in kind else None
+                        folder = work / f"job-c{c}-{rep}-{len(kind)}"
                         job = write_job(folder, source, server.url, concurrency=c)
-                        m = batchrun_run(job)
+                        m = batchrun_run(job, checkout)
                         if m.returncode != 0 or "rate" not in m.extra:
                             raise SystemExit(f"batchrun failed ({m.returncode}): {m.stdout}{m.stderr[-3000:]}")
                         m.extra["requests"] = args.requests
                         if rep == 0:
                             # the fixed cost: the same job again, everything done, nothing sent
-                            again = batchrun_run(job)
+                            again = batchrun_run(job, checkout)
                             m.extra["nothing_to_do_cpu_s"] = again.cpu_s
                             m.extra["nothing_to_do_wall_s"] = again.wall_s
                             m.extra["nothing_to_do_rss"] = again.peak_rss_mib
@@ -106,7 +116,7 @@ def main() -> None:
                 label = {
                     "httpx-aiohttp-direct": "bare httpx.Request -> AiohttpTransport, no AsyncClient.send",
                     "batchrun": "batchrun run (full CLI)",
-                }.get(kind, f"bare {kind}")
+                }.get(kind, f"batchrun run, {kind[9:]}" if kind.startswith("batchrun@") else f"bare {kind}")
                 if kind == best_httpx:
                     label += " (best httpx)"
                 rows.append(
@@ -125,7 +135,7 @@ def main() -> None:
                         sum(int(m.extra.get("errors", 0)) for m in ms),
                     ]
                 )
-                if kind == "batchrun":
+                if kind.startswith("batchrun"):
                     fixed = ms[0].extra
                     rows.append(
                         [

@@ -29,10 +29,12 @@ FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 #: and writes done in callbacks, scheduling) or start-up.
 STAGES = [
     (
-        "manifest: write part (DataFrame + parquet, thread)",
-        lambda f, p: "batchrun/sink/" in p and f in ("flush", "write_part"),
+        "manifest: write part (rows, DataFrame, parquet; thread)",
+        lambda f, p: (
+            ("batchrun/sink/" in p and f in ("flush", "write_part", "manifest_frame")) or "batchrun/sink/files.py" in p
+        ),
     ),
-    ("manifest: manifest_row / writer per result", lambda f, p: "batchrun/sink/" in p),
+    ("manifest: writer per result (consume, add)", lambda f, p: "batchrun/sink/" in p),
     ("planning: polars batches -> dicts (thread)", lambda f, p: "batchrun/plan/reader.py" in p),
     ("planning: render, canonical JSON, key", lambda f, p: "batchrun/plan/" in p),
     ("response parsing (endpoints)", lambda f, p: "batchrun/endpoints/" in p),

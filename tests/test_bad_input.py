@@ -254,11 +254,11 @@ def test_full_disk_stops_cleanly_and_keeps_what_was_flushed(
     real_write_part = writer_module.write_part
     calls = {"n": 0}
 
-    def filling_disk(folder: Path, name: str, rows: list[dict[str, object]]) -> Path:
+    def filling_disk(folder: Path, name: str, frame: pl.DataFrame) -> Path:
         calls["n"] += 1
         if calls["n"] > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write_part(folder, name, rows)
+        return real_write_part(folder, name, frame)
 
     monkeypatch.setattr(writer_module, "write_part", filling_disk)
     monkeypatch.setattr("batchrun.cli.run_job", _with_transport(scripted))

@@ -72,3 +72,16 @@ def test_python_dash_m_and_a_failing_endpoint(write_job: JobWriter, tmp_path: Pa
     manifest = read_manifest(tmp_path / "out")
     assert manifest["error_kind"].to_list() == ["retryable_exhausted"] * 2
     assert all("cannot connect to http://127.0.0.1:9/v1/chat/completions" in e for e in manifest["error"])
+
+
+def test_only_simulate_imports_the_simulator() -> None:
+    check = (
+        "import sys; from batchrun.cli import main; main(['presets']); "
+        "assert 'batchrun.simulator' not in sys.modules and 'uvicorn' not in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "simulate", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "--latency" in proc.stdout

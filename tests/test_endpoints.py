@@ -5,9 +5,13 @@ from __future__ import annotations
 import email.utils
 import json
 
+import httpx
 import pytest
 from conftest import JobWriter
 
+from batchrun.dispatch.call import transport_errors
+from batchrun.dispatch.client import Sender, make_sender
+from batchrun.dispatch.network import NetworkTransport
 from batchrun.endpoints.base import classify, error_excerpt, parse_retry_after
 from batchrun.endpoints.chat import ChatAdapter
 from batchrun.endpoints.custom import CustomAdapter
@@ -88,3 +92,76 @@ def test_hf_endpoint_streams_by_default_and_hides_its_token(
     assert job.endpoint.url == "https://x.cloud/v1/chat/completions"
     assert (job.endpoint.stream, job.endpoint.model, job.endpoint.auth) == (True, "tgi", "bearer")
     assert "hf_very_secret" not in repr(job) and "hf_very_secret" not in str(job)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "proxy", "tls"),
+    [
+        ("http://127.0.0.1:8000/v1", None, False),
+        ("https://x.cloud/v1", None, True),
+        ("http://x.internal/v1", "https://proxy.example:3128", True),
+        ("http://x.internal/v1", "http://proxy.example:3128", False),
+    ],
+)
+@pytest.mark.anyio
+async def test_tls_is_set_up_only_when_https_may_be_used(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch, base_url: str, proxy: str | None, tls: bool
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+    job = load_job(write_job(endpoint=f'base_url = "{base_url}"\nmodel = "m"'))
+    async with make_sender(job.endpoint, concurrency=4, timeout_s=10) as sender:
+        assert isinstance(sender.transport, NetworkTransport) and sender.transport.tls is tls
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "unreachable"),
+    [
+        (httpx.ConnectTimeout("slow"), RetryableError, False),
+        (httpx.ReadTimeout("slow"), RetryableError, False),
+        (httpx.InvalidURL("no host"), FatalError, False),
+        (httpx.UnsupportedProtocol("ftp"), FatalError, False),
+        (httpx.ConnectError("refused"), RetryableError, True),
+        (httpx.RemoteProtocolError("cut short"), RetryableError, False),
+        (httpx.StreamClosed(), RetryableError, False),
+    ],
+)
+def test_transport_errors_are_translated_once(raised: Exception, expected: type[Exception], unreachable: bool) -> None:
+    with pytest.raises(expected) as caught, transport_errors("http://x/v1"):
+        raise raised
+    assert caught.value.__cause__ is None
+    assert getattr(caught.value, "unreachable", False) is unreachable
+
+
+def test_other_errors_pass_through_transport_errors() -> None:
+    with pytest.raises(KeyError), transport_errors("http://x/v1"):
+        raise KeyError("a bug of ours is not retried")
+    with transport_errors("http://x/v1"):
+        pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "url", "body", "headers"),
+    [
+        ("POST", "http://127.0.0.1:8000/v1/chat/completions", b'{"a": 1}', {"Accept": "application/json"}),
+        ("POST", "https://x.cloud/v1", b"", {"Authorization": "Bearer t"}),
+        ("GET", "http://x.cloud:8080/v1/x?q=1", b"", {}),
+        ("POST", "http://10.0.0.1/v1", b"{}", {"Host": "api.example"}),
+    ],
+)
+async def test_sender_sends_what_httpx_would_build(method: str, url: str, body: bytes, headers: dict[str, str]) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    async with Sender(httpx.MockTransport(handler), headers, timeout_s=10) as sender:
+        await sender.send(method, url, body)
+    expected = httpx.Request(method, url, headers=headers, content=body)
+    (sent,) = seen
+    assert (sent.method, sent.url, sent.content) == (expected.method, expected.url, expected.content)
+    assert sorted(sent.headers.multi_items()) == sorted(expected.headers.multi_items())

@@ -346,9 +346,9 @@ async def test_every_image_a_part_names_is_synced_before_the_part(
         events.append(("synced", path))
         real_fsync_dir(path)
 
-    def write_part(folder: Path, name: str, rows: list[dict[str, object]]) -> Path:
-        events.append(("part", [row["image_path"] for row in rows]))
-        return real_write_part(folder, name, rows)
+    def write_part(folder: Path, name: str, frame: pl.DataFrame) -> Path:
+        events.append(("part", frame.get_column("image_path").to_list()))
+        return real_write_part(folder, name, frame)
 
     monkeypatch.setattr(ImageStore, "save", save)
     monkeypatch.setattr(image_sink, "fsync_dir", fsync_dir)

@@ -66,23 +66,33 @@ class Sender:
 
     def __init__(self, transport: httpx.AsyncBaseTransport, headers: dict[str, str], timeout_s: float) -> None:
         self.transport = transport
-        self._headers = httpx.Headers(headers)
+        self._headers = httpx.Headers(headers).raw
+        self._has_host = "host" in httpx.Headers(headers)
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0))
         self._extensions = {"timeout": timeout.as_dict()}
-        self._urls: dict[str, httpx.URL] = {}
+        self._targets: dict[str, tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
 
-    def _url(self, url: str) -> httpx.URL:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) > 1024:  # URL templates over rows: do not keep them all
-                self._urls.clear()
-            parsed = self._urls[url] = httpx.URL(url)
-        return parsed
+    def _target(self, url: str) -> tuple[httpx.URL, list[tuple[bytes, bytes]]]:
+        """The parsed URL and the headers every request to it carries (Host first, as httpx puts it)."""
+        target = self._targets.get(url)
+        if target is None:
+            if len(self._targets) > 1024:  # URL templates over rows: do not keep them all
+                self._targets.clear()
+            parsed = httpx.URL(url)
+            host = [] if self._has_host or not parsed.host else [(b"Host", parsed.netloc)]
+            target = self._targets[url] = (parsed, host + self._headers)
+        return target
 
     async def send(self, method: str, url: str, body: bytes) -> httpx.Response:
+        # The request httpx would build from ``content=body``, with its headers put together here
+        # once per URL: httpx's own preparation cost ~11 µs a request, three quarters of the build.
+        target, headers = self._target(url)
+        if body or method in ("POST", "PUT", "PATCH"):
+            headers = [*headers, (b"Content-Length", b"%d" % len(body))]
         request = httpx.Request(
-            method, self._url(url), headers=self._headers, content=body, extensions=self._extensions
+            method, target, headers=headers, stream=httpx.ByteStream(body), extensions=self._extensions
         )
+        request.read()  # the body is in memory: ``request.content`` works, as with ``content=``
         response = await self.transport.handle_async_request(request)
         response.request = request
         return response
@@ -114,5 +124,7 @@ def make_sender(
     if transport is None:
         from .network import NetworkTransport  # aiohttp: not for tests' in-process transports
 
-        transport = NetworkTransport(concurrency, proxy=proxy_for(endpoint.url))
+        proxy = proxy_for(endpoint.url)
+        plain = endpoint.url.startswith("http://") and (proxy is None or proxy.startswith("http://"))
+        transport = NetworkTransport(concurrency, proxy=proxy, tls=not plain)
     return Sender(transport, default_headers(endpoint), timeout_s)

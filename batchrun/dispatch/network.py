@@ -5,8 +5,8 @@ with aiohttp's errors translated into httpx's. Imported only when a run goes on 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from types import TracebackType
 
 import aiohttp
 import httpx
@@ -27,17 +27,25 @@ _AIOHTTP_TO_HTTPX: tuple[tuple[type[BaseException], type[httpx.TransportError]],
 )
 
 
-@contextlib.contextmanager
-def _aiohttp_errors() -> Iterator[None]:
-    """aiohttp's errors, translated once, by their own type, into httpx's."""
-    try:
-        yield
-    except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
+class _AiohttpErrors:
+    """aiohttp's errors, translated once, by their own type, into httpx's. (A class, not
+    ``@contextmanager``: entered three times a request, that cost ~2 µs each.)"""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not isinstance(exc, httpx.TransportError | aiohttp.ClientError | TimeoutError):
+            return
         original = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
         for source, target in _AIOHTTP_TO_HTTPX:
             if isinstance(original, source):
                 raise target(str(original) or type(original).__name__) from original
-        raise
+
+
+_aiohttp_errors = _AiohttpErrors()
 
 
 class _MappedStream(httpx.AsyncByteStream):
@@ -45,12 +53,12 @@ class _MappedStream(httpx.AsyncByteStream):
         self.inner = inner
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _aiohttp_errors():
+        with _aiohttp_errors:
             async for chunk in self.inner:
                 yield chunk
 
     async def aclose(self) -> None:
-        with _aiohttp_errors():
+        with _aiohttp_errors:
             await self.inner.aclose()
 
 
@@ -58,22 +66,25 @@ class NetworkTransport(httpx.AsyncBaseTransport):
     """aiohttp under httpx, with a connection pool the size of the worker pool (no retries here:
     the dispatcher owns the only retry loop)."""
 
-    def __init__(self, concurrency: int, proxy: str | None = None) -> None:
+    def __init__(self, concurrency: int, proxy: str | None = None, *, tls: bool = True) -> None:
         # trust_env=False: with it, aiohttp looks for ~/.netrc in a thread on every request
         # (~70 % of a busy run's CPU); the proxy, if any, is read from the environment once.
-        # TLS as httpx does it (certifi, SSL_CERT_FILE), not the system store aiohttp would use;
-        # the session (and the CA bundle, ~35 ms) is made at the first request, so never by a run
-        # that finds nothing to do
+        # TLS as httpx does it (certifi, SSL_CERT_FILE), not the system store aiohttp would use.
+        # Loading the CA bundle takes ~25 ms on the event loop: only when https may be used, and
+        # once (AiohttpTransport would load its own, unused, copy unless handed this one).
+        self.tls = tls
+        ssl_context = httpx.create_ssl_context() if tls else None
         self.inner = AiohttpTransport(
+            verify=ssl_context or False,
             client=lambda: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=httpx.create_ssl_context()),
+                connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=ssl_context or True),
                 trust_env=False,
             ),
             proxy=httpx.Proxy(proxy) if proxy else None,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        with _aiohttp_errors():
+        with _aiohttp_errors:
             response = await self.inner.handle_async_request(request)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _MappedStream(response.stream)

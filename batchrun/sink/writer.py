@@ -6,7 +6,6 @@ import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -14,7 +13,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..errors import SinkError
 from ..models import Result
 from .files import fsync_dir
-from .manifest import MANIFEST_DIR, manifest_row, part_name, write_part
+from .manifest import MANIFEST_DIR, manifest_frame, part_name, write_part
 
 
 class ManifestWriter:
@@ -38,7 +37,7 @@ class ManifestWriter:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.before_part = before_part
-        self.buffer: list[dict[str, Any]] = []
+        self.buffer: list[Result] = []  # made into rows only when written, in the worker thread
         self.seq = 0
         self.written = 0
         self._last_flush = time.monotonic()
@@ -46,7 +45,7 @@ class ManifestWriter:
         self.error: SinkError | None = None
 
     def add(self, result: Result) -> None:
-        self.buffer.append(manifest_row(result, endpoint=self.endpoint, run_id=self.run_id))
+        self.buffer.append(result)
 
     def due(self) -> bool:
         return len(self.buffer) >= self.flush_rows or (
@@ -63,13 +62,14 @@ class ManifestWriter:
             return
         rows, self.buffer = self.buffer, []
         try:
+            frame = manifest_frame(rows, endpoint=self.endpoint, run_id=self.run_id)
             if self.before_part is not None:
                 self.before_part()
             if not self._folder_synced:  # the manifest folder's own entry, once a run
                 self.folder.mkdir(parents=True, exist_ok=True)
                 fsync_dir(self.folder.parent)
                 self._folder_synced = True
-            write_part(self.folder, part_name(self.run_id, self.shard, self.seq), rows)
+            write_part(self.folder, part_name(self.run_id, self.shard, self.seq), frame)
         except OSError as exc:
             self.buffer = rows + self.buffer  # keep them for a later try
             reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
@@ -97,9 +97,16 @@ class ManifestWriter:
                             result = await results.receive()
                         except anyio.EndOfStream:
                             break
-                        self.add(result)
-                        if on_result is not None:
-                            on_result(result)
+                        while True:  # and whatever else is waiting, without a checkpoint each
+                            self.add(result)
+                            if on_result is not None:
+                                on_result(result)
+                            if len(self.buffer) >= self.flush_rows:
+                                break
+                            try:
+                                result = results.receive_nowait()
+                            except (anyio.WouldBlock, anyio.EndOfStream):
+                                break
                     if self.due() and self.error is None:
                         await self._flush_reporting(on_error)
         finally:

@@ -1,0 +1,63 @@
+"""The manifest writer alone: what goes into a part, in which order, and how rows are made."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import polars as pl
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchrun.models import Parsed, Request, Result
+from batchrun.sink.manifest import MANIFEST_DIR, manifest_frame, part_files
+from batchrun.sink.writer import ManifestWriter
+
+
+def result(i: int, *, ok: bool = True, at: float = 1_764_115_200.25) -> Result:
+    request = Request(f"{i:064x}", f"id{i}", i, 0, "POST", "http://x/v1", b"{}", "m")
+    if not ok:
+        return Result(request, "failed", 3, at, at + 1, error_kind="permanent", http_status=400, error="bad")
+    parsed = Parsed(text=f"answer {i}", finish_reason="stop", prompt_tokens=3, completion_tokens=4, ttft_ms=1.0)
+    return Result(request, "ok", 1, at, at + 0.5, latency_ms=500.0, parsed=parsed, http_status=200)
+
+
+@pytest.mark.anyio
+async def test_results_waiting_together_go_into_parts_in_order_never_over_flush_rows(tmp_path: Path) -> None:
+    writer = ManifestWriter(tmp_path, run_id="20261126T000000Z-abc123", endpoint="e", flush_rows=3)
+    send, receive = anyio.create_memory_object_stream[Result](16)
+    seen: list[int] = []
+    async with send:
+        for i in range(10):  # all queued before the writer runs: it takes them without waiting
+            send.send_nowait(result(i, ok=i != 4))
+    await writer.consume(receive, on_result=lambda r: seen.append(r.request.row_index))
+
+    assert seen == list(range(10))
+    parts = part_files(tmp_path)
+    assert [p.name[-13:] for p in parts] == [f"{seq:05d}.parquet" for seq in range(4)]
+    frames = [pl.read_parquet(p) for p in parts]
+    assert [f.height for f in frames] == [3, 3, 3, 1]
+    rows = pl.concat(frames)
+    assert rows["row_index"].to_list() == list(range(10))
+    assert rows["status"].to_list() == ["ok"] * 4 + ["failed"] + ["ok"] * 5
+    assert writer.written == 10 and writer.seq == 4 and not writer.buffer
+    assert (tmp_path / MANIFEST_DIR).is_dir()
+
+
+def test_a_row_holds_what_the_result_says() -> None:
+    ok, failed = result(1), result(2, ok=False)
+    frame = manifest_frame([ok, failed], endpoint="e", run_id="r")
+    first, second = frame.to_dicts()
+    assert first["response_text"] == "answer 1" and first["prompt_tokens"] == 3 and first["endpoint"] == "e"
+    assert first["tokens_per_s"] == pytest.approx(4 / 0.499)
+    assert first["started_at"] == datetime(2025, 11, 26, 0, 0, 0, 250_000, tzinfo=UTC)
+    assert second["response_text"] is None and second["error"] == "bad" and second["http_status"] == 400
+    assert second["run_id"] == "r" and second["tokens_per_s"] is None
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_timestamps_round_to_the_microsecond_as_datetime_does(at: float) -> None:
+    frame = manifest_frame([result(0, at=at)], endpoint="e", run_id="r")
+    assert frame["started_at"][0] == datetime.fromtimestamp(at, UTC)
