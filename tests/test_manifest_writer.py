@@ -61,3 +61,31 @@ def test_a_row_holds_what_the_result_says() -> None:
 def test_timestamps_round_to_the_microsecond_as_datetime_does(at: float) -> None:
     frame = manifest_frame([result(0, at=at)], endpoint="e", run_id="r")
     assert frame["started_at"][0] == datetime.fromtimestamp(at, UTC)
+
+
+@pytest.mark.parametrize("files_per_read", [1, 64])
+def test_a_keys_last_row_decides_whether_it_failed_for_good(tmp_path: Path, files_per_read: int) -> None:
+    """Read together or apart, the later of two parts wins: a permanent failure retried and failed
+    again for another reason is sent again; one that failed for good last time is not."""
+    from batchrun.models import short_key
+    from batchrun.sink.manifest import read_done_keys
+
+    def key(i: int) -> str:
+        return f"{i:016x}" * 2
+
+    def failed(i: int, kind: str) -> Result:
+        request = Request(key(i), None, i, 0, "POST", "http://x/v1", b"{}", "m")
+        return Result(request, "failed", 3, 1.0, 2.0, error_kind=kind, http_status=400, error="e")
+
+    folder = tmp_path / MANIFEST_DIR
+    folder.mkdir()
+    runs = [
+        {1: "permanent", 2: "retryable_exhausted", 3: "permanent"},  # the earlier run
+        {1: "retryable_exhausted", 2: "permanent", 3: "permanent"},  # the later one
+    ]
+    for n, kinds in enumerate(runs):
+        run_id = f"2026112{n}T000000Z-abc123"
+        frame = manifest_frame([failed(i, kind) for i, kind in kinds.items()], endpoint="e", run_id=run_id)
+        frame.write_parquet(folder / f"part-{run_id}-s0of1-00000.parquet")
+    done = read_done_keys(tmp_path, files_per_read=files_per_read)
+    assert done.failed == {short_key(key(i)) for i in (2, 3)}

@@ -180,9 +180,10 @@ def read_done(output_dir: Path, *, retry_failed: bool = False, files_per_read: i
                 .collect()
             )
         ok_columns.append(frame.filter("ok").get_column("short"))
-        if not retry_failed:  # a later row for a key wins: a retry that failed again, or succeeded
-            failed.difference_update(frame.filter(~pl.col("permanent")).get_column("short").to_list())
-            failed.update(frame.filter("permanent").get_column("short").to_list())
+        if not retry_failed:  # a key's last row wins: a retry that failed again, or succeeded
+            last = frame.group_by("short", maintain_order=True).agg(pl.col("permanent").last())
+            failed.difference_update(last.filter(~pl.col("permanent")).get_column("short").to_list())
+            failed.update(last.filter("permanent").get_column("short").to_list())
     ok = pl.concat(ok_columns)
     if failed:  # a key that was ever answered is done, whatever came after
         column = pl.Series(list(failed), dtype=pl.UInt64)
