@@ -108,3 +108,15 @@ def test_keys_are_stable_across_versions(write_job: JobWriter) -> None:
     # a manifest written by an earlier run must still match: the key recipe is part of the format
     (req,) = planner_for(write_job).plan([{"question": "what is 1?"}])
     assert req.key == "852b5303745e9ba133c3cb4c8a610614"
+
+
+def test_done_keys_read_from_a_manifest_are_one_sorted_array() -> None:
+    import polars as pl
+
+    done = DoneKeys(failed={9})
+    done.add_read(pl.Series([5, 3, 2**64 - 1, 3], dtype=pl.UInt64))  # as read: may repeat
+    done.add_read(pl.Series([7, 5], dtype=pl.UInt64))
+    assert list(done.read) == [3, 5, 7, 2**64 - 1]
+    assert all(k in done for k in (3, 5, 7, 9, 2**64 - 1))
+    assert not any(k in done for k in (0, 4, 8, 2**64 - 2))
+    assert len(done) == 5

@@ -69,7 +69,7 @@ class Feed:
         self.planner.counts.rows = self.covered
         short = pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
         if ok is None:
-            ok = pl.Series(list(done.ok), dtype=pl.UInt64)
+            ok = pl.Series([*done.ok, *done.read], dtype=pl.UInt64)
         failed = pl.Series(list(done.failed), dtype=pl.UInt64)
         active = planned.filter(~pl.col("shared")).with_columns(
             short.is_in(ok.implode()).alias("is_ok"), short.is_in(failed.implode()).alias("is_failed")
@@ -93,7 +93,7 @@ class Feed:
             self.planner.restore(self.covered, self._contents.to_list())
             self._contents = None
         if self._ok is not None:
-            self.planner.done_keys.ok.update(self._ok.to_list())
+            self.planner.done_keys.add_read(self._ok)
             self._ok = None
 
     @property

@@ -156,7 +156,9 @@ class Done:
     failed: set[int]
 
     def keys(self) -> DoneKeys:
-        return DoneKeys(set(self.ok.to_list()), self.failed)
+        keys = DoneKeys(failed=self.failed)
+        keys.add_read(self.ok)
+        return keys
 
 
 def read_done_keys(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 64) -> DoneKeys:
