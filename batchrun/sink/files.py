@@ -24,10 +24,21 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temp path to write; on success it becomes ``final``, on error it is removed."""
+def _temp_beside(final: Path) -> Iterator[Path]:
+    """A temp path next to ``final`` (so the rename stays on one file system), removed on error."""
     tmp = final.with_name(f"{TMP_PREFIX}{os.getpid()}-{final.name}")
     try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success it becomes ``final``, on error it is removed."""
+    with _temp_beside(final) as tmp:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -35,10 +46,6 @@ def atomic_path(final: Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     fsync_dir(final.parent)
 
 
@@ -51,8 +58,7 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
     """Like ``write_atomic`` for bytes in hand (one open for both write and fsync), but the folder
     is not synced: the rename is durable only after the caller's ``fsync_dir(final.parent)``.
     For many files in few folders, whose folders can be synced once for a batch."""
-    tmp = final.with_name(f"{TMP_PREFIX}{os.getpid()}-{final.name}")
-    try:
+    with _temp_beside(final) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)
@@ -62,10 +68,6 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def remove_temp_files(folder: Path) -> int:
