@@ -157,3 +157,16 @@ def test_short_rows_and_blank_lines_read_as_polars_reads_them(tmp_path: Path, bl
     got = pl.concat(list(Table(str(path), block_bytes=block_bytes).frames(2)))
     assert_frame_equal(got, pl.scan_csv(path, infer_schema_length=10_000).collect())
     assert got.height == 7
+
+
+def test_a_double_star_glob_reads_every_depth_and_the_index_sees_each_file(tmp_path: Path) -> None:
+    from batchrun.plan.reader import input_files
+
+    for folder, ids in (("", [1]), ("x", [2]), ("x/y", [3])):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"id": ids}).write_csv(tmp_path / folder / f"t{ids[0]}.csv")
+    source = str(tmp_path / "**" / "*.csv")
+    table = Table(source)
+    assert table.inspect().rows == 3
+    assert sorted(pl.concat(list(table.frames(10)))["id"].to_list()) == [1, 2, 3]
+    assert len(input_files(source)) == 3  # the files the plan index fingerprints, too

@@ -11,7 +11,6 @@ time, never results.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
@@ -23,6 +22,7 @@ import polars as pl
 from ..sink.files import write_atomic
 from ..spec import Job
 from .planner import canonical_json
+from .reader import input_files
 from .shape import job_body_template, prompt_template
 
 INDEX_DIR = "plan-index"
@@ -35,7 +35,7 @@ Entry = tuple[int, int, str, int, bool]
 
 def fingerprint(job: Job) -> str:
     source = job.input
-    files = sorted(glob.glob(source)) if any(c in source for c in "*?[") else [source]
+    files = input_files(source)
     stats = []
     for name in files:
         st = os.stat(name)

@@ -108,6 +108,16 @@ def input_errors(source: str) -> Iterator[None]:
         raise InputError(f"cannot read input {source}: {exc.strerror or exc}") from None
 
 
+def is_glob(source: str) -> bool:
+    return any(ch in source for ch in "*?[")
+
+
+def input_files(source: str) -> list[str]:
+    """The files an input names, in the order they are read: a glob as the shell expands it, with
+    ``**`` for any depth (polars' own expansion also takes hidden files); one path as it is."""
+    return sorted(glob.glob(source, recursive=True)) if is_glob(source) else [source]
+
+
 @dataclass(frozen=True, slots=True)
 class TableStats:
     rows: int
@@ -125,18 +135,18 @@ class Table:
         if kind is None:
             known = ", ".join(sorted(FORMATS))
             raise InputError(f"input {source}: unknown file type {suffix or '(none)'!r} (known: {known})")
-        has_magic = any(ch in source for ch in "*?[")
-        if not (glob.glob(source) if has_magic else Path(source).is_file()):
-            raise InputError(f"input {source}: {'no file matches' if has_magic else 'file not found'}")
+        self.paths = input_files(source)
+        if not (self.paths if is_glob(source) else Path(source).is_file()):
+            raise InputError(f"input {source}: {'no file matches' if is_glob(source) else 'file not found'}")
         self.kind = kind
-        self.paths = sorted(glob.glob(source)) if has_magic else [source]
+        paths = self.paths  # the same files for polars' scans as for the block reader
         with input_errors(source):
             if kind in ("csv", "tsv"):
-                self.frame = pl.scan_csv(source, separator="\t" if kind == "tsv" else ",", infer_schema_length=10_000)
+                self.frame = pl.scan_csv(paths, separator="\t" if kind == "tsv" else ",", infer_schema_length=10_000)
             elif kind == "parquet":
-                self.frame = pl.scan_parquet(source)
+                self.frame = pl.scan_parquet(paths)
             else:
-                self.frame = pl.scan_ndjson(source, infer_schema_length=10_000)
+                self.frame = pl.scan_ndjson(paths, infer_schema_length=10_000)
             self.schema = self.frame.collect_schema()
             self.columns: list[str] = self.schema.names()
 
