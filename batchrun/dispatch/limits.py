@@ -23,11 +23,10 @@ class SmoothRate:
     bursts (a big bucket) or loses a slot on every late wake-up (a bucket of one: 2,850 instead of
     3,000 a minute, measured in ``bench/rate.py``); it still paces ``tokens_per_minute``.
 
-    A stalled event loop wakes several sleepers at once, their slots gone by. The first of them
-    sends; the others take new slots rather than go in a bunch (a send closer than half a slot to
-    the one before waits for a new slot), so the stall costs its own slots and nothing bunches.
-    A log of the last sends is the hard cap behind that: never more than ``per_minute / 60 + 1``
-    sends in one second (51 at 3,000 a minute)."""
+    A stalled event loop wakes several sleepers at once, their slots gone by. They leave half a
+    slot apart, not in a bunch, and so catch up at twice the rate; a log of the last sends is the
+    hard cap on that: never more than ``per_minute / 60 + 1`` sends in one second (51 at 3,000 a
+    minute)."""
 
     def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
@@ -39,21 +38,23 @@ class SmoothRate:
 
     async def acquire(self) -> None:
         sent = self._sent
-        while True:
+        now = self._clock()
+        slot = max(self._next, now)
+        self._next = slot + self.interval
+        if slot > now:
+            await anyio.sleep(slot - now)
             now = self._clock()
-            slot = max(self._next, now)
-            self._next = slot + self.interval
-            if slot > now:
-                await anyio.sleep(slot - now)
-                now = self._clock()
-            while len(sent) == sent.maxlen and (wait := sent[0] + 1.0 - now) > 0:
-                await anyio.sleep(wait)
-                now = self._clock()
-            # no await from this check to the append: every waiter sees the same log
-            if now - sent[-1] >= self.interval / 2:
+        while True:
+            # half a slot after the previous send, and the second's cap: checked and taken with no
+            # await in between, so every waiter sees the same log
+            wait = sent[-1] + self.interval / 2 - now
+            if len(sent) == sent.maxlen:
+                wait = max(wait, sent[0] + 1.0 - now)
+            if wait <= 0:
                 sent.append(now)
                 return
-            # woke together with others after a stall: a new slot, not a bunch
+            await anyio.sleep(wait)
+            now = self._clock()
 
     def __repr__(self) -> str:
         return f"SmoothRate(per_minute={self.per_minute:g})"
