@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from .errors import InputError, JobError
+from .plan.occurrences import Occurrences
 from .plan.planner import Planner
 from .plan.reader import Table
 from .sink.files import write_atomic
@@ -60,7 +61,8 @@ def job_for(target: str, output: str | None = None) -> Job:
 def keyed_input(job: Job) -> pl.DataFrame:
     """Every input row with the request key of each of its samples (no resume filtering)."""
     table = Table(job.input)
-    planner = Planner(job)
+    expected = table.inspect().rows * job.request.samples  # the occurrence index's filter is sized by it
+    planner = Planner(job, occurrences=Occurrences(expected))
     planner.include_shared = True
     keys: list[str] = []
     frames: list[pl.DataFrame] = []

@@ -65,9 +65,10 @@ class ManifestWriter:
             frame = manifest_frame(rows, endpoint=self.endpoint, run_id=self.run_id)
             if self.before_part is not None:
                 self.before_part()
-            if not self._folder_synced:  # the manifest folder's own entry, once a run
+            if not self._folder_synced:  # the entries of manifest/ and the output folder, once a run
                 self.folder.mkdir(parents=True, exist_ok=True)
                 fsync_dir(self.folder.parent)
+                fsync_dir(self.folder.parent.parent)
                 self._folder_synced = True
             write_part(self.folder, part_name(self.run_id, self.shard, self.seq), frame)
         except OSError as exc:
