@@ -48,40 +48,55 @@ class Feed:
 
     @classmethod
     def _open(cls, job: Job, planner: Planner, done: DoneKeys, ok: pl.Series | None, note: bool) -> Feed:
+        index: KeyIndex | None = None
         try:
             index = KeyIndex(job.output_dir, fingerprint(job))
             loaded = index.load()
-            if loaded is None:
-                if not note:
-                    return cls(planner, None)
-                index.start()
-                return cls(planner, index)
-        except OSError:
+            if loaded is not None:
+                covered, entries = loaded
+                feed = cls(planner, index if note else None, covered)
+                feed._take(entries, done, ok)
+                return feed
+            if not note:
+                return cls(planner, None)
+            index.start()
+            return cls(planner, index)
+        except (OSError, pl.exceptions.PolarsError):
+            if note and index is not None:  # a damaged index: begin a new one
+                with contextlib.suppress(OSError):
+                    index.start()
+                    return cls(planner, index)
             return cls(planner, None)  # a cache: without it, every row is planned as before
-        covered, frame = loaded
-        feed = cls(planner, index if note else None, covered)
-        feed._take(frame, done, ok)
-        return feed
 
-    def _take(self, frame: pl.DataFrame, done: DoneKeys, ok: pl.Series | None) -> None:
-        planned = frame.filter(pl.col("sample") >= 0)
-        self._contents = planned.get_column("content")
-        self.planner.counts.rows = self.covered
+    def _take(self, entries: pl.LazyFrame, done: DoneKeys, ok: pl.Series | None) -> None:
+        """Counts, the rows with work left and the digests the occurrence index needs, each read
+        from the index parts by polars, so that only those are ever held (not every entry's key)."""
         short = pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
         if ok is None:
             ok = pl.Series([*done.ok, *done.read], dtype=pl.UInt64)
         failed = pl.Series(list(done.failed), dtype=pl.UInt64)
-        active = planned.filter(~pl.col("shared")).with_columns(
-            short.is_in(ok.implode()).alias("is_ok"), short.is_in(failed.implode()).alias("is_failed")
-        )
-        todo = active.filter(~pl.col("is_ok") & ~pl.col("is_failed"))
+        planned = pl.col("sample") >= 0
+        active = planned & ~pl.col("shared")
+        is_ok, is_failed = short.is_in(ok.implode()), short.is_in(failed.implode())
+        stats = entries.select(
+            pl.len().alias("entries"),
+            planned.sum().alias("planned"),
+            active.sum().alias("active"),
+            (active & (is_ok | is_failed)).sum().alias("done"),
+            (active & is_failed).sum().alias("failed"),
+        ).collect()
+        contents = entries.filter(planned).select("content").collect().get_column("content")
+        todo = entries.filter(active & ~is_ok & ~is_failed).select("row_index", "sample", "key").collect()
+        n = {name: int(stats.item(0, name)) for name in stats.columns}
+        self._contents = contents
         counts = self.planner.counts
-        counts.requests += planned.height
-        counts.shared += planned.height - active.height
-        counts.skipped += frame.height - planned.height
-        counts.done += active.height - todo.height
-        counts.done_failed += int(active.get_column("is_failed").sum())
-        for index, sample, key in todo.select("row_index", "sample", "key").iter_rows():
+        counts.rows = self.covered
+        counts.requests += n["planned"]
+        counts.shared += n["planned"] - n["active"]
+        counts.skipped += n["entries"] - n["planned"]
+        counts.done += n["done"]
+        counts.done_failed += n["failed"]
+        for index, sample, key in todo.iter_rows():
             self.todo.setdefault(index, []).append((sample, key))
         counts.todo += todo.height
         self.todo_rows = sorted(self.todo)

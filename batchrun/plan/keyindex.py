@@ -72,8 +72,9 @@ class KeyIndex:
         self.folder = output_dir / INDEX_DIR
         self.fingerprint = fingerprint
 
-    def load(self) -> tuple[int, pl.DataFrame] | None:
-        """The rows covered from the start of the input, and their entries in plan order."""
+    def load(self) -> tuple[int, pl.LazyFrame] | None:
+        """The rows covered from the start of the input, and their entries in plan order (a scan:
+        read by the caller, which takes only what it needs)."""
         marker = self.folder / "fingerprint"
         if not marker.is_file() or marker.read_text().strip() != self.fingerprint:
             return None
@@ -89,9 +90,11 @@ class KeyIndex:
         if not chain:
             return None
         try:
-            return covered, pl.read_parquet(chain, schema=SCHEMA)
+            entries = pl.scan_parquet(chain, schema=SCHEMA)
+            entries.select(pl.len()).collect()  # every part's footer: a cut or foreign file fails here
         except (pl.exceptions.PolarsError, OSError):
             return None
+        return covered, entries
 
     def start(self) -> None:
         """Begin a new index for this fingerprint, dropping any other."""
