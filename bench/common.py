@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -210,6 +211,17 @@ def batchrun_run(job: Path, source: Path | None = None, **kwargs: Any) -> Measur
         _done, ok, failed, elapsed, rate = match.groups()
         m.extra.update(ok=int(ok), errors=int(failed), elapsed_s=float(elapsed), rate=float(rate))
     return m
+
+
+def add_compare_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compare DIR ...``: also run the batchrun of other checkouts, side by side (before/after)."""
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="also run the batchrun of these checkouts (before/after)",
+    )
 
 
 def has_module(name: str) -> bool:

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common import has_module, machine, note, run_client, save, table, tmpdir
+from common import add_compare_argument, has_module, machine, note, run_client, save, table, tmpdir
 from servers import nginx, simulator
 
 
@@ -31,13 +31,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="about how long each run lasts")
     parser.add_argument("--servers", nargs="+", default=["simulator", "nginx"], choices=["simulator", "nginx"])
     parser.add_argument("--clients", nargs="+", default=["aiohttp", "httpx", "httpx-aiohttp", "batchrun"])
-    parser.add_argument(
-        "--compare",
-        nargs="+",
-        default=[],
-        metavar="DIR",
-        help="also run the batchrun of these checkouts (before/after)",
-    )
+    add_compare_argument(parser)
     args = parser.parse_args()
     kinds = [k for k in args.clients if "aiohttp" not in k or k == "aiohttp" or has_module("httpx_aiohttp")]
     kinds += [f"batchrun@{Path(d).resolve()}" for d in args.compare]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from common import (
     Measured,
+    add_compare_argument,
     bare_client,
     batchrun_run,
     has_module,
@@ -52,13 +53,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--clients", nargs="+", default=None, help="a subset (batchrun included by default)")
-    parser.add_argument(
-        "--compare",
-        nargs="+",
-        default=[],
-        metavar="DIR",
-        help="also run the batchrun of these checkouts (before/after)",
-    )
+    add_compare_argument(parser)
     args = parser.parse_args()
 
     kinds = ["aiohttp", "httpx", "httpx-pool8", "httpx-aiohttp", "httpx-aiohttp-direct", "httpx2"]
