@@ -89,7 +89,7 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
         for r in deferred.requests(s, f)
     ]
     assert sorted(last) == sorted(got) and fourth.counts == full.counts
-    assert deferred.stale == 1 and len(fourth.done_keys) == len(set(done_keys)) + 1
+    assert deferred.stale == 1 and len(fourth.done_keys) == 1  # the index accounts for the others
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])

@@ -31,6 +31,7 @@ class Feed:
         self.todo_rows: list[int] = []
         self._contents: pl.Series | None = None  # the covered requests' digests, until restored
         self._ok: pl.Series | None = None  # ok keys not yet in the planner's done keys, until restored
+        self._ok_covered = 0  # ok keys that rows of the index ask for: counted, never held
         self._journal_from = covered
         planner.journal = [] if index is not None else None
 
@@ -43,7 +44,8 @@ class Feed:
         read as a column and not yet in ``done``; they are added to it when the first row past the
         index is planned, so the rows the index says are to do need not wait for that set."""
         feed = cls._open(job, planner, done, ok, note)
-        feed._ok = ok
+        if not feed.covered:  # with an index, ``_take`` keeps only the ok keys it does not account for
+            feed._ok = ok
         return feed
 
     @classmethod
@@ -70,14 +72,15 @@ class Feed:
 
     def _take(self, entries: pl.LazyFrame, done: DoneKeys, ok: pl.Series | None) -> None:
         """Counts, the rows with work left and the digests the occurrence index needs, each read
-        from the index parts by polars, so that only those are ever held (not every entry's key)."""
-        short = pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
-        if ok is None:
-            ok = pl.Series([*done.ok, *done.read], dtype=pl.UInt64)
+        from the index parts by polars, so that only those are ever held (not every entry's key).
+        Of the ``ok`` keys only those that no row of the index asks for are kept: a request past
+        the index has a key of its own (its occurrence number goes on from the index's)."""
+        short = pl.col("short")
+        keys = pl.Series([*done.ok, *done.read], dtype=pl.UInt64) if ok is None else ok
         failed = pl.Series(list(done.failed), dtype=pl.UInt64)
         planned = pl.col("sample") >= 0
         active = planned & ~pl.col("shared")
-        is_ok, is_failed = short.is_in(ok.implode()), short.is_in(failed.implode())
+        is_ok, is_failed = short.is_in(keys.implode()), short.is_in(failed.implode())
         stats = entries.select(
             pl.len().alias("entries"),
             planned.sum().alias("planned"),
@@ -85,10 +88,13 @@ class Feed:
             (active & (is_ok | is_failed)).sum().alias("done"),
             (active & is_failed).sum().alias("failed"),
         ).collect()
-        contents = entries.filter(planned).select("content").collect().get_column("content")
+        self._contents = entries.filter(planned).select("content").collect().get_column("content")
         todo = entries.filter(active & ~is_ok & ~is_failed).select("row_index", "sample", "key").collect()
+        if ok is not None:
+            asked = entries.filter(active).select(short).collect().get_column("short")
+            self._ok = ok.filter(~ok.is_in(asked.implode()))
+            self._ok_covered = ok.n_unique() - self._ok.n_unique()
         n = {name: int(stats.item(0, name)) for name in stats.columns}
-        self._contents = contents
         counts = self.planner.counts
         counts.rows = self.covered
         counts.requests += n["planned"]
@@ -105,7 +111,7 @@ class Feed:
         """Ready the planner for rows past the index: its occurrence index seeded with the requests
         the index covers, its done keys complete. Only then: a finished job needs neither."""
         if self._contents is not None:
-            self.planner.restore(self.covered, self._contents.to_list())
+            self.planner.restore(self.covered, self._contents.to_numpy())
             self._contents = None
         if self._ok is not None:
             self.planner.done_keys.add_read(self._ok)
@@ -113,10 +119,11 @@ class Feed:
 
     @property
     def stale(self) -> int:
-        """Done keys this plan no longer asks for (``Planner.stale``, also before ``restore``)."""
-        if self._ok is None:
-            return self.planner.stale
-        done = self._ok.n_unique() + len(self.planner.done_keys)
+        """Done keys this plan no longer asks for (as ``Planner.stale``, counting the ok keys
+        that are still waiting in ``_ok`` and those the index accounts for)."""
+        done = len(self.planner.done_keys) + self._ok_covered
+        if self._ok is not None:
+            done += self._ok.n_unique()
         return max(0, done - self.planner.counts.done)
 
     def slices(self, table: Table, size: int) -> Iterator[tuple[int, pl.DataFrame]]:

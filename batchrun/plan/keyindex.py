@@ -26,8 +26,11 @@ from .reader import input_files
 from .shape import job_body_template, prompt_template
 
 INDEX_DIR = "plan-index"
-RECIPE = 1  # bump when the request-key recipe changes
-SCHEMA = {"row_index": pl.Int64, "sample": pl.Int32, "key": pl.String, "content": pl.UInt64, "shared": pl.Boolean}
+RECIPE = 2  # bump when the request-key recipe or the parts' columns change
+ENTRY = {"row_index": pl.Int64, "sample": pl.Int32, "key": pl.String, "content": pl.UInt64, "shared": pl.Boolean}
+#: and the key's first 64 bits (``short_key``, null for a skipped row), so that a resume can count
+#: and match the done keys without reading a million key strings
+SCHEMA = {**ENTRY, "short": pl.UInt64}
 _PART = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
 
 Entry = tuple[int, int, str, int, bool]
@@ -103,5 +106,7 @@ class KeyIndex:
         write_atomic(self.folder / "fingerprint", lambda tmp: tmp.write_text(self.fingerprint + "\n"))
 
     def write(self, first_row: int, end_row: int, entries: list[Entry]) -> None:
-        frame = pl.DataFrame(entries, schema=SCHEMA, orient="row")
+        frame = pl.DataFrame(entries, schema=ENTRY, orient="row").with_columns(
+            short=pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+        )
         write_atomic(self.folder / f"part-{first_row:012d}-{end_row:012d}.parquet", frame.write_parquet)

@@ -13,12 +13,15 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TemplateError
 from ..models import DoneKeys, Request, short_key
 from ..spec import Job
 from .occurrences import Occurrences
+
+if TYPE_CHECKING:
+    import numpy as np
 from .shape import job_body_template, prompt_template
 from .templates import compile_template, referenced_names
 
@@ -177,7 +180,7 @@ class Planner:
         key = hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
         return key, shared, short
 
-    def restore(self, rows: int, contents: Iterable[int]) -> None:
+    def restore(self, rows: int, contents: np.ndarray | Iterable[int]) -> None:
         """Continue after ``rows`` rows planned by an earlier run: ``contents`` are the short digests
         of their requests, in plan order, so occurrence numbers go on exactly as before."""
         self.occurrences.extend(contents)

@@ -161,11 +161,11 @@ class Done:
         return keys
 
 
-def read_done_keys(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 64) -> DoneKeys:
+def read_done_keys(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 16) -> DoneKeys:
     return read_done(output_dir, retry_failed=retry_failed, files_per_read=files_per_read).keys()
 
 
-def read_done(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 64) -> Done:
+def read_done(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 16) -> Done:
     """The keys not to send again, read a few parts at a time in the order they were written, so
     that memory holds the answer (8-byte keys) and never the whole manifest."""
     failed: set[int] = set()
