@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchrun.models import Parsed, Request, Result
-from batchrun.sink.manifest import MANIFEST_DIR, manifest_frame, part_files
+from batchrun.runner import new_run_id
+from batchrun.sink.manifest import MANIFEST_DIR, manifest_frame, part_files, part_name
 from batchrun.sink.writer import ManifestWriter
 
 
@@ -89,3 +90,12 @@ def test_a_keys_last_row_decides_whether_it_failed_for_good(tmp_path: Path, file
         frame.write_parquet(folder / f"part-{run_id}-s0of1-00000.parquet")
     done = read_done_keys(tmp_path, files_per_read=files_per_read)
     assert done.failed == {short_key(key(i)) for i in (2, 3)}
+
+
+def test_runs_made_one_after_another_have_ids_that_sort_in_that_order() -> None:
+    """Part files sort by run id, and a key's last row decides whether it failed for good: two runs
+    within one second must not swap (their random tags alone would, half the time)."""
+    ids = [new_run_id() for _ in range(200)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    names = [part_name(run_id, "s0of1", 0) for run_id in ids]
+    assert names == sorted(names)
