@@ -95,8 +95,10 @@ async def test_endpoint_rate_limit_is_found_and_respected(write_job: JobWriter, 
     assert read_manifest(tmp_path / "out").height == 150
     throttled = sim.stats.by_outcome["429"]
     assert throttled >= 1
-    # one shared cool-down and a halving rate, not 32 workers retrying on their own
-    assert throttled < 100
+    # one shared cool-down and a halving rate, not 32 workers retrying on their own (those send
+    # ~32 every 0.2 s for the ~4 s the job takes: several hundred 429s). Shared, it is two rounds
+    # of the 32 in flight (~64) on a quiet machine; 101 was seen once at load 11.
+    assert throttled <= 5 * 32, throttled
     assert "cut(s) on 429" in summary.notes
 
 
