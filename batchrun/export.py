@@ -74,6 +74,8 @@ def keyed_input(job: Job) -> pl.DataFrame:
                 keys.append(request.key)
                 indices.append(request.row_index - start)
             frames.append(frame.select(pl.all().gather(indices)))
+            if planner.occurrences.flush_due:
+                planner.occurrences.flush()
     rows = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
     return rows.with_columns(pl.Series("request_key", keys, dtype=pl.String))
 

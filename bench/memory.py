@@ -1,6 +1,7 @@
 """Memory flat in input size: peak RSS of ``batchrun plan`` and ``batchrun run`` for 100k, 1M (and 10M) rows.
 
     .venv/bin/python bench/memory.py [--sizes 100000 1000000] [--run-seconds 20] [--concurrency 256]
+        [--skip-plan | --skip-run]
 
 Short prompts (the overhead job's), Parquet input. ``batchrun plan`` walks every row through the
 planner (read, render, key, resume filter), so it shows any per-row state that grows with the
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--run-seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--skip-plan", action="store_true")
+    parser.add_argument("--skip-run", action="store_true")
     args = parser.parse_args()
     work = tmpdir("memory")
     rows: list[list[Any]] = []
@@ -66,6 +68,9 @@ def main() -> None:
                     ]
                 )
                 raw.append({"command": "plan", "rows": size, **m.__dict__})
+            if args.skip_run:
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
             m = measure([PYTHON, "-m", "batchrun", "run", str(job), "--quiet"], stop_after=args.run_seconds)
             written = manifest_rows(folder)
             note(

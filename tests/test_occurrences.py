@@ -6,10 +6,13 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from conftest import JobWriter
+import anyio
+import pytest
+from conftest import JobWriter, questions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchrun import runner
 from batchrun.plan.occurrences import Occurrences
 from batchrun.plan.planner import Planner
 from batchrun.sink.files import remove_temp_files
@@ -92,3 +95,23 @@ def test_planner_keys_do_not_change_when_the_index_spills(write_job: JobWriter, 
         assert spilled_index.lookups > 0
     assert spilled == in_memory
     assert len(set(in_memory)) == 2_000
+
+
+def test_plan_spills_the_recent_counts_at_every_batch_boundary(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``batchrun plan`` flushes as a run does, so the dict of recent counts stays near
+    ``spill_after`` (count() alone would let it reach four times that); the counts are the same."""
+    held: list[int] = []
+
+    class Watched(Occurrences):
+        def flush(self) -> None:
+            held.append(len(self._pending))
+            super().flush()
+
+    monkeypatch.setattr(runner, "BATCH_ROWS", 100)
+    monkeypatch.setattr(runner, "Occurrences", lambda expected: Watched(expected, spill_after=150))
+    job = load_job(write_job(rows=[*questions(1_000), *questions(200)]))  # 200 repeated after a spill
+    counts, _stale = anyio.run(lambda: runner.plan_job(job))
+    assert (counts.rows, counts.requests, counts.todo) == (1_200, 1_200, 1_200)
+    assert len(held) >= 5 and max(held) < 150 + 100
