@@ -16,8 +16,9 @@ from .durations import parse_duration
 from .errors import BatchrunError, ExitCode
 from .log import configure as configure_logging
 from .log import event
+from .prepare import plan_job
 from .presets import PRESETS
-from .runner import plan_job, run_job
+from .runner import run_job
 from .spec import load_job
 
 EXIT_CODES_HELP = """exit codes:

@@ -12,7 +12,7 @@ from conftest import JobWriter, questions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun import runner
+from batchrun import prepare
 from batchrun.plan.occurrences import Occurrences
 from batchrun.plan.planner import Planner
 from batchrun.sink.files import remove_temp_files
@@ -109,9 +109,9 @@ def test_plan_spills_the_recent_counts_at_every_batch_boundary(
             held.append(len(self._pending))
             super().flush()
 
-    monkeypatch.setattr(runner, "BATCH_ROWS", 100)
-    monkeypatch.setattr(runner, "Occurrences", lambda expected: Watched(expected, spill_after=150))
+    monkeypatch.setattr(prepare, "BATCH_ROWS", 100)
+    monkeypatch.setattr(prepare, "Occurrences", lambda expected: Watched(expected, spill_after=150))
     job = load_job(write_job(rows=[*questions(1_000), *questions(200)]))  # 200 repeated after a spill
-    counts, _stale = anyio.run(lambda: runner.plan_job(job))
+    counts, _stale = anyio.run(lambda: prepare.plan_job(job))
     assert (counts.rows, counts.requests, counts.todo) == (1_200, 1_200, 1_200)
     assert len(held) >= 5 and max(held) < 150 + 100

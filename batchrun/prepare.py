@@ -1,0 +1,79 @@
+"""What is read and checked before anything is sent: the input's shape and first row, the manifest's
+done keys and the plan index; and ``plan``, the dry run, which stops there."""
+
+from __future__ import annotations
+
+import anyio
+
+from .endpoints.base import Adapter
+from .endpoints.chat import ChatAdapter
+from .endpoints.custom import CustomAdapter
+from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
+from .errors import InputError
+from .models import DoneKeys
+from .plan.feed import Feed
+from .plan.occurrences import Occurrences
+from .plan.planner import PlanCounts, Planner
+from .plan.reader import Table
+from .plan.shape import check_columns, prompt_columns
+from .sink.manifest import read_done
+from .spec import Job
+
+BATCH_ROWS = 2048  # input rows read, planned and noted in the plan index at a time
+
+
+def make_adapter(job: Job) -> Adapter:
+    keep = job.sink.keep_raw_response
+    if job.endpoint.format == "chat":
+        return ChatAdapter(keep_raw=keep, streaming=job.endpoint.stream)
+    if job.endpoint.format == "image-hf":
+        return RawImageAdapter()
+    if job.endpoint.format == "image-openai":
+        return OpenAIImageAdapter()
+    assert job.endpoint.response_path is not None
+    return CustomAdapter(job.endpoint.response_path, str(job.path), keep_raw=keep)
+
+
+def open_input(job: Job) -> tuple[Table, int]:
+    """Read the table's shape and render its first row: a bad input or template fails here."""
+    table = Table(job.input)
+    check_columns(job, table.columns)
+    columns = prompt_columns(job)
+    stats = table.inspect(columns)
+    if stats.empty_prompts and job.empty_prompts == "error":
+        raise InputError(
+            f"input {job.input}: {stats.empty_prompts} rows have an empty prompt (column "
+            f"{', '.join(sorted(columns))}; the first is row {stats.first_empty}); "
+            'set empty_prompts = "skip" in the job to skip them'
+        )
+    rows = stats.rows
+    first = next(table.batches(1))
+    list(Planner(job, occurrences=Occurrences(1)).plan(first[:1]))
+    make_adapter(job)
+    return table, rows
+
+
+def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> tuple[Planner, Feed]:
+    """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
+    call it in a thread)."""
+    done = read_done(job.output_dir, retry_failed=retry_failed)
+    planner = Planner(job, DoneKeys(failed=done.failed), occurrences)  # the ok keys follow, through the feed
+    return planner, Feed.open(job, planner, planner.done_keys, done.ok, note=note)
+
+
+async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
+    """Dry run: what a run would send now. Reads the input and the manifest, sends nothing."""
+    table, rows = await anyio.to_thread.run_sync(open_input, job)
+    occurrences = Occurrences(rows * job.request.samples)
+
+    def count() -> tuple[PlanCounts, int]:
+        planner, feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
+        for start, frame in feed.slices(table, BATCH_ROWS):
+            for _ in feed.requests(start, frame):
+                pass
+            if occurrences.flush_due:  # as a run does (count() alone spills at 4x: +15 MiB of dict)
+                occurrences.flush()
+        return planner.counts, feed.stale
+
+    with occurrences:
+        return await anyio.to_thread.run_sync(count)
