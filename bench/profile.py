@@ -52,7 +52,7 @@ STAGES = [
     ),
     ("Caller, rest", lambda f, p: "batchrun/dispatch/" in p and "pool.py" not in p),
     ("pool worker + memory streams", lambda f, p: "batchrun/dispatch/pool.py" in p),
-    ("runner (producer, consume, _storing)", lambda f, p: "batchrun/runner.py" in p),
+    ("runner (producer, consume, _storing)", lambda f, p: "batchrun/runner.py" in p or "batchrun/prepare.py" in p),
     ("start-up: imports", lambda f, p: "<frozen importlib" in p),
     ("event loop: socket callbacks, scheduling (no task frame)", lambda f, p: p.endswith("batchrun/cli.py")),
     ("other batchrun", lambda f, p: "batchrun/" in p),
