@@ -8,17 +8,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .answers import chat_reply, expected_generated_text, last_user_text
 from .images import int_or_none, parse_openai_size, parse_size, render_image, wants_jpeg
+from .incoming import Incoming
 from .responses import BadRequest, chat_completion, chat_stream, truncated
 
 if TYPE_CHECKING:
     from .app import Simulator
 
-Handler = Callable[["Simulator", Request, dict[str, Any]], Awaitable[Response]]
+Handler = Callable[["Simulator", Incoming, dict[str, Any]], Awaitable[Response]]
 
 IMAGE_MODEL_HINTS = ("diffusion", "flux", "sdxl", "image")
 IMAGE_PARAMETERS = frozenset({"width", "height", "num_inference_steps", "guidance_scale"})
@@ -50,7 +50,7 @@ def _optional_int(body: Mapping[str, Any], *names: str) -> int | None:
     return None
 
 
-async def chat(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def chat(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """OpenAI chat completions, as JSON or as an SSE stream."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
@@ -105,9 +105,9 @@ def _inputs(body: Mapping[str, Any]) -> str:
     return inputs
 
 
-async def hf_models(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def hf_models(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """HF serverless: text generation, or text-to-image for image models (see ``is_image_request``)."""
-    model = request.path_params["model"]
+    model = request.model
     parameters = _parameters(body)
     if is_image_request(model, parameters):
         return await hf_image(sim, request, body)
@@ -121,9 +121,9 @@ async def hf_models(sim: Simulator, request: Request, body: dict[str, Any]) -> R
     return _ok_json([{"generated_text": text}], decision.outcome, text)
 
 
-async def hf_image(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def hf_image(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """HF text-to-image: the body of a 200 is the image itself."""
-    model = request.path_params["model"]
+    model = request.model
     parameters = _parameters(body)
     inputs = _inputs(body)
     try:
@@ -138,14 +138,14 @@ async def hf_image(sim: Simulator, request: Request, body: dict[str, Any]) -> Re
         return fault
     if decision.outcome == "wrong_content_type":
         return JSONResponse({"error": "Image generation failed (simulated)"})
-    fmt = "jpeg" if wants_jpeg(request.headers.get("accept", "")) else "png"
+    fmt = "jpeg" if wants_jpeg(request.accept) else "png"
     data = render_image(inputs, seed=seed, width=width, height=height, fmt=fmt)
     if decision.outcome == "truncated":
         return truncated(data, f"image/{fmt}")
     return Response(data, media_type=f"image/{fmt}")
 
 
-async def openai_images(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def openai_images(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """OpenAI images: ``n`` pictures as base64 (``b64_json``) or data URLs (``response_format="url"``)."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
