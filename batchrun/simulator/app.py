@@ -31,14 +31,22 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import handlers
 from .faults import Decision, FaultPlan, FaultState, Trigger, decide, token_ok
 from .incoming import Disconnected, Incoming, read_body
-from .responses import BadRequest, Style, error_response, fault_response, html_response, is_error_outcome
+from .responses import (
+    BadRequest,
+    FastJSONResponse,
+    Style,
+    error_response,
+    fault_response,
+    html_response,
+    is_error_outcome,
+)
 from .stats import RequestRecord, SimStats
 
 Killer = Callable[[tuple[str, int] | None], bool]
@@ -204,14 +212,14 @@ class Simulator:
         return error_response("openai", status, str(getattr(exc, "detail", exc)), code=str(status))
 
     async def _health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return FastJSONResponse({"status": "ok"})
 
     async def _stats(self, request: Request) -> Response:
-        return JSONResponse(self.stats.as_dict())
+        return FastJSONResponse(self.stats.as_dict())
 
     async def _reset(self, request: Request) -> Response:
         self.reset()
-        return JSONResponse({"reset": True})
+        return FastJSONResponse({"reset": True})
 
     async def _plan(self, request: Request) -> Response:
         if request.method == "POST":
@@ -222,7 +230,7 @@ class Simulator:
         shown = dataclasses.asdict(self.plan)
         if shown["require_token"] is not None:
             shown["require_token"] = "***"  # the plan is shown, the token never is
-        return JSONResponse(shown)
+        return FastJSONResponse(shown)
 
 
 def update_plan(plan: FaultPlan, changes: Any) -> None:

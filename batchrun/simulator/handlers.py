@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from .answers import chat_reply, expected_generated_text, last_user_text
 from .images import int_or_none, parse_openai_size, parse_size, render_image, wants_jpeg
 from .incoming import Incoming
-from .responses import BadRequest, chat_completion, chat_stream, truncated
+from .responses import BadRequest, FastJSONResponse, chat_completion, chat_stream, json_bytes, truncated
 
 if TYPE_CHECKING:
     from .app import Simulator
@@ -24,17 +23,13 @@ IMAGE_MODEL_HINTS = ("diffusion", "flux", "sdxl", "image")
 IMAGE_PARAMETERS = frozenset({"width", "height", "num_inference_steps", "guidance_scale"})
 
 
-def _json_bytes(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _ok_json(payload: Any, outcome: str, plain: str) -> Response:
     """The normal JSON answer, or its ``truncated`` / ``wrong_content_type`` (text/plain) variants."""
     if outcome == "truncated":
-        return truncated(_json_bytes(payload), "application/json")
+        return truncated(json_bytes(payload), "application/json")
     if outcome == "wrong_content_type":
         return PlainTextResponse(plain)
-    return JSONResponse(payload)
+    return FastJSONResponse(payload)
 
 
 def _optional_int(body: Mapping[str, Any], *names: str) -> int | None:
@@ -67,7 +62,7 @@ async def chat(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Respo
     if not stream:
         return _ok_json(chat_completion(cid, model, reply), decision.outcome, reply.text)
     if decision.outcome == "wrong_content_type":  # a server that ignores "stream": true
-        return JSONResponse(chat_completion(cid, model, reply))
+        return FastJSONResponse(chat_completion(cid, model, reply))
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     chunks = chat_stream(
@@ -137,7 +132,7 @@ async def hf_image(sim: Simulator, request: Incoming, body: dict[str, Any]) -> R
     if fault is not None:
         return fault
     if decision.outcome == "wrong_content_type":
-        return JSONResponse({"error": "Image generation failed (simulated)"})
+        return FastJSONResponse({"error": "Image generation failed (simulated)"})
     fmt = "jpeg" if wants_jpeg(request.accept) else "png"
     data = render_image(inputs, seed=seed, width=width, height=height, fmt=fmt)
     if decision.outcome == "truncated":
