@@ -1,7 +1,7 @@
 """The little the handlers read from a request, taken straight from the ASGI scope.
 
-The simulated routes are the simulator's hot path (benchmarks send tens of thousands of requests a
-second through it from the same two cores as the client under test), so they skip Starlette's
+The simulated routes are the simulator's hot path (benchmarks send thousands of requests a
+second through it on the same two cores as the client under test), so they skip Starlette's
 ``Request``: no ``URL`` or ``Headers`` object per request, only the path and two header values.
 """
 
@@ -27,10 +27,12 @@ class Incoming:
 
     @classmethod
     def from_scope(cls, scope: Scope, model_prefix: str = "") -> Incoming:
-        """Path, the model after ``model_prefix`` in it, and the two headers that matter (ASGI header
-        names are lower case)."""
+        """Path, the model after ``model_prefix`` in it (or in Starlette's path parameters, when Starlette
+        routed the request), and the two headers that matter (ASGI header names are lower case)."""
         path: str = scope["path"]
         model = path[len(model_prefix) :] if model_prefix else ""
+        if "path_params" in scope:  # Starlette routed it: its parameters hold the model, whatever the root path
+            model = str(scope["path_params"].get("model", ""))
         authorization = accept = None
         for name, value in scope["headers"]:  # the first of repeated headers, as Starlette's Headers.get
             if name == b"authorization" and authorization is None:
