@@ -152,8 +152,8 @@ class Nginx:
 
 
 @contextlib.contextmanager
-def simulator(latency_ms: float = 0.0) -> Iterator[Simulator]:
-    server = Simulator(latency_ms)
+def simulator(latency_ms: float = 0.0, source: Path | None = None) -> Iterator[Simulator]:
+    server = Simulator(latency_ms, source)
     try:
         server.start()
         yield server
@@ -162,10 +162,12 @@ def simulator(latency_ms: float = 0.0) -> Iterator[Simulator]:
 
 
 class Simulator:
-    """``python -m batchrun simulate`` in its own process (the project's code, not changed)."""
+    """``python -m batchrun simulate`` in its own process (the project's code, not changed);
+    ``source``: another checkout's batchrun (say, the commit before a change)."""
 
-    def __init__(self, latency_ms: float = 0.0) -> None:
+    def __init__(self, latency_ms: float = 0.0, source: Path | None = None) -> None:
         self.latency_ms = latency_ms
+        self.source = source
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -173,7 +175,10 @@ class Simulator:
     def start(self) -> None:
         latency = f"{self.latency_ms:g}ms" if self.latency_ms else "0"
         cmd = [PYTHON, "-m", "batchrun", "simulate", "--port", str(self.port), "--latency", latency]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        cwd, env = ROOT, None
+        if self.source is not None:
+            cwd, env = self.source, {**os.environ, "PYTHONPATH": str(self.source)}
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_http(self.url + "/health", proc=self.proc)
 
     def stats(self) -> dict[str, Any]:

@@ -116,6 +116,32 @@ async def test_invalid_json_and_unknown_route(client: httpx.AsyncClient, sim: Si
     assert sim.stats.total == 1
 
 
+def unstamped(value: Any) -> Any:
+    """An answer without what differs between two calls (its id and creation time)."""
+    return {k: v for k, v in value.items() if k not in ("id", "created")} if isinstance(value, dict) else value
+
+
+@pytest.mark.anyio
+async def test_the_fast_path_answers_as_starlettes_routes_do(client: httpx.AsyncClient, sim: Simulator) -> None:
+    """POSTs to simulated routes skip Starlette's routing; Starlette's own routes reach the same endpoints."""
+    requests = [
+        (CHAT, {"model": "m", "messages": MESSAGES}),
+        ("/models/openai-community/gpt2", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}),
+        ("/models/gpt2", {"parameters": {}}),  # refused: 422
+    ]
+    fast = [await client.post(path, json=body) for path, body in requests]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.app), base_url="http://sim.test") as routed:
+        slow = [await routed.post(path, json=body) for path, body in requests]
+    for a, b in zip(fast, slow, strict=True):
+        assert (a.status_code, a.headers["content-type"]) == (b.status_code, b.headers["content-type"])
+        assert unstamped(a.json()) == unstamped(b.json())
+    assert [r.path for r in sim.stats.records] == [path for path, _ in requests] * 2
+    assert [r.model for r in sim.stats.records][:2] == ["m", "openai-community/gpt2"]
+    r = await client.get(CHAT)  # other methods still meet Starlette's 405, in OpenAI's error style
+    assert r.status_code == 405 and r.json()["error"]["code"] == "405"
+    assert sim.stats.total == 6
+
+
 @pytest.mark.anyio
 async def test_hf_text_generation(client: httpx.AsyncClient) -> None:
     r = await client.post("/models/openai-community/gpt2", json={"inputs": "Hello", "parameters": {}})

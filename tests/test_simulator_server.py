@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import anyio
@@ -109,6 +112,44 @@ def test_serve_in_thread_with_a_sync_client() -> None:
             client.post(CHAT, json={"messages": MESSAGES}, headers={"Authorization": "Bearer tok"})
     assert sim.stats.by_outcome == {"401": 1, "ok": 1, "reset": 1}
     assert sim.stats.auth_present == [False, True, True]
+
+
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+@pytest.mark.parametrize(
+    "use_uvloop", [False, pytest.param(True, marks=pytest.mark.skipif(not HAS_UVLOOP, reason="no uvloop"))]
+)
+def test_a_reset_is_a_tcp_rst_on_either_loop(use_uvloop: bool) -> None:
+    """What the kernel sends, read from a bare socket: an RST (ECONNRESET), never a FIN (an empty read)."""
+    sim = create_app(FaultPlan(script=["ok", "reset"]))
+    urls: queue.Queue[str] = queue.Queue()
+    stop = threading.Event()
+
+    async def main() -> None:
+        async with serve(sim) as url:
+            urls.put(url)
+            while not stop.is_set():
+                await anyio.sleep(0.01)
+
+    options = {"backend": "asyncio", "backend_options": {"use_uvloop": use_uvloop}}
+    thread = threading.Thread(target=anyio.run, args=(main,), kwargs=options, daemon=True)
+    thread.start()
+    try:
+        host, port = urls.get(timeout=10).removeprefix("http://").split(":")
+        body = json.dumps({"messages": MESSAGES}).encode()
+        head = f"POST {CHAT} HTTP/1.1\r\nHost: sim\r\nContent-Length: {len(body)}\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(head.encode() + body)  # the first answer, on a connection kept alive
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            sock.sendall(head.encode() + body)
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(65536):
+                    pass
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert sim.stats.by_outcome == {"ok": 1, "reset": 1}
 
 
 CLI = """

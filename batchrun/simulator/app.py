@@ -11,6 +11,10 @@ Served routes:
 * ``GET /health``, ``GET /_sim/stats``, ``POST /_sim/reset``, ``GET|POST /_sim/plan``: not counted.
 
 Images are PNG unless the ``Accept`` header asks for ``image/jpeg`` (or OpenAI's ``output_format`` is jpeg).
+
+A POST to a simulated route goes straight to its :class:`Endpoint` (a plain ASGI app), past Starlette's
+routing and middleware, which cost more than the answer itself; everything else (control routes, other
+methods, unknown paths) goes through Starlette, whose routes point at the same endpoints.
 """
 
 from __future__ import annotations
@@ -27,13 +31,22 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import handlers
 from .faults import Decision, FaultPlan, FaultState, Trigger, decide, token_ok
-from .responses import BadRequest, Style, error_response, fault_response, html_response, is_error_outcome
+from .incoming import Disconnected, Incoming, read_body
+from .responses import (
+    BadRequest,
+    FastJSONResponse,
+    Style,
+    error_response,
+    fault_response,
+    html_response,
+    is_error_outcome,
+)
 from .stats import RequestRecord, SimStats
 
 Killer = Callable[[tuple[str, int] | None], bool]
@@ -61,6 +74,41 @@ class ResetResponse(Response):
         raise httpx.ReadError("[Errno 104] Connection reset by peer (simulated)")
 
 
+class Endpoint:
+    """One simulated route as a plain ASGI app: read the JSON body, run the handler, send its answer.
+
+    ``model_prefix``: the route is that prefix followed by a model name (``/models/{model:path}``).
+    """
+
+    def __init__(self, sim: Simulator, handler: handlers.Handler, style: Style, model_prefix: str = "") -> None:
+        self.sim = sim
+        self.handler = handler
+        self.style = style
+        self.model_prefix = model_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        incoming = Incoming.from_scope(scope, self.model_prefix)
+        try:
+            raw = await read_body(receive)
+        except Disconnected:
+            return
+        response = await self.answer(incoming, raw)
+        await response(scope, receive, send)
+
+    async def answer(self, incoming: Incoming, raw: bytes) -> Response:
+        """The response to one request (a refusal when the body is not a JSON object)."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self.sim.refuse(incoming, self.style, BadRequest(400, "Request body is not valid JSON"))
+        if not isinstance(body, dict):
+            return self.sim.refuse(incoming, self.style, BadRequest(422, "Request body must be a JSON object"))
+        try:
+            return await self.handler(self.sim, incoming, body)
+        except BadRequest as exc:
+            return self.sim.refuse(incoming, self.style, exc)
+
+
 class Simulator:
     """The simulated endpoints: ``plan`` says what goes wrong, ``stats`` counts what arrived."""
 
@@ -70,16 +118,18 @@ class Simulator:
         self.state = FaultState()
         self._killers: list[Killer] = []
         self._ids = itertools.count(1)
+        self._exact = {
+            "/v1/chat/completions": Endpoint(self, handlers.chat, "openai"),
+            "/v1/images/generations": Endpoint(self, handlers.openai_images, "openai"),
+        }
+        self._with_model = (
+            Endpoint(self, handlers.hf_models, "hf", model_prefix="/models/"),
+            Endpoint(self, handlers.hf_image, "hf", model_prefix="/hf-inference/models/"),
+        )
         self.app = Starlette(
             routes=[
-                Route("/v1/chat/completions", self._route(handlers.chat, "openai"), methods=["POST"]),
-                Route("/v1/images/generations", self._route(handlers.openai_images, "openai"), methods=["POST"]),
-                Route("/models/{model:path}", self._route(handlers.hf_models, "hf"), methods=["POST"]),
-                Route(
-                    "/hf-inference/models/{model:path}",
-                    self._route(handlers.hf_image, "hf"),
-                    methods=["POST"],
-                ),
+                *(Route(path, endpoint, methods=["POST"]) for path, endpoint in self._exact.items()),
+                *(Route(f"{e.model_prefix}{{model:path}}", e, methods=["POST"]) for e in self._with_model),
                 Route("/health", self._health, methods=["GET"]),
                 Route("/_sim/stats", self._stats, methods=["GET"]),
                 Route("/_sim/reset", self._reset, methods=["POST"]),
@@ -89,7 +139,21 @@ class Simulator:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self._endpoint(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def _endpoint(self, path: str) -> Endpoint | None:
+        """The simulated route at ``path``, as Starlette's routes would find it."""
+        endpoint = self._exact.get(path)
+        if endpoint is None:
+            for candidate in self._with_model:
+                if path.startswith(candidate.model_prefix):
+                    return candidate
+        return endpoint
 
     def __repr__(self) -> str:
         return f"<Simulator total={self.stats.total} outcomes={dict(self.stats.by_outcome)}>"
@@ -108,16 +172,14 @@ class Simulator:
         """A short unique id for a response."""
         return f"{prefix}-sim{next(self._ids)}"
 
-    async def admit(self, request: Request, *, model: str, prompt: str, stream: bool) -> Decision:
+    async def admit(self, incoming: Incoming, *, model: str, prompt: str, stream: bool) -> Decision:
         """Decide the request's fate, count it, and wait out its latency."""
         now = time.monotonic()
-        auth = request.headers.get("authorization")
+        auth = incoming.authorization
         decision = decide(
             self.plan, self.state, now=now, prompt=prompt, stream=stream, authorized=token_ok(self.plan, auth)
         )
-        self.stats.record(
-            RequestRecord(request.url.path, model, prompt, decision.outcome, now, auth is not None, stream)
-        )
+        self.stats.record(RequestRecord(incoming.path, model, prompt, decision.outcome, now, auth is not None, stream))
         if decision.delay_s > 0:
             await anyio.sleep(decision.delay_s)
         return decision
@@ -137,33 +199,12 @@ class Simulator:
             return html_response()
         return None
 
-    def _route(self, handler: handlers.Handler, style: Style) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                return self._refuse(request, style, BadRequest(400, "Request body is not valid JSON"))
-            if not isinstance(body, dict):
-                return self._refuse(request, style, BadRequest(422, "Request body must be a JSON object"))
-            try:
-                return await handler(self, request, body)
-            except BadRequest as exc:
-                return self._refuse(request, style, exc)
-
-        return endpoint
-
-    def _refuse(self, request: Request, style: Style, exc: BadRequest) -> Response:
-        self.stats.record(
-            RequestRecord(
-                request.url.path,
-                "",
-                "",
-                str(exc.status),
-                time.monotonic(),
-                "authorization" in request.headers,
-                False,
-            )
+    def refuse(self, incoming: Incoming, style: Style, exc: BadRequest) -> Response:
+        """Count a request the API turns away before any fault applies, and answer it."""
+        record = RequestRecord(
+            incoming.path, "", "", str(exc.status), time.monotonic(), incoming.authorization is not None, False
         )
+        self.stats.record(record)
         return error_response(style, exc.status, exc.message)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
@@ -171,14 +212,14 @@ class Simulator:
         return error_response("openai", status, str(getattr(exc, "detail", exc)), code=str(status))
 
     async def _health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return FastJSONResponse({"status": "ok"})
 
     async def _stats(self, request: Request) -> Response:
-        return JSONResponse(self.stats.as_dict())
+        return FastJSONResponse(self.stats.as_dict())
 
     async def _reset(self, request: Request) -> Response:
         self.reset()
-        return JSONResponse({"reset": True})
+        return FastJSONResponse({"reset": True})
 
     async def _plan(self, request: Request) -> Response:
         if request.method == "POST":
@@ -189,7 +230,7 @@ class Simulator:
         shown = dataclasses.asdict(self.plan)
         if shown["require_token"] is not None:
             shown["require_token"] = "***"  # the plan is shown, the token never is
-        return JSONResponse(shown)
+        return FastJSONResponse(shown)
 
 
 def update_plan(plan: FaultPlan, changes: Any) -> None:

@@ -129,9 +129,17 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         print(f"batchrun simulate: {exc}", file=sys.stderr)
         return 2
     from .app import Simulator  # starlette: only when serving
+    from .server import loop_options
 
     try:
-        anyio.run(_serve_until_signal, Simulator(plan), args.host, args.port, backend="asyncio")
+        anyio.run(
+            _serve_until_signal,
+            Simulator(plan),
+            args.host,
+            args.port,
+            backend="asyncio",
+            backend_options=loop_options(),
+        )
     except RuntimeError as exc:
         print(f"batchrun simulate: {exc}", file=sys.stderr)
         return 1

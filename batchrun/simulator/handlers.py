@@ -3,38 +3,33 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from .answers import chat_reply, expected_generated_text, last_user_text
 from .images import int_or_none, parse_openai_size, parse_size, render_image, wants_jpeg
-from .responses import BadRequest, chat_completion, chat_stream, truncated
+from .incoming import Incoming
+from .responses import BadRequest, FastJSONResponse, chat_completion, chat_stream, json_bytes, truncated
 
 if TYPE_CHECKING:
     from .app import Simulator
 
-Handler = Callable[["Simulator", Request, dict[str, Any]], Awaitable[Response]]
+Handler = Callable[["Simulator", Incoming, dict[str, Any]], Awaitable[Response]]
 
 IMAGE_MODEL_HINTS = ("diffusion", "flux", "sdxl", "image")
 IMAGE_PARAMETERS = frozenset({"width", "height", "num_inference_steps", "guidance_scale"})
 
 
-def _json_bytes(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _ok_json(payload: Any, outcome: str, plain: str) -> Response:
     """The normal JSON answer, or its ``truncated`` / ``wrong_content_type`` (text/plain) variants."""
     if outcome == "truncated":
-        return truncated(_json_bytes(payload), "application/json")
+        return truncated(json_bytes(payload), "application/json")
     if outcome == "wrong_content_type":
         return PlainTextResponse(plain)
-    return JSONResponse(payload)
+    return FastJSONResponse(payload)
 
 
 def _optional_int(body: Mapping[str, Any], *names: str) -> int | None:
@@ -50,7 +45,7 @@ def _optional_int(body: Mapping[str, Any], *names: str) -> int | None:
     return None
 
 
-async def chat(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def chat(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """OpenAI chat completions, as JSON or as an SSE stream."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
@@ -67,7 +62,7 @@ async def chat(sim: Simulator, request: Request, body: dict[str, Any]) -> Respon
     if not stream:
         return _ok_json(chat_completion(cid, model, reply), decision.outcome, reply.text)
     if decision.outcome == "wrong_content_type":  # a server that ignores "stream": true
-        return JSONResponse(chat_completion(cid, model, reply))
+        return FastJSONResponse(chat_completion(cid, model, reply))
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     chunks = chat_stream(
@@ -105,9 +100,9 @@ def _inputs(body: Mapping[str, Any]) -> str:
     return inputs
 
 
-async def hf_models(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def hf_models(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """HF serverless: text generation, or text-to-image for image models (see ``is_image_request``)."""
-    model = request.path_params["model"]
+    model = request.model
     parameters = _parameters(body)
     if is_image_request(model, parameters):
         return await hf_image(sim, request, body)
@@ -121,9 +116,9 @@ async def hf_models(sim: Simulator, request: Request, body: dict[str, Any]) -> R
     return _ok_json([{"generated_text": text}], decision.outcome, text)
 
 
-async def hf_image(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def hf_image(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """HF text-to-image: the body of a 200 is the image itself."""
-    model = request.path_params["model"]
+    model = request.model
     parameters = _parameters(body)
     inputs = _inputs(body)
     try:
@@ -137,15 +132,15 @@ async def hf_image(sim: Simulator, request: Request, body: dict[str, Any]) -> Re
     if fault is not None:
         return fault
     if decision.outcome == "wrong_content_type":
-        return JSONResponse({"error": "Image generation failed (simulated)"})
-    fmt = "jpeg" if wants_jpeg(request.headers.get("accept", "")) else "png"
+        return FastJSONResponse({"error": "Image generation failed (simulated)"})
+    fmt = "jpeg" if wants_jpeg(request.accept) else "png"
     data = render_image(inputs, seed=seed, width=width, height=height, fmt=fmt)
     if decision.outcome == "truncated":
         return truncated(data, f"image/{fmt}")
     return Response(data, media_type=f"image/{fmt}")
 
 
-async def openai_images(sim: Simulator, request: Request, body: dict[str, Any]) -> Response:
+async def openai_images(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
     """OpenAI images: ``n`` pictures as base64 (``b64_json``) or data URLs (``response_format="url"``)."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:

@@ -2,12 +2,17 @@
 
 Uvicorn runs embedded: no lifespan, no access log, and no signal handlers (``capture_signals`` is
 replaced by a no-op), so Ctrl-C and SIGTERM stay with the program that embeds it.
+
+HTTP is parsed by httptools (C), not h11 (pure Python): the simulator shares the machine with the
+client it serves, and h11 doubled its CPU per request. A loop the simulator owns (``batchrun simulate``,
+``serve_in_thread``) is uvloop where it is installed; ``serve`` runs in the caller's loop, whatever it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import queue
 import socket
 import struct
@@ -48,8 +53,14 @@ def _killer(server: uvicorn.Server) -> Killer:
     return kill
 
 
+def loop_options() -> dict[str, bool]:
+    """``anyio.run``'s backend options for a loop the simulator owns: uvloop, where it is installed."""
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
+
+
 def make_server(sim: Simulator, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> EmbeddedServer:
-    """An embedded uvicorn server for ``sim`` (h11, so connection resets work the same everywhere)."""
+    """An embedded uvicorn server for ``sim``, always with the same HTTP protocol (resets reach its
+    connections the same way everywhere)."""
     config = uvicorn.Config(
         sim,
         host=host,
@@ -57,7 +68,8 @@ def make_server(sim: Simulator, host: str = "127.0.0.1", port: int = 0, log_leve
         lifespan="off",
         log_level=log_level,
         access_log=False,
-        http="h11",
+        http="httptools",
+        proxy_headers=False,  # a loopback test server: X-Forwarded-For must not rename the client a reset kills
         timeout_graceful_shutdown=2,
     )
     return EmbeddedServer(config)
@@ -121,7 +133,13 @@ def serve_in_thread(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> I
         except Exception as exc:  # reported to the caller through the queue
             urls.put(exc)
 
-    thread = threading.Thread(target=anyio.run, args=(main,), name="batchrun-simulator", daemon=True)
+    thread = threading.Thread(
+        target=anyio.run,
+        args=(main,),
+        kwargs={"backend": "asyncio", "backend_options": loop_options()},
+        name="batchrun-simulator",
+        daemon=True,
+    )
     thread.start()
     first = urls.get(timeout=10)
     if isinstance(first, BaseException):
