@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -14,9 +15,11 @@ import polars as pl
 from ..models import DoneKeys, Request
 from ..spec import Job
 from .keyindex import Entry, KeyIndex, fingerprint
-from .planner import Planner
+from .planner import PlanCounts, Planner
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .reader import Table
 
 JOURNAL_ROWS = 65_536  # entries per index part
@@ -29,7 +32,8 @@ class Feed:
         self.covered = covered  # rows 0..covered-1 were keyed by an earlier run
         self.todo: dict[int, list[tuple[int, str]]] = {}
         self.todo_rows: list[int] = []
-        self._contents: pl.Series | None = None  # the covered requests' digests, until restored
+        self._parts: list[Path] | None = None  # the index's parts, until their digests are restored
+        self._planned = 0  # how many requests the index's rows make
         self._ok: pl.Series | None = None  # ok keys not yet in the planner's done keys, until restored
         self._ok_covered = 0  # ok keys that rows of the index ask for: counted, never held
         self._journal_from = covered
@@ -55,9 +59,9 @@ class Feed:
             index = KeyIndex(job.output_dir, fingerprint(job))
             loaded = index.load()
             if loaded is not None:
-                covered, entries = loaded
+                covered, parts = loaded
                 feed = cls(planner, index if note else None, covered)
-                feed._take(entries, done, ok)
+                feed._take(parts, done, ok)
                 return feed
             if not note:
                 return cls(planner, None)
@@ -70,49 +74,72 @@ class Feed:
                     return cls(planner, index)
             return cls(planner, None)  # a cache: without it, every row is planned as before
 
-    def _take(self, entries: pl.LazyFrame, done: DoneKeys, ok: pl.Series | None) -> None:
-        """Counts, the rows with work left and the digests the occurrence index needs, each read
-        from the index parts by polars, so that only those are ever held (not every entry's key).
-        Of the ``ok`` keys only those that no row of the index asks for are kept: a request past
-        the index has a key of its own (its occurrence number goes on from the index's)."""
-        short = pl.col("short")
-        keys = pl.Series([*done.ok, *done.read], dtype=pl.UInt64) if ok is None else ok
-        failed = pl.Series(list(done.failed), dtype=pl.UInt64)
-        planned = pl.col("sample") >= 0
-        active = planned & ~pl.col("shared")
-        is_ok, is_failed = short.is_in(keys.implode()), short.is_in(failed.implode())
-        stats = entries.select(
-            pl.len().alias("entries"),
-            planned.sum().alias("planned"),
-            active.sum().alias("active"),
-            (active & (is_ok | is_failed)).sum().alias("done"),
-            (active & is_failed).sum().alias("failed"),
-        ).collect()
-        self._contents = entries.filter(planned).select("content").collect().get_column("content")
-        todo = entries.filter(active & ~is_ok & ~is_failed).select("row_index", "sample", "key").collect()
+    def _take(self, parts: list[Path], done: DoneKeys, ok: pl.Series | None) -> None:
+        """Counts and the rows with work left, read one index part at a time against the sorted
+        done keys, so that no column of the whole index is held (the digests are read by
+        ``restore``, if ever). Of the ``ok`` keys only those that no row of the index asks for are
+        kept: a request past the index has a key of its own (its occurrence number goes on from
+        the index's)."""
+        import numpy as np  # only a resume needs it
+
+        keys = np.unique(ok.to_numpy() if ok is not None else np.fromiter([*done.ok, *done.read], np.uint64))
+        failed = np.unique(np.fromiter(done.failed, np.uint64, len(done.failed)))
+        asked = np.zeros(len(keys), dtype=bool)
+        n = PlanCounts()  # added to the planner's only once every part was read
+        todo: dict[int, list[tuple[int, str]]] = {}
+        for part in parts:
+            frame = pl.read_parquet(part, columns=["sample", "shared", "short"])
+            planned = frame.get_column("sample").to_numpy() >= 0
+            active = planned & ~frame.get_column("shared").to_numpy()
+            short = frame.get_column("short").fill_null(0).to_numpy()
+            at, is_ok = _find(keys, short)
+            is_ok &= active
+            is_failed = _find(failed, short)[1] & active
+            asked[at[is_ok]] = True
+            left = active & ~is_ok & ~is_failed
+            n.requests += int(planned.sum())
+            n.shared += int(planned.sum() - active.sum())
+            n.skipped += frame.height - int(planned.sum())
+            n.done += int((is_ok | is_failed).sum())
+            n.done_failed += int(is_failed.sum())
+            if left.any():
+                rows = pl.read_parquet(part, columns=["row_index", "sample", "key"]).filter(pl.Series(left))
+                for index, sample, key in rows.iter_rows():
+                    todo.setdefault(index, []).append((sample, key))
+                n.todo += rows.height
         if ok is not None:
-            asked = entries.filter(active).select(short).collect().get_column("short")
-            self._ok = ok.filter(~ok.is_in(asked.implode()))
-            self._ok_covered = ok.n_unique() - self._ok.n_unique()
-        n = {name: int(stats.item(0, name)) for name in stats.columns}
+            self._ok = pl.Series(keys[~asked], dtype=pl.UInt64)
+            self._ok_covered = int(asked.sum())
         counts = self.planner.counts
         counts.rows = self.covered
-        counts.requests += n["planned"]
-        counts.shared += n["planned"] - n["active"]
-        counts.skipped += n["entries"] - n["planned"]
-        counts.done += n["done"]
-        counts.done_failed += n["failed"]
-        for index, sample, key in todo.iter_rows():
-            self.todo.setdefault(index, []).append((sample, key))
-        counts.todo += todo.height
-        self.todo_rows = sorted(self.todo)
+        counts.requests += n.requests
+        counts.shared += n.shared
+        counts.skipped += n.skipped
+        counts.done += n.done
+        counts.done_failed += n.done_failed
+        counts.todo += n.todo
+        self._planned, self._parts = n.requests, parts
+        self.todo, self.todo_rows = todo, sorted(todo)
+
+    def _digests(self, parts: list[Path]) -> np.ndarray:
+        """The short digests of the index's requests, in plan order, read a part at a time into
+        one array (8 bytes a request; handed over to the occurrence index, which sorts it)."""
+        import numpy as np
+
+        out = np.empty(self._planned, dtype=np.uint64)
+        at = 0
+        for part in parts:
+            frame = pl.read_parquet(part, columns=["sample", "content"]).filter(pl.col("sample") >= 0)
+            out[at : at + frame.height] = frame.get_column("content").to_numpy()
+            at += frame.height
+        return out[:at]
 
     def restore(self) -> None:
         """Ready the planner for rows past the index: its occurrence index seeded with the requests
         the index covers, its done keys complete. Only then: a finished job needs neither."""
-        if self._contents is not None:
-            self.planner.restore(self.covered, self._contents.to_numpy())
-            self._contents = None
+        if self._parts is not None:
+            self.planner.restore(self.covered, self._digests(self._parts))
+            self._parts = None
         if self._ok is not None:
             self.planner.done_keys.add_read(self._ok)
             self._ok = None
@@ -185,3 +212,14 @@ class Feed:
             self.planner.journal = None  # stop noting: the index is only a cache
             with contextlib.suppress(OSError):
                 self.index.start()
+
+
+def _find(ordered: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each value is in the sorted unique array ``ordered``, and whether it is there at all."""
+    import numpy as np
+
+    if not len(ordered):
+        return np.zeros(len(values), dtype=np.intp), np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(ordered, values)
+    np.minimum(at, len(ordered) - 1, out=at)
+    return at, ordered[at] == values

@@ -75,9 +75,9 @@ class KeyIndex:
         self.folder = output_dir / INDEX_DIR
         self.fingerprint = fingerprint
 
-    def load(self) -> tuple[int, pl.LazyFrame] | None:
-        """The rows covered from the start of the input, and their entries in plan order (a scan:
-        read by the caller, which takes only what it needs)."""
+    def load(self) -> tuple[int, list[Path]] | None:
+        """The rows covered from the start of the input, and the parts that cover them, in plan
+        order (read by the caller, a part at a time)."""
         marker = self.folder / "fingerprint"
         if not marker.is_file() or marker.read_text().strip() != self.fingerprint:
             return None
@@ -92,12 +92,11 @@ class KeyIndex:
             covered = end
         if not chain:
             return None
-        try:
-            entries = pl.scan_parquet(chain, schema=SCHEMA)
-            entries.select(pl.len()).collect()  # every part's footer: a cut or foreign file fails here
+        try:  # every part's footer and columns: a cut or foreign file fails here
+            pl.scan_parquet(chain, schema=SCHEMA).select(pl.len()).collect()
         except (pl.exceptions.PolarsError, OSError):
             return None
-        return covered, entries
+        return covered, chain
 
     def start(self) -> None:
         """Begin a new index for this fingerprint, dropping any other."""
