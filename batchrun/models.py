@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    import numpy as np
     import polars as pl
 
 Status = Literal["ok", "failed"]
@@ -86,13 +87,13 @@ class DoneKeys:
 
     def add_read(self, shorts: pl.Series) -> None:
         """Add many ok keys at once: a UInt64 column, as read from the manifest (may repeat)."""
-        import numpy as np  # sorts in place, without polars' hash table: less memory at a million keys
+        import numpy as np  # sorts, without polars' hash table: less memory at a million keys
 
         values = shorts.to_numpy()
         if self.read:
             values = np.concatenate([values, np.frombuffer(self.read, dtype=np.uint64)])
         merged = array("Q")
-        merged.frombytes(np.unique(values).tobytes())
+        merged.frombytes(sorted_unique(values).tobytes())
         self.read = merged
 
     def __contains__(self, key: object) -> bool:
@@ -106,3 +107,17 @@ class DoneKeys:
 
     def __len__(self) -> int:
         return len(self.ok) + len(self.failed) + len(self.read)
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting: numpy 2.4's ``np.unique`` takes a hash table for plain integers,
+    9.8 s for 9M keys here against 0.6 s for a sort and a mask."""
+    import numpy as np
+
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from conftest import JobWriter
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchrun.errors import TemplateError
-from batchrun.models import DoneKeys
+from batchrun.models import DoneKeys, sorted_unique
 from batchrun.plan.planner import Planner
 from batchrun.plan.shape import check_columns
 from batchrun.plan.templates import compile_template
@@ -120,3 +122,11 @@ def test_done_keys_read_from_a_manifest_are_one_sorted_array() -> None:
     assert all(k in done for k in (3, 5, 7, 9, 2**64 - 1))
     assert not any(k in done for k in (0, 4, 8, 2**64 - 2))
     assert len(done) == 5
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=200))
+def test_sorted_unique_is_numpys_unique(values: list[int]) -> None:
+    import numpy as np
+
+    array = np.array(values, dtype=np.uint64)
+    assert sorted_unique(array).tolist() == np.unique(array).tolist() == sorted(set(values))

