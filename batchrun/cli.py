@@ -16,6 +16,7 @@ from .durations import parse_duration
 from .errors import BatchrunError, ExitCode
 from .log import configure as configure_logging
 from .log import event
+from .owner import check_owner
 from .prepare import plan_job
 from .presets import PRESETS
 from .runner import run_job
@@ -44,7 +45,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job (resumes where the last run stopped)", epilog=EXIT_CODES_HELP)
     run.add_argument("job", help="the job file (TOML)")
-    run.add_argument("--output", help="output folder (default: outputs/<job name>)")
+    run.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     run.add_argument("--retry-failed", action="store_true", help="send permanently failed requests again")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress, only the summary line")
     run.add_argument(
@@ -67,7 +68,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
-    plan.add_argument("--output", help="output folder (default: outputs/<job name>)")
+    plan.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     plan.add_argument("--retry-failed", action="store_true")
 
     export = sub.add_parser("export", help="join results back to the input: a results file or an imagefolder")
@@ -122,8 +123,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             n = export_table(job, Path(args.to))
             print(f"wrote {args.to}: {n} rows")
         return 0
-    job = load_job(args.job, output=args.output)
+    job = load_job(args.job, output=args.output, needs_key=args.command == "run")  # plan sends nothing
     if args.command == "plan":
+        check_owner(job)
         counts, stale = anyio.run(lambda: plan_job(job, retry_failed=args.retry_failed), backend="asyncio")
         print(f"job {job.name}: {job.input} -> {job.output_dir}")
         print(f"rows read        {counts.rows}")

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from .errors import InputError, JobError
+from .owner import JOB_POINTER, check_owner, claim, read_owner
 from .plan.occurrences import Occurrences
 from .plan.planner import Planner
 from .plan.reader import Table
@@ -17,7 +19,6 @@ from .sink.layout import IMAGES_DIR
 from .sink.manifest import scan_latest
 from .spec import Job, load_job
 
-JOB_POINTER = ".batchrun-job"
 RESULT_COLUMNS = [
     "request_key",
     "sample",
@@ -39,23 +40,25 @@ RESULT_COLUMNS = [
 
 
 def remember_job(job: Job) -> None:
-    """Note which job file wrote this output folder, so ``export OUTPUT`` can find the input."""
-    text = str(job.path.resolve()) + "\n"
-    write_atomic(job.output_dir / JOB_POINTER, lambda tmp: tmp.write_text(text))
+    """Claim the output folder for this job (refused if another job's runs wrote it) and note
+    its job file, so ``export OUTPUT`` can find the input."""
+    claim(job)
 
 
 def job_for(target: str, output: str | None = None) -> Job:
-    """``target`` is a job file, or an output folder that a run has written."""
+    """``target`` is a job file, or an output folder that a run has written. Export sends
+    nothing, so the API key variable need not be set."""
     path = Path(target)
     if path.is_dir():
-        pointer = path / JOB_POINTER
-        if not pointer.is_file():
+        owner = read_owner(path)
+        if owner is None:
             raise JobError(f"{path} is not an output folder of batchrun (no {JOB_POINTER}); pass the job file")
-        job_path = Path(pointer.read_text().strip())
-        if not job_path.is_file():
-            raise JobError(f"the job file that wrote {path} is gone: {job_path}")
-        return load_job(job_path, output=str(path))
-    return load_job(path, output=output)
+        if not owner.job_file.is_file():
+            raise JobError(f"the job file that wrote {path} is gone: {owner.job_file}")
+        return load_job(owner.job_file, output=str(path), needs_key=False)
+    job = load_job(path, output=output, needs_key=False)
+    check_owner(job)
+    return job
 
 
 def keyed_input(job: Job) -> pl.DataFrame:
@@ -92,17 +95,35 @@ def results(job: Job) -> pl.DataFrame:
 
 
 def export_table(job: Job, destination: Path) -> int:
-    frame = results(job)
+    """Write the results file; its folder is made if missing. JSONL and Parquet keep list and
+    struct columns as they are; CSV, which has no such type, gets them as JSON text."""
     writers: dict[str, Any] = {
-        ".parquet": frame.write_parquet,
-        ".csv": lambda p: frame.select(pl.exclude(pl.List, pl.Struct)).write_csv(p),
-        ".jsonl": frame.write_ndjson,
+        ".parquet": pl.DataFrame.write_parquet,
+        ".csv": _write_csv,
+        ".jsonl": pl.DataFrame.write_ndjson,
     }
-    writer = writers.get(destination.suffix)
-    if writer is None:
+    write = writers.get(destination.suffix)
+    if write is None:
         raise JobError(f"export to .parquet, .csv or .jsonl, not {destination.suffix or 'no extension'}")
-    write_atomic(destination, writer)
+    frame = results(job)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(destination, lambda tmp: write(frame, tmp))
+    except OSError as exc:
+        raise JobError(f"cannot write {destination}: {exc.strerror or exc}") from None
     return frame.height
+
+
+def _write_csv(frame: pl.DataFrame, path: Path) -> None:
+    nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
+    frame.with_columns(
+        pl.Series(name, [_json_text(v) for v in frame[name].to_list()], dtype=pl.String) for name in nested
+    ).write_csv(path)
+
+
+def _json_text(value: Any) -> str | None:
+    """A list or struct cell as JSON (null stays an empty cell); text as it is, never escaped."""
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def export_imagefolder(job: Job, fmt: str = "parquet") -> tuple[Path, int]:

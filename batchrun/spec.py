@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import SpecError
+from .owner import moved_default
 from .presets import PRESETS, Auth, WireFormat
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -113,8 +114,12 @@ class Job:
     sink: OutputSection
 
 
-def load_job(path: str | Path, *, output: str | None = None, env: dict[str, str] | None = None) -> Job:
-    """Read, validate and resolve a job file; raise ``SpecError`` naming the field at fault."""
+def load_job(
+    path: str | Path, *, output: str | None = None, env: dict[str, str] | None = None, needs_key: bool = True
+) -> Job:
+    """Read, validate and resolve a job file; raise ``SpecError`` naming the field at fault.
+    ``needs_key=False`` is for commands that send nothing (``plan``, ``export``): the API key
+    variable may be unset, and ``api_key`` stays None."""
     path = Path(path)
     where = str(path)
     try:
@@ -132,22 +137,27 @@ def load_job(path: str | Path, *, output: str | None = None, env: dict[str, str]
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = "unknown field (a typo?)" if err["type"] == "extra_forbidden" else err["msg"]
         raise SpecError(where, loc, msg) from None
-    return resolve(jf, path, output=output, env=os.environ if env is None else env)
+    return resolve(jf, path, output=output, env=os.environ if env is None else env, needs_key=needs_key)
 
 
-def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any) -> Job:
+def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key: bool = True) -> Job:
+    """Paths in the job file are relative to the job file's folder, the default output folder
+    (``outputs/<name>``) too, so the same job (a cron line, another shell) finds the same folder
+    from any current directory; ``--output`` is a command-line path, relative to the current one."""
     where = str(path)
     if not NAME_RE.match(jf.name):
         raise SpecError(where, "name", "use letters, digits, '.', '_' and '-' only (it names a folder)")
     base = path.resolve().parent
     input_path = Path(jf.input) if Path(jf.input).is_absolute() else base / jf.input
     if output is not None:
-        out = Path(output)
+        out = Path(os.path.abspath(output))
     elif jf.output is not None:
-        out = Path(jf.output) if Path(jf.output).is_absolute() else base / jf.output
+        out = Path(os.path.normpath(base / jf.output))
     else:
-        out = Path("outputs") / jf.name
-    endpoint = _resolve_endpoint(jf.endpoint, where, env)
+        out = base / "outputs" / jf.name
+        if moved := moved_default(jf.name, out, Path("outputs") / jf.name):
+            raise SpecError(where, "output", moved)
+    endpoint = _resolve_endpoint(jf.endpoint, where, env, needs_key)
     _check_request(jf.request, endpoint, where)
     return Job(
         name=jf.name,
@@ -170,7 +180,7 @@ def normalize_base_url(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def _resolve_endpoint(ep: EndpointSection, where: str, env: Any) -> Endpoint:
+def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool = True) -> Endpoint:
     preset = PRESETS.get(ep.preset)
     if preset is None:
         known = ", ".join(sorted(PRESETS))
@@ -207,11 +217,12 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any) -> Endpoint:
         if not key_env:
             raise SpecError(where, "endpoint.api_key_env", f"auth = {auth!r} needs api_key_env")
         value = env.get(key_env)
-        if not value:
+        if value:
+            api_key = SecretStr(value)
+        elif needs_key:
             raise SpecError(
                 where, "endpoint.api_key_env", f"environment variable {key_env} is not set (it holds the token)"
             )
-        api_key = SecretStr(value)
     if auth == "header" and not ep.auth_header:
         raise SpecError(where, "endpoint.auth_header", "auth = 'header' needs the header's name")
     response_path = ep.response_path if ep.response_path is not None else preset.response_path
