@@ -155,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.log_format == "json":
         event(summary.line(), **summary.fields())
     else:
-        print(summary.line())
+        print(summary.text())
     return int(summary.exit_code)
 
 

@@ -35,6 +35,7 @@ from .progress import Progress
 from .sink.files import remove_temp_files
 from .sink.images import ImageStore
 from .sink.lock import OutputLock
+from .sink.manifest import part_files
 from .sink.writer import ManifestWriter
 from .spec import Job
 from .summary import RunSummary
@@ -143,12 +144,15 @@ async def run_job(
             caller = _caller(job, sender, sleep)
             progress.notes = caller.rate.describe
             pool = Pool(_storing(caller, store), job.limits.concurrency)
+            progress.activity = lambda: (pool.in_flight, caller.retries)
             results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
-            progress.start()
+            exact = feed.covered >= total_rows or not part_files(job.output_dir)  # else: up to
+            progress.start(job.name, job.output_dir, rows=total_rows, exact=exact)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(writer.consume, results_receive, progress.on_result, stop_on(pool))
                     async with anyio.create_task_group() as watchers:
+                        watchers.start_soon(progress.tick)
                         if handle_signals:
                             watchers.start_soon(watch_signals, pool, grace_s)
                         if max_runtime_s is not None:
@@ -182,6 +186,9 @@ async def run_job(
         stopped=None if fatal else pool.stopped,
         exit_code=code,
         notes=caller.rate.describe(),
+        job=job.name,
+        output=str(job.output_dir),
+        causes=progress.failures.causes(),
     )
 
 

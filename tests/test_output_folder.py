@@ -57,7 +57,7 @@ def test_the_same_job_from_two_folders_uses_one_output_folder(
     out = tmp_path / "project" / "jobs" / "outputs" / "t"
     assert len(pl.read_parquet(out / "manifest")) == 3
     assert not (tmp_path / "elsewhere" / "outputs").exists()
-    capsys.readouterr()
+    assert f"-> {out}:" in capsys.readouterr().err  # the start line names the folder
 
     monkeypatch.chdir(job.parent)  # as a cron line would, from another folder
     assert main(["run", "t.toml"]) == 0

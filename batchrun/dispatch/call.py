@@ -88,6 +88,7 @@ class Caller:
         self.sleep = sleep
         self.secrets = tuple(secrets)
         self.attempts = 0  # every HTTP request sent, retries included
+        self.retries = 0  # attempts after a request's first: the progress line shows them
 
     async def __call__(self, request: Request) -> Result:
         started = time.time()
@@ -102,6 +103,7 @@ class Caller:
                 async for attempt in self.policy.retrying(self.sleep, already=1):
                     with attempt:
                         attempts += 1
+                        self.retries += 1
                         parsed, latency = await self._attempt(request)
         except (RetryableError, PermanentError) as exc:
             return self._failed(request, exc, attempts, started)
