@@ -174,10 +174,14 @@ class Table:
             raise InputError(f"cannot read input {path}: the file is empty")
         lines = head.split(b"\n")
         sample = b"\n".join(lines[:INFER_ROWS] if len(lines) > INFER_ROWS else lines)
+
+        def infer(data: bytes) -> pl.DataFrame:
+            return pl.read_ndjson(data, infer_schema_length=INFER_ROWS)
+
         try:
-            return pl.read_ndjson(sample, infer_schema_length=INFER_ROWS).schema
+            return infer(sample).schema
         except pl.exceptions.PolarsError as exc:
-            raise self._locate(path, b"", sample, 1, exc) from None
+            raise self._locate(path, b"", sample, 1, exc, infer) from None
 
     def inspect(self, prompt_columns: Iterable[str] = ()) -> TableStats:
         """One pass over the whole table before anything is sent: it parses every field (a ragged
@@ -283,16 +287,25 @@ class Table:
                 raise BadValue(f"column {name!r} is declared {_type_name(dtype)} in [input] schema: {value!r} is not")
         return typed
 
-    def _locate(self, path: str, header: bytes, body: bytes, line: int, exc: Exception) -> InputError:
+    def _locate(
+        self,
+        path: str,
+        header: bytes,
+        body: bytes,
+        line: int,
+        exc: Exception,
+        parse: Callable[[bytes], Any] | None = None,
+    ) -> InputError:
         """The error for a block of ``path`` that failed to parse, naming the line (``body`` starts on
         line ``line``) of its first bad record: the shortest run of records from the block's start
         that fails ends with it (bisection: ~14 parses of a 1 MiB block, only when a block fails)."""
+        parse = parse or self._parse
         ends = record_ends(body, quoted=self.kind != "ndjson")
         low, high, error = 0, len(ends), exc
         while low < high:
             middle = (low + high) // 2
             try:
-                self._parse(header + body[: ends[middle]])
+                parse(header + body[: ends[middle]])
             except (pl.exceptions.PolarsError, BadValue) as failed:
                 high, error = middle, failed
             else:
