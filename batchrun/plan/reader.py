@@ -22,14 +22,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ..errors import InputError
-from ..spec import InputOptions
 from .records import blocks, first_record_end, last_record_end, open_records, record_ends
 from .sources import FORMATS, input_files, is_glob, table_kind
+
+if TYPE_CHECKING:  # the reader is also used without a job (bench/reader.py): no pydantic for it
+    from ..spec import InputOptions
 
 __all__ = ["FORMATS", "Table", "blocks", "first_record_end", "input_files", "last_record_end", "rechunk"]
 
@@ -106,7 +108,9 @@ class Table:
     """An input table whose schema is known; nothing is loaded until batches are asked for."""
 
     def __init__(self, source: str, options: InputOptions | None = None, *, block_bytes: int = BLOCK_BYTES) -> None:
-        options = options if options is not None else InputOptions()
+        fmt, separator, schema = (
+            (None, None, {}) if options is None else (options.format, options.separator, options.schema)
+        )
         self.source, self.block_bytes = source, block_bytes
         self.paths = input_files(source)
         if not self.paths:
@@ -114,12 +118,12 @@ class Table:
             raise InputError(f"input {source}: {where}")
         if not (is_glob(source) or Path(source).is_dir() or Path(source).is_file()):
             raise InputError(f"input {source}: file not found")
-        self.kind = kind = table_kind(source, self.paths, options.format)
+        self.kind = kind = table_kind(source, self.paths, fmt)
         text = kind in ("csv", "tsv")
-        if (options.separator or options.schema) and not text:
-            option = "separator" if options.separator else "schema"
+        if (separator or schema) and not text:
+            option = "separator" if separator else "schema"
             raise InputError(f"input {source}: [input] {option} is for CSV and TSV tables (this one is {kind})")
-        self.separator = options.separator or ("\t" if kind == "tsv" else ",")
+        self.separator = separator or ("\t" if kind == "tsv" else ",")
         with input_errors(source):
             if kind == "parquet":
                 self.frame = pl.scan_parquet(self.paths)
@@ -128,14 +132,14 @@ class Table:
                 read = self._ndjson_schema()
             else:
                 read = self._same_columns({path: self._csv_header(path)[1] for path in self.paths})
-        unknown = sorted(set(options.schema) - set(read))
+        unknown = sorted(set(schema) - set(read))
         if unknown:
             raise InputError(
                 f"input {source}: [input] schema names column {unknown[0]!r}, which the table does not have "
                 f"(columns: {', '.join(read)})"
             )
         self.read_schema = read  # as parsed: CSV/TSV all text
-        self.casts = {name: TYPES[type_name] for name, type_name in options.schema.items() if type_name != "str"}
+        self.casts = {name: TYPES[type_name] for name, type_name in schema.items() if type_name != "str"}
         self.schema = pl.Schema({name: self.casts[name][0] if name in self.casts else t for name, t in read.items()})
         self.columns: list[str] = self.schema.names()
 
