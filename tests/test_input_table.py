@@ -184,3 +184,13 @@ async def test_a_text_seed_column_gives_integer_seeds_per_sample(
     assert sent == [(42, 4), (43, 4)]  # the seed is made an integer by the planner; other numbers by the schema
     manifest = read_manifest(tmp_path / "out")
     assert sorted(manifest["seed"]) == [42, 43] and set(manifest["row_id"]) == {"007"}
+
+
+def test_the_plan_index_is_rebuilt_when_the_input_options_change(tmp_path: Path) -> None:
+    from batchrun.plan.keyindex import fingerprint
+
+    (tmp_path / "input.csv").write_text("id;q\n1;a\n")
+    prints = set()
+    for options in ('separator = ";"', 'separator = ";"\nschema = { id = "int" }', 'separator = ";"\nformat = "csv"'):
+        prints.add(fingerprint(load_job(chat_job(tmp_path, f'[input]\npath = "input.csv"\n{options}'))))
+    assert len(prints) == 3
