@@ -63,7 +63,7 @@ def job_for(target: str, output: str | None = None) -> Job:
 
 def keyed_input(job: Job) -> pl.DataFrame:
     """Every input row with the request key of each of its samples (no resume filtering)."""
-    table = Table(job.input)
+    table = Table(job.input, job.input_options)
     expected = table.inspect().rows * job.request.samples  # the occurrence index's filter is sized by it
     planner = Planner(job, occurrences=Occurrences(expected))
     planner.include_shared = True

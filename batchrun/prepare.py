@@ -36,7 +36,7 @@ def make_adapter(job: Job) -> Adapter:
 
 def open_input(job: Job) -> tuple[Table, int]:
     """Read the table's shape and render its first row: a bad input or template fails here."""
-    table = Table(job.input)
+    table = Table(job.input, job.input_options)
     check_columns(job, table.columns)
     columns = prompt_columns(job)
     stats = table.inspect(columns)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import SpecError
 from .owner import moved_default
@@ -67,9 +67,38 @@ class OutputSection(_Strict):
     keep_raw_response: bool = False
 
 
+ColumnType = Literal["str", "int", "float", "bool", "date"]
+
+
+class InputSection(_Strict):
+    """``input = "path"``, or ``[input]`` with the path and how to read it."""
+
+    path: str
+    format: Literal["csv", "tsv", "parquet", "jsonl", "ndjson"] | None = None  # when the suffix does not tell
+    separator: str | None = None  # CSV/TSV: one byte, e.g. ";"
+    columns: dict[str, ColumnType] = Field(default_factory=dict, alias="schema")  # CSV/TSV: cells are text unless named
+
+    @field_validator("separator")
+    @classmethod
+    def _one_byte(cls, value: str | None) -> str | None:
+        if value is not None and (len(value.encode()) != 1 or value in '"\r\n'):
+            raise ValueError('one character (one byte), not a quote or a newline, e.g. ";"')
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class InputOptions:
+    """How to read the input table: ``format`` (None: from the file names), the CSV/TSV
+    ``separator`` (None: ``,`` or tab) and the types of CSV/TSV columns read as other than text."""
+
+    format: str | None = None
+    separator: str | None = None
+    schema: dict[str, str] = field(default_factory=dict)
+
+
 class JobFile(_Strict):
     name: str
-    input: str
+    input: InputSection
     id_column: str | None = None
     output: str | None = None
     dedupe: bool = False
@@ -78,6 +107,15 @@ class JobFile(_Strict):
     request: RequestSection = Field(default_factory=RequestSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     sink: OutputSection = Field(default_factory=OutputSection)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"path": value}
+        if not isinstance(value, dict):
+            raise ValueError('a path, or a table: [input] path = "...", separator = ";", schema = {...}')
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +150,7 @@ class Job:
     request: RequestSection
     limits: LimitsSection
     sink: OutputSection
+    input_options: InputOptions = field(default_factory=InputOptions)
 
 
 def load_job(
@@ -148,7 +187,8 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key:
     if not NAME_RE.match(jf.name):
         raise SpecError(where, "name", "use letters, digits, '.', '_' and '-' only (it names a folder)")
     base = path.resolve().parent
-    input_path = Path(jf.input) if Path(jf.input).is_absolute() else base / jf.input
+    given = jf.input.path
+    input_path = Path(given) if Path(given).is_absolute() else base / given
     if output is not None:
         out = Path(os.path.abspath(output))
     elif jf.output is not None:
@@ -171,6 +211,7 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key:
         request=jf.request,
         limits=jf.limits,
         sink=jf.sink,
+        input_options=InputOptions(format=jf.input.format, separator=jf.input.separator, schema=dict(jf.input.columns)),
     )
 
 

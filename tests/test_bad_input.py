@@ -4,6 +4,7 @@ Secrets never reach a file or a log line; values from the input never make a pat
 from __future__ import annotations
 
 import collections.abc
+import gzip
 import json
 import os
 import subprocess
@@ -80,6 +81,79 @@ def test_corrupt_parquet(
     data = (tmp_path / "input.parquet").read_bytes()
     raw(tmp_path / "input.parquet", data[: len(data) // 2])
     assert_refused(job, sim, "cannot read input", tmp_path, capsys)
+
+
+def _files(tmp_path: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+
+
+TABLE_CASES: dict[str, tuple[str, dict[str, bytes], str]] = {
+    "a folder of several kinds": (
+        'input = "in"',
+        {"in/a.csv": b"id,question\n1,a\n", "in/b.parquet": b"PAR1"},
+        "input {tmp}/in is a directory with files of several kinds (.csv, .parquet): use {tmp}/in/*.csv",
+    ),
+    "an empty folder": ('input = "in"', {"in/.hidden.csv": b"id,question\n1,a\n"}, "the folder has no files"),
+    "a broken JSONL record": (
+        'input = "in.jsonl"',
+        {"in.jsonl": b'{"id": 1, "question": "a"}\n\n{"id": 2, "question": "b}\n{"id": 3, "question": "c"}\n'},
+        "cannot read input {tmp}/in.jsonl, line 3: ",
+    ),
+    "a glob with one file unlike the others": (
+        'input = "in/*.csv"',
+        {
+            "in/a.csv": b"id,question\n1,a\n",
+            "in/b.csv": b"id,questoin\n2,b\n",
+            "in/c.csv": b"id,question\n3,c\n",
+        },
+        "input {tmp}/in/*.csv: {tmp}/in/b.csv has columns (id, questoin), unlike the other files (id, question)",
+    ),
+    "a cell that does not fit its declared type": (
+        '[input]\npath = "in.csv"\nschema = { id = "int" }',
+        {"in.csv": b"id,question\n1,a\n2,b\nthree,c\n"},
+        "cannot read input {tmp}/in.csv, line 4: column 'id' is declared int in [input] schema: 'three' is not",
+    ),
+    "a schema naming no column": (
+        '[input]\npath = "in.csv"\nschema = { idd = "int" }',
+        {"in.csv": b"id,question\n1,a\n"},
+        "[input] schema names column 'idd', which the table does not have (columns: id, question)",
+    ),
+    "a schema for a Parquet table": (
+        '[input]\npath = "in.parquet"\nschema = { id = "int" }',
+        {},
+        "[input] schema is for CSV and TSV tables (this one is parquet)",
+    ),
+    "a damaged gzip file": (
+        'input = "in.csv.gz"',
+        {
+            "in.csv.gz": gzip.compress(b"id,question\n" + b"".join(b"%d,q %d\n" % (i, i * i) for i in range(9000)))[
+                :20_000
+            ]
+        },
+        "cannot read input {tmp}/in.csv.gz: damaged compressed data",
+    ),
+    "a bad separator": ('[input]\npath = "in.csv"\nseparator = ";;"', {}, "input.separator: Value error, one"),
+    "an unknown type": ('[input]\npath = "in.csv"\nschema = { id = "integer" }', {}, "input.schema.id: Input should"),
+    "an input that is not a path": ("input = 3", {}, "input: Value error, a path, or a table"),
+    "an unknown format": ('[input]\npath = "in.txt"\nformat = "xls"', {}, "input.format: Input should be"),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE_CASES))
+def test_bad_tables_and_input_options(
+    case: str, live: tuple[Simulator, str], write_job: JobWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim, url = live
+    input_lines, files, expected = TABLE_CASES[case]
+    job = write_job(rows=questions(3), endpoint=f'base_url = "{url}"\nmodel = "m"')
+    job.write_text(
+        job.read_text().replace('input = "input.parquet"', "").replace("[endpoint]", input_lines + "\n[endpoint]")
+    )
+    (tmp_path / "input.parquet").rename(tmp_path / "in.parquet")
+    _files(tmp_path, files)
+    assert_refused(job, sim, expected.format(tmp=tmp_path), tmp_path, capsys)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The text reader: CSV, TSV and NDJSON read in small byte blocks give exactly the table polars reads
-from the whole file (same rows, same types), and bad input still fails in ``inspect``."""
+from the whole file (same rows; CSV/TSV cells as text, NDJSON with its types), plain or compressed,
+and bad input still fails in ``inspect``, naming the file and the line."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from polars.testing import assert_frame_equal
 
 from batchrun.errors import InputError
 from batchrun.plan.reader import Table, blocks, first_record_end, last_record_end, rechunk
+from batchrun.spec import InputOptions
 
 TRICKY = st.text(alphabet=st.sampled_from(['"', ",", "\n", "\r", "\t", " ", "a", "1", "é", "€", ";"]), max_size=12)
 NAMES = st.sampled_from(["q", "a,b", 'say "hi"', "two\nlines", "tab\there", "x y"])
@@ -31,8 +33,8 @@ def tables(draw: st.DrawFn) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
-def read_blocks(path: Path, block_bytes: int, size: int) -> pl.DataFrame:
-    frames = list(Table(str(path), block_bytes=block_bytes).frames(size))
+def read_blocks(path: Path, block_bytes: int, size: int, options: InputOptions | None = None) -> pl.DataFrame:
+    frames = list(Table(str(path), options, block_bytes=block_bytes).frames(size))
     assert all(f.height == size for f in frames[:-1])
     return pl.concat(frames)
 
@@ -40,7 +42,7 @@ def read_blocks(path: Path, block_bytes: int, size: int) -> pl.DataFrame:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     table=tables(),
-    separator=st.sampled_from([",", "\t"]),
+    separator=st.sampled_from([",", "\t", ";"]),
     terminator=st.sampled_from(["\n", "\r\n"]),
     quote_style=st.sampled_from(["necessary", "always"]),
     block_bytes=st.integers(1, 64),
@@ -56,10 +58,11 @@ def test_csv_blocks_read_as_the_whole_file(
     size: int,
 ) -> None:
     path = tmp_path / ("t.tsv" if separator == "\t" else "t.csv")
+    options = InputOptions(separator=";") if separator == ";" else None
     table.write_csv(path, separator=separator, line_terminator=terminator, quote_style=quote_style)
-    whole = pl.scan_csv(path, separator=separator, infer_schema_length=10_000).collect()
-    assert_frame_equal(read_blocks(path, block_bytes, size), whole)
-    stats = Table(str(path), block_bytes=block_bytes).inspect([table.columns[-1]])
+    whole = pl.scan_csv(path, separator=separator, infer_schema=False).collect()
+    assert_frame_equal(read_blocks(path, block_bytes, size, options), whole)
+    stats = Table(str(path), options, block_bytes=block_bytes).inspect([table.columns[-1]])
     assert stats.rows == whole.height
 
 
@@ -96,14 +99,26 @@ def test_rechunk() -> None:
     assert pl.concat(list(rechunk(frames, 4)))["a"].to_list() == [0, 1, 2, 0, 1, 2, 3, 4, 0]
 
 
-def test_types_are_inferred_from_the_first_rows_as_before(tmp_path: Path) -> None:
+def test_csv_cells_are_text_as_written_unless_the_schema_gives_a_type(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
-    pl.DataFrame({"seed": range(30_000), "x": [0.5] * 30_000, "q": ["a, b"] * 30_000}).write_csv(path)
+    path.write_bytes(b"id,x,q,flag,day\n" + b"007,1.10,a b ,TRUE,2024-01-02\n" * 30_000 + b'x8,1e3,,false,""\n')
     table = Table(str(path), block_bytes=4096)
-    assert table.schema == pl.Schema({"seed": pl.Int64, "x": pl.Float64, "q": pl.String})
-    first = next(table.batches(1))
-    assert first == [{"seed": 0, "x": 0.5, "q": "a, b"}]
-    assert sum(f.height for f in table.frames(2048)) == 30_000
+    assert table.schema == pl.Schema(dict.fromkeys(["id", "x", "q", "flag", "day"], pl.String))
+    assert next(table.batches(1)) == [{"id": "007", "x": "1.10", "q": "a b ", "flag": "TRUE", "day": "2024-01-02"}]
+    last = pl.concat(list(table.frames(2048))).row(-1, named=True)
+    assert last == {"id": "x8", "x": "1e3", "q": None, "flag": "false", "day": ""}  # empty: null; "": empty text
+
+    schema = {"id": "str", "x": "float", "flag": "bool"}
+    typed = Table(str(path), InputOptions(schema=schema), block_bytes=4096)
+    assert typed.schema == pl.Schema(
+        {"id": pl.String, "x": pl.Float64, "q": pl.String, "flag": pl.Boolean, "day": pl.String}
+    )
+    rows = pl.concat(list(typed.frames(2048)))
+    assert rows.row(0) == ("007", 1.1, "a b ", True, "2024-01-02") and rows.row(-1)[:4] == ("x8", 1000.0, None, False)
+    assert rows.height == 30_001
+    days = Table(str(path), InputOptions(schema={"day": "date"}), block_bytes=4096)
+    with pytest.raises(InputError, match=rf"{path}, line 30002: column 'day' is declared date .*: '' is not"):
+        days.inspect()
 
 
 def test_inspect_counts_and_finds_the_first_empty_prompt_across_blocks(tmp_path: Path) -> None:
@@ -120,17 +135,36 @@ def test_inspect_counts_and_finds_the_first_empty_prompt_across_blocks(tmp_path:
         (b"7,a,extra\n", "found more fields than defined"),
         (b'7,"unclosed\n8,b\n', "could not parse"),
         ("7,caf\xe9\n".encode("latin-1"), "is the file saved as UTF-8?"),
-        (b"seven,a\n", "could not parse"),
         (b'7,ab"c\n8,"x\ny"\n', "could not parse"),  # a stray quote: polars refuses the whole file too
     ],
 )
-def test_bad_rows_far_from_the_start_fail_in_inspect(tmp_path: Path, tail: bytes, expected: str) -> None:
+def test_bad_rows_far_from_the_start_fail_naming_the_line(tmp_path: Path, tail: bytes, expected: str) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes(b"id,q\n" + b"".join(b"%d,question %d\n" % (i, i) for i in range(20_000)) + tail)
     table = Table(str(path), block_bytes=4096)
-    with pytest.raises(InputError, match=f"cannot read input {path}") as info:
+    with pytest.raises(InputError, match=f"cannot read input {path}, line 20002: ") as info:
         table.inspect(["q"])
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_cell_that_does_not_fit_its_declared_type_names_file_line_and_value(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"id,q\n" + b"".join(b"%d,question %d\n" % (i, i) for i in range(20_000)) + b"seven,a\n")
+    table = Table(str(path), InputOptions(schema={"id": "int"}), block_bytes=4096)
+    with pytest.raises(InputError) as info:
+        table.inspect(["q"])
+    assert str(info.value) == (
+        f"cannot read input {path}, line 20002: column 'id' is declared int in [input] schema: 'seven' is not"
+    )
+
+
+def test_a_broken_jsonl_record_is_named_by_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    lines = [b'{"id": %d, "q": "question %d"}' % (i, i) for i in range(20_000)]
+    lines[15_000] = b'{"id": 15000, "q": "unterminated}'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError, match=f"cannot read input {path}, line 15001: "):
+        Table(str(path), block_bytes=4096).inspect(["q"])
 
 
 def test_glob_of_several_files_reads_each_after_its_header(tmp_path: Path) -> None:
@@ -138,15 +172,15 @@ def test_glob_of_several_files_reads_each_after_its_header(tmp_path: Path) -> No
         pl.DataFrame({"id": ids, "q": [f'"{i}", more' for i in ids]}).write_csv(tmp_path / name)
     source = str(tmp_path / "*.csv")
     got = pl.concat(list(Table(source, block_bytes=64).frames(16)))
-    assert_frame_equal(got, pl.scan_csv(source, infer_schema_length=10_000).collect())
-    assert got["id"].to_list() == [*range(50), *range(100, 150)]
+    assert_frame_equal(got, pl.scan_csv(source, infer_schema=False).collect())
+    assert got["id"].to_list() == [str(i) for i in [*range(50), *range(100, 150)]]
 
 
 def test_a_byte_order_mark_is_read_as_polars_reads_it(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes(b"\xef\xbb\xbfid,q\n" + b"".join(b"%d,x\n" % i for i in range(100)))
     got = pl.concat(list(Table(str(path), block_bytes=16).frames(10)))
-    assert_frame_equal(got, pl.read_csv(path, infer_schema_length=10_000))
+    assert_frame_equal(got, pl.read_csv(path, infer_schema=False))
     assert got.columns == ["id", "q"]
 
 
@@ -155,7 +189,7 @@ def test_short_rows_and_blank_lines_read_as_polars_reads_them(tmp_path: Path, bl
     path = tmp_path / "t.csv"
     path.write_bytes(b"id,q,r\n1,a,b\n2\n\n3,c\n4,d,e\n\n5\n")
     got = pl.concat(list(Table(str(path), block_bytes=block_bytes).frames(2)))
-    assert_frame_equal(got, pl.scan_csv(path, infer_schema_length=10_000).collect())
+    assert_frame_equal(got, pl.scan_csv(path, infer_schema=False).collect())
     assert got.height == 7
 
 
@@ -168,5 +202,5 @@ def test_a_double_star_glob_reads_every_depth_and_the_index_sees_each_file(tmp_p
     source = str(tmp_path / "**" / "*.csv")
     table = Table(source)
     assert table.inspect().rows == 3
-    assert sorted(pl.concat(list(table.frames(10)))["id"].to_list()) == [1, 2, 3]
+    assert sorted(pl.concat(list(table.frames(10)))["id"].to_list()) == ["1", "2", "3"]
     assert len(input_files(source)) == 3  # the files the plan index fingerprints, too

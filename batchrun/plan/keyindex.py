@@ -22,11 +22,11 @@ import polars as pl
 from ..sink.files import write_atomic
 from ..spec import Job
 from .planner import canonical_json
-from .reader import input_files
 from .shape import job_body_template, prompt_template
+from .sources import input_files
 
 INDEX_DIR = "plan-index"
-RECIPE = 2  # bump when the request-key recipe or the parts' columns change
+RECIPE = 3  # bump when the request-key recipe, the parts' columns or how input cells are read change
 ENTRY = {"row_index": pl.Int64, "sample": pl.Int32, "key": pl.String, "content": pl.UInt64, "shared": pl.Boolean}
 #: and the key's first 64 bits (``short_key``, null for a skipped row), so that a resume can count
 #: and match the done keys without reading a million key strings
@@ -54,6 +54,7 @@ def fingerprint(job: Job) -> str:
         "empty_prompts": job.empty_prompts,
         "prompt": prompt_template(job),
         "files": stats,
+        "input": [job.input_options.format, job.input_options.separator, job.input_options.schema],
     }
     return hashlib.blake2b(canonical_json(fields), digest_size=16).hexdigest()
 

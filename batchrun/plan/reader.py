@@ -1,83 +1,66 @@
 """The input table, read in bounded pieces so that memory stays flat in input size.
 
-Parquet is read slice by slice through a lazy scan. CSV, TSV and NDJSON are read in 1 MiB blocks,
-each cut at the end of a record and parsed by polars with the schema it inferred from the first
-10,000 rows. Polars' own streaming CSV source reads ahead of use by an amount that grows with the
+Parquet is read slice by slice through a lazy scan. CSV, TSV and NDJSON are read in 1 MiB blocks
+(``records.blocks``, decompressed on the way for gzip and zstd), each cut at the end of a record and
+parsed by polars. Polars' own streaming CSV source reads ahead of use by an amount that grows with the
 file (RssAnon 350 MiB at 10M short rows, against 50 MiB by blocks; no option of ``scan_csv``,
 ``collect_batches`` or ``pl.Config`` bounds it), and its NDJSON source maps the whole file (RSS 933 MiB).
 
-Polars errors are translated here, once, into ``InputError`` naming the file.
+CSV and TSV cells are text exactly as written (``007`` stays ``007``, ``1.10`` stays ``1.10``) unless
+``[input] schema`` gives a column a type: a type inferred from the first rows would change how every
+earlier row is sent when a later row does not fit it. An empty unquoted cell is null (missing), a
+quoted ``""`` the empty string. NDJSON and Parquet keep their own types.
+
+Polars errors are translated here, once, into ``InputError`` naming the file (and the line, for a
+bad record of a text table).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ..errors import InputError
+from .records import blocks, first_record_end, last_record_end, open_records, record_ends
+from .sources import FORMATS, input_files, is_glob, table_kind
 
-FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "ndjson",
-    ".ndjson": "ndjson",
-}
+if TYPE_CHECKING:  # the reader is also used without a job (bench/reader.py): no pydantic for it
+    from ..spec import InputOptions
+
+__all__ = ["FORMATS", "Table", "blocks", "first_record_end", "input_files", "last_record_end", "rechunk"]
 
 BLOCK_BYTES = 1 << 20
 """Bytes read and parsed at a time from a text table (about 16,000 short prompts). Larger blocks
 read no faster and hold more: peak RssAnon at 10M short rows is 50 MiB with 1 MiB blocks, 64 with 2,
 88 with 4 (bench/reader.py --block-bytes)."""
 
+INFER_ROWS = 10_000  # NDJSON: the rows of the first file its types are inferred from
 
-def last_record_end(data: bytes, *, quoted: bool) -> int:
-    """Where the last complete record of ``data`` ends (just past its newline), or 0 if none does.
+BOOLS = {"true": True, "false": False}  # any case
 
-    ``data`` starts at the start of a record. With ``quoted`` (CSV, RFC 4180) a newline ends a record
-    only outside quotes: every ``"`` opens or closes a quoted field (a doubled ``""`` inside one
-    closes and reopens it), so a newline is outside quotes when the count of ``"`` before it is even.
-    The count is taken once for the block and walked back from the end: linear in ``len(data)``."""
-    end = data.rfind(b"\n")
-    if not quoted or b'"' not in data:  # a fast test (memchr), where counting runs at ~1 GB/s
-        return end + 1
-    before = data.count(b'"', 0, end) if end >= 0 else 0
-    while end >= 0 and before % 2:
-        previous = data.rfind(b"\n", 0, end)
-        before -= data.count(b'"', previous + 1, end)
-        end = previous
-    return end + 1
-
-
-def first_record_end(data: bytes) -> int:
-    """Where the first record of CSV ``data`` ends (just past its newline), or ``len(data)``."""
-    start, quotes = 0, 0
-    while (newline := data.find(b"\n", start)) >= 0:
-        quotes += data.count(b'"', start, newline)
-        if quotes % 2 == 0:
-            return newline + 1
-        start = newline + 1
-    return len(data)
+#: ``[input] schema`` types, and how a text cell becomes one (a cell that does not fit is an error)
+TYPES: dict[str, tuple[pl.DataType, Callable[[pl.Expr], pl.Expr]]] = {
+    "str": (pl.String(), lambda e: e),
+    "int": (pl.Int64(), lambda e: e.cast(pl.Int64, strict=False)),
+    "float": (pl.Float64(), lambda e: e.cast(pl.Float64, strict=False)),
+    "bool": (
+        pl.Boolean(),
+        lambda e: e.str.to_lowercase().replace_strict(
+            {"true": True, "false": False}, default=None, return_dtype=pl.Boolean
+        ),
+    ),
+    "date": (pl.Date(), lambda e: e.str.to_date("%Y-%m-%d", strict=False)),
+}
 
 
-def blocks(file: BinaryIO, size: int, *, quoted: bool) -> Iterator[bytes]:
-    """``file`` in pieces of about ``size`` bytes, each made of whole records (see ``last_record_end``).
-    A record longer than ``size`` is read on, in reads that double, until it ends."""
-    rest = b""
-    while chunk := file.read(max(size, len(rest))):
-        data = rest + chunk
-        end = last_record_end(data, quoted=quoted)
-        if end:
-            yield data[:end]
-        rest = data[end:]
-    if rest:
-        yield rest
+class BadValue(ValueError):
+    """A cell that does not fit the type ``[input] schema`` gives its column."""
 
 
 def rechunk(frames: Iterable[pl.DataFrame], size: int) -> Iterator[pl.DataFrame]:
@@ -95,27 +78,23 @@ def rechunk(frames: Iterable[pl.DataFrame], size: int) -> Iterator[pl.DataFrame]
         yield pl.concat(held)
 
 
+def reason_of(exc: BaseException) -> str:
+    """The first line of an error from polars or the file system, as the one line a user sees."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    if "utf-8" in reason or "utf8" in reason:
+        reason += " (is the file saved as UTF-8?)"
+    return reason
+
+
 @contextlib.contextmanager
 def input_errors(source: str) -> Iterator[None]:
     try:
         yield
-    except pl.exceptions.PolarsError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "utf-8" in reason or "utf8" in reason:
-            reason += " (is the file saved as UTF-8?)"
-        raise InputError(f"cannot read input {source}: {reason}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read input {source}: {exc.strerror or exc}") from None
-
-
-def is_glob(source: str) -> bool:
-    return any(ch in source for ch in "*?[")
-
-
-def input_files(source: str) -> list[str]:
-    """The files an input names, in the order they are read: a glob as the shell expands it, with
-    ``**`` for any depth (polars' own expansion also takes hidden files); one path as it is."""
-    return sorted(glob.glob(source, recursive=True)) if is_glob(source) else [source]
+    except (pl.exceptions.PolarsError, OSError, BadValue) as exc:
+        raise InputError(f"cannot read input {source}: {reason_of(exc)}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,27 +107,85 @@ class TableStats:
 class Table:
     """An input table whose schema is known; nothing is loaded until batches are asked for."""
 
-    def __init__(self, source: str, *, block_bytes: int = BLOCK_BYTES) -> None:
+    def __init__(self, source: str, options: InputOptions | None = None, *, block_bytes: int = BLOCK_BYTES) -> None:
+        fmt, separator, schema = (
+            (None, None, {}) if options is None else (options.format, options.separator, options.schema)
+        )
         self.source, self.block_bytes = source, block_bytes
-        suffix = Path(source).suffix.lower()
-        kind = FORMATS.get(suffix)
-        if kind is None:
-            known = ", ".join(sorted(FORMATS))
-            raise InputError(f"input {source}: unknown file type {suffix or '(none)'!r} (known: {known})")
         self.paths = input_files(source)
-        if not (self.paths if is_glob(source) else Path(source).is_file()):
-            raise InputError(f"input {source}: {'no file matches' if is_glob(source) else 'file not found'}")
-        self.kind = kind
-        paths = self.paths  # the same files for polars' scans as for the block reader
+        if not self.paths:
+            where = "the folder has no files" if Path(source).is_dir() else "no file matches"
+            raise InputError(f"input {source}: {where}")
+        if not (is_glob(source) or Path(source).is_dir() or Path(source).is_file()):
+            raise InputError(f"input {source}: file not found")
+        self.kind = kind = table_kind(source, self.paths, fmt)
+        text = kind in ("csv", "tsv")
+        if (separator or schema) and not text:
+            option = "separator" if separator else "schema"
+            raise InputError(f"input {source}: [input] {option} is for CSV and TSV tables (this one is {kind})")
+        self.separator = separator or ("\t" if kind == "tsv" else ",")
         with input_errors(source):
-            if kind in ("csv", "tsv"):
-                self.frame = pl.scan_csv(paths, separator="\t" if kind == "tsv" else ",", infer_schema_length=10_000)
-            elif kind == "parquet":
-                self.frame = pl.scan_parquet(paths)
+            if kind == "parquet":
+                self.frame = pl.scan_parquet(self.paths)
+                read = self._same_columns({path: pl.Schema(pl.read_parquet_schema(path)) for path in self.paths})
+            elif kind == "ndjson":
+                read = self._ndjson_schema()
             else:
-                self.frame = pl.scan_ndjson(paths, infer_schema_length=10_000)
-            self.schema = self.frame.collect_schema()
-            self.columns: list[str] = self.schema.names()
+                read = self._same_columns({path: self._csv_header(path)[1] for path in self.paths})
+        unknown = sorted(set(schema) - set(read))
+        if unknown:
+            raise InputError(
+                f"input {source}: [input] schema names column {unknown[0]!r}, which the table does not have "
+                f"(columns: {', '.join(read)})"
+            )
+        self.read_schema = read  # as parsed: CSV/TSV all text
+        self.casts = {name: TYPES[type_name] for name, type_name in schema.items() if type_name != "str"}
+        self.schema = pl.Schema({name: self.casts[name][0] if name in self.casts else t for name, t in read.items()})
+        self.columns: list[str] = self.schema.names()
+
+    def _same_columns(self, schemas: dict[str, pl.Schema]) -> pl.Schema:
+        """The schema every file shares; a file whose columns differ from most others' is named."""
+        counts = Counter(tuple(schema.items()) for schema in schemas.values())
+        common = pl.Schema(counts.most_common(1)[0][0])
+        for path, schema in schemas.items():
+            if schema != common:
+                raise InputError(
+                    f"input {self.source}: {path} has columns ({_listing(schema)}), "
+                    f"unlike the other files ({_listing(common)})"
+                )
+        return common
+
+    def _csv_header(self, path: str) -> tuple[bytes, pl.Schema]:
+        """A CSV/TSV file's header line, and its columns as text."""
+        with contextlib.closing(open_records(path)) as file:
+            first = next(blocks(file, 1 << 16, quoted=True), b"")
+        header = first[: first_record_end(first)]
+        if not header.strip():
+            raise InputError(f"cannot read input {path}: the file is empty (a CSV table starts with its header line)")
+        columns = pl.read_csv(header, separator=self.separator, infer_schema=False, n_rows=0).columns
+        return header, pl.Schema(dict.fromkeys(columns, pl.String()))
+
+    def _ndjson_schema(self) -> pl.Schema:
+        """The types of the first ``INFER_ROWS`` records of the first file, as polars infers them."""
+        path = self.paths[0]
+        with contextlib.closing(open_records(path)) as file:
+            head = b""
+            for block in blocks(file, self.block_bytes, quoted=False):
+                head += block
+                if head.count(b"\n") >= INFER_ROWS:
+                    break
+        if not head.strip():
+            raise InputError(f"cannot read input {path}: the file is empty")
+        lines = head.split(b"\n")
+        sample = b"\n".join(lines[:INFER_ROWS] if len(lines) > INFER_ROWS else lines)
+
+        def infer(data: bytes) -> pl.DataFrame:
+            return pl.read_ndjson(data, infer_schema_length=INFER_ROWS)
+
+        try:
+            return infer(sample).schema
+        except pl.exceptions.PolarsError as exc:
+            raise self._locate(path, b"", sample, 1, exc, infer) from None
 
     def inspect(self, prompt_columns: Iterable[str] = ()) -> TableStats:
         """One pass over the whole table before anything is sent: it parses every field (a ragged
@@ -220,23 +257,78 @@ class Table:
                 offset = next_row(offset + frame.height)
 
     def _text_frames(self) -> Iterator[pl.DataFrame]:
-        """A text table block by block (see ``blocks``), each block parsed with the schema inferred
-        at open. A CSV block is parsed behind its file's header line, so that polars reads it as it
-        reads a whole file (a first line with fewer fields, say, means the same to it)."""
-        separator = "\t" if self.kind == "tsv" else ","
+        """A text table block by block (see ``blocks``), each block parsed as text (CSV/TSV) or with
+        the schema inferred at open (NDJSON), then given the types ``[input] schema`` asks for. A CSV
+        block is parsed behind its file's header line, so that polars reads it as it reads a whole
+        file (a first line with fewer fields, say, means the same to it). A block that fails is
+        parsed again a part at a time to find the line of the first bad record."""
+        quoted = self.kind != "ndjson"
         for path in self.paths:
-            with open(path, "rb") as file:
-                header = None
-                for block in blocks(file, self.block_bytes, quoted=self.kind != "ndjson"):
-                    if self.kind == "ndjson":
-                        yield pl.read_ndjson(block, schema=self.schema)
-                    elif header is None:
+            with input_errors(path), contextlib.closing(open_records(path)) as file:
+                header, line = b"", 1
+                for block in blocks(file, self.block_bytes, quoted=quoted):
+                    body = block
+                    if quoted and not header:
                         header = block[: first_record_end(block)]
-                        yield pl.read_csv(block, separator=separator, schema=self.schema)
-                    else:
-                        yield pl.read_csv(header + block, separator=separator, schema=self.schema)
+                        body, line = block[len(header) :], 1 + header.count(b"\n")
+                    try:
+                        yield self._parse(header + body if header else body)
+                    except (pl.exceptions.PolarsError, BadValue) as exc:
+                        raise self._locate(path, header, body, line, exc) from None
+                    line += body.count(b"\n")
+
+    def _parse(self, data: bytes) -> pl.DataFrame:
+        if self.kind == "ndjson":
+            return pl.read_ndjson(data, schema=self.read_schema)
+        frame = pl.read_csv(data, separator=self.separator, schema=self.read_schema)
+        if not self.casts:
+            return frame
+        typed = frame.with_columns(convert(pl.col(name)).alias(name) for name, (_, convert) in self.casts.items())
+        for name, (dtype, _) in self.casts.items():
+            bad = frame[name].is_not_null() & typed[name].is_null()
+            if bad.any():
+                value = frame[name].filter(bad)[0]
+                raise BadValue(f"column {name!r} is declared {_type_name(dtype)} in [input] schema: {value!r} is not")
+        return typed
+
+    def _locate(
+        self,
+        path: str,
+        header: bytes,
+        body: bytes,
+        line: int,
+        exc: Exception,
+        parse: Callable[[bytes], Any] | None = None,
+    ) -> InputError:
+        """The error for a block of ``path`` that failed to parse, naming the line (``body`` starts on
+        line ``line``) of its first bad record: the shortest run of records from the block's start
+        that fails ends with it (bisection: ~14 parses of a 1 MiB block, only when a block fails)."""
+        parse = parse or self._parse
+        ends = record_ends(body, quoted=self.kind != "ndjson")
+        low, high, error = 0, len(ends), exc
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                parse(header + body[: ends[middle]])
+            except (pl.exceptions.PolarsError, BadValue) as failed:
+                high, error = middle, failed
+            else:
+                low = middle + 1
+        if low == len(ends):  # no part fails alone (it should not happen): name the file only
+            return InputError(f"cannot read input {path}: {reason_of(exc)}")
+        bad_line = line + body.count(b"\n", 0, ends[low - 1] if low else 0)
+        return InputError(f"cannot read input {path}, line {bad_line}: {reason_of(error)}")
 
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
         """Rows as dicts, ``size`` at a time, in input order."""
         for frame in self.frames(size):
             yield frame.to_dicts()
+
+
+def _listing(schema: pl.Schema) -> str:
+    names = schema.names()
+    return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+
+
+def _type_name(dtype: pl.DataType) -> str:
+    return next(name for name, (known, _) in TYPES.items() if known == dtype)
