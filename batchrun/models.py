@@ -26,8 +26,16 @@ class Request:
     method: str
     url: str
     body: bytes
-    model: str | None
+    model: str | None  # as sent: the body's own model, or the job's rendered for this row
     seed: int | None = None
+    # why it is not sent, found while planning (mid-run): the row fails for good, with this message
+    refused: str | None = None
+
+
+def estimated_tokens(body: bytes, completion_cap: int) -> float:
+    """What one request is charged against ``tokens_per_minute``: its body's bytes / 4 (about four
+    bytes a token in English text) plus the most tokens the answer may take."""
+    return len(body) / 4 + completion_cap
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,22 +35,28 @@ def make_adapter(job: Job) -> Adapter:
 
 
 def open_input(job: Job) -> tuple[Table, int]:
-    """Read the table's shape and render its first row: a bad input or template fails here."""
+    """Read the table's shape and render its first row: a bad input or template fails here, and
+    so does a prompt that renders empty (unless the job skips those) or a first request that
+    ``tokens_per_minute`` could never let through."""
     table = Table(job.input, job.input_options)
     check_columns(job, table.columns)
-    columns = prompt_columns(job)
-    stats = table.inspect(columns)
-    if stats.empty_prompts and job.empty_prompts == "error":
+    planner = Planner(job, occurrences=Occurrences(1))
+    refuse = job.empty_prompts == "error"
+    columns = prompt_columns(job, table.columns) if refuse else set()
+    # the rows with a null, blank or false prompt column are rendered; no other row is looked at
+    stats = table.inspect(columns, planner.renders_empty)
+    if stats.empty_prompts:
         raise InputError(
             f"input {job.input}: {stats.empty_prompts} rows have an empty prompt (column "
             f"{', '.join(sorted(columns))}; the first is row {stats.first_empty}); "
             'set empty_prompts = "skip" in the job to skip them'
         )
-    rows = stats.rows
     first = next(table.batches(1))
-    list(Planner(job, occurrences=Occurrences(1)).plan(first[:1]))
+    for request in planner.plan(first[:1]):
+        if request.refused is not None:
+            raise InputError(f"input {job.input}: row {request.row_index}: {request.refused}")
     make_adapter(job)
-    return table, rows
+    return table, stats.rows
 
 
 def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> tuple[Planner, Feed]:

@@ -30,6 +30,7 @@ from .export import remember_job
 from .log import event
 from .models import Request, Result
 from .plan.occurrences import Occurrences
+from .plan.shape import completion_cap
 from .prepare import BATCH_ROWS, make_adapter, open_input, open_plan
 from .progress import Progress
 from .sink.files import remove_temp_files
@@ -46,15 +47,6 @@ def new_run_id() -> str:
     another sort in the order the runs were made, even within one second (the last row of a key
     decides whether it failed for good)."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
-
-
-def completion_cap(job: Job) -> int:
-    """The most tokens one answer may take, from the job's own parameters (0 when unknown)."""
-    params = {**job.request.params, **(job.request.parameters or {})}
-    for name in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
-        if isinstance(params.get(name), int):
-            return int(params[name])
-    return 0
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +104,7 @@ async def run_job(
             flush_rows=job.sink.flush_rows,
             flush_seconds=job.sink.flush_seconds,
             before_part=store.sync,
+            keep_request=job.sink.keep_request,
         )
         progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
 

@@ -65,6 +65,7 @@ class OutputSection(_Strict):
     flush_rows: int = Field(default=1000, ge=1)
     flush_seconds: float = Field(default=5.0, gt=0)
     keep_raw_response: bool = False
+    keep_request: bool = False  # the body as sent, as JSON text: never headers or credentials
 
 
 ColumnType = Literal["str", "int", "float", "bool", "date"]

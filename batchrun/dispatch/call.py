@@ -14,7 +14,7 @@ import httpx
 from ..endpoints.base import Adapter, StreamingAdapter, classify, exhausted_quota_wait
 from ..errors import FatalError, PermanentError, RequestError, RetryableError
 from ..log import event
-from ..models import Parsed, Request, Result
+from ..models import Parsed, Request, Result, estimated_tokens
 from .adaptive import AdaptiveRate
 from .client import Sender
 from .health import EndpointHealth
@@ -92,6 +92,8 @@ class Caller:
 
     async def __call__(self, request: Request) -> Result:
         started = time.time()
+        if request.refused is not None:  # found unsendable while planning: this row's failure
+            return self._failed(request, PermanentError(request.refused), 0, started)
         attempts = 1
         try:
             try:
@@ -122,7 +124,7 @@ class Caller:
         """One HTTP exchange, after the cool-down and the limiter; returns the answer and its latency."""
         await self.cooldown.wait(self.sleep)
         if self.tokens is not None:
-            await self.tokens.take(len(request.body) / 4 + self.completion_tokens)
+            await self.tokens.take(estimated_tokens(request.body, self.completion_tokens))
         sent_at = await self.rate.acquire()
         self.attempts += 1
         started = time.perf_counter()

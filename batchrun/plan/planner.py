@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TemplateError
-from ..models import DoneKeys, Request, short_key
+from ..models import DoneKeys, Request, estimated_tokens, short_key
 from ..spec import Job
 from .occurrences import Occurrences
 
 if TYPE_CHECKING:
     import numpy as np
-from .shape import job_body_template, prompt_template
+from .shape import completion_cap, job_body_template, prompt_reader, prompt_template
 from .templates import compile_template, referenced_names
 
 
@@ -39,10 +39,22 @@ class PlanCounts:
     todo: int = 0
 
 
+EMPTY_PROMPT = 'the prompt renders empty; not sent (empty_prompts = "skip" skips such rows)'
+
+
 def _is_empty(value: Any) -> bool:
+    """Nothing to ask: a rendered prompt that is null, empty or whitespace, or made only of such."""
     if isinstance(value, list):
         return all(_is_empty(v) for v in value)
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if value == int(value) else f"{value:,}"
+
+
+def _as_model(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _stream_suffix(job: Job) -> bytes | None:
@@ -97,7 +109,8 @@ class Planner:
 
     def __init__(self, job: Job, done_keys: DoneKeys | None = None, occurrences: Occurrences | None = None) -> None:
         self.method = "POST"
-        self.model = job.endpoint.model
+        self.model = job.endpoint.model  # as written (a template, maybe): part of every request key
+        self.render_model = compile_template(job.endpoint.model, "endpoint.model")
         self.samples = job.request.samples
         self.dedupe = job.dedupe
         self.id_column = job.id_column
@@ -114,10 +127,12 @@ class Planner:
         self.seeded = job.endpoint.format == "image-hf"
         self.counts = PlanCounts()
         self.include_shared = False  # export: also yield the rows that dedupe answers with an earlier result
-        template = prompt_template(job)
-        self.render_prompt = (
-            compile_template(template, "prompt") if job.empty_prompts == "skip" and template is not None else None
-        )
+        # emptiness is judged on the prompt part of the rendered body: what would be sent
+        self.prompt_of = prompt_reader(job)
+        self.render_prompt = compile_template(prompt_template(job), "prompt") if self.prompt_of is not None else None
+        self.skip_empty = job.empty_prompts == "skip"
+        self.token_limit = job.limits.tokens_per_minute
+        self.completion_cap = completion_cap(job)
         self.skipped_rows: list[tuple[int, str | None]] = []  # the first few, for the log
         # how many identical requests came before each one, in flat memory (spills to disk)
         self.occurrences = occurrences if occurrences is not None else Occurrences()
@@ -133,14 +148,16 @@ class Planner:
             index = counts.rows
             counts.rows += 1
             context = {**row, "row": row} if self.needs_row else row
-            if self.render_prompt is not None and _is_empty(self.render_prompt(context)):
+            rendered = self._body(context)
+            refused = self._refusal(rendered)
+            if refused is not None and self.skip_empty:
                 counts.skipped += 1
                 if self.journal is not None:
                     self.journal.append((index, -1, "", 0, False))
                 if counts.skipped <= 20:
                     self.skipped_rows.append((index, None if self.id_column is None else str(row.get(self.id_column))))
                 continue
-            rendered, url, row_id = self._render(row, context, index)
+            url, row_id, model = self._where(row, context, rendered, index)
             unseeded = body = canonical_json(rendered)
             for sample in range(self.samples):
                 counts.requests += 1
@@ -161,7 +178,7 @@ class Planner:
                         counts.done_failed += 1
                     continue
                 counts.todo += not shared
-                yield self._request(key, row_id, index, sample, url, body, seed)
+                yield self._request(key, row_id, index, sample, url, body, seed, model, refused)
 
     def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool, int]:
         """The request key, whether dedupe shares it with an identical request planned before, and
@@ -189,30 +206,73 @@ class Planner:
     def replan(self, rows: Iterable[tuple[int, Mapping[str, Any], list[tuple[int, str]]]]) -> Iterator[Request]:
         """Requests for rows planned before, whose keys are known: (row index, row, [(sample, key)])."""
         for index, row, keys in rows:
-            rendered, url, row_id = self._render(row, {**row, "row": row} if self.needs_row else row, index)
+            context = {**row, "row": row} if self.needs_row else row
+            rendered = self._body(context)
+            refused = self._refusal(rendered)
+            url, row_id, model = self._where(row, context, rendered, index)
             unseeded = body = canonical_json(rendered)
             for sample, key in keys:
                 seed = None
                 if self.seeded:
                     seed, body = _seeded(rendered, unseeded, sample, index)
-                yield self._request(key, row_id, index, sample, url, body, seed)
+                yield self._request(key, row_id, index, sample, url, body, seed, model, refused)
 
-    def _render(self, row: Mapping[str, Any], context: Mapping[str, Any], index: int) -> tuple[Any, str, str | None]:
-        """The rendered body, the URL and the row id of one input row."""
+    def renders_empty(self, row: Mapping[str, Any]) -> bool:
+        """Whether the prompt of ``row`` renders empty: the check before sending, on the rows whose
+        prompt columns are null, blank or false (``Table.inspect``). The prompt template alone is
+        rendered (half the cost of the body); it renders what ``prompt_of`` reads from the body."""
+        if self.render_prompt is None:
+            return False
+        return _is_empty(self.render_prompt({**row, "row": row} if self.needs_row else row))
+
+    def _body(self, context: Mapping[str, Any]) -> Any:
         rendered = self.render_body(context)
         if self.chat:
             _text_contents(rendered)
+        return rendered
+
+    def _refusal(self, rendered: Any) -> str | None:
+        """Why this body is not to be sent: its prompt part is empty."""
+        if self.prompt_of is not None and _is_empty(self.prompt_of(rendered)):
+            return EMPTY_PROMPT
+        return None
+
+    def _where(
+        self, row: Mapping[str, Any], context: Mapping[str, Any], rendered: Any, index: int
+    ) -> tuple[str, str | None, str | None]:
+        """The URL, the row id and the model (as sent) of one input row."""
         url = self.render_url(context)
         if not isinstance(url, str):
             raise TemplateError(f"template endpoint.url renders {url!r} for row {index}, not a URL")
         row_id = None
         if self.id_column is not None and row.get(self.id_column) is not None:
             row_id = str(row[self.id_column])
-        return rendered, url, row_id
+        model = rendered.get("model") if isinstance(rendered, dict) else None
+        if model is None:  # not in the body (an image or serverless URL names it): the job's, rendered
+            model = self.render_model(context)
+        return url, row_id, _as_model(model)
 
     def _request(
-        self, key: str, row_id: str | None, index: int, sample: int, url: str, body: bytes, seed: int | None
+        self,
+        key: str,
+        row_id: str | None,
+        index: int,
+        sample: int,
+        url: str,
+        body: bytes,
+        seed: int | None,
+        model: str | None,
+        refused: str | None,
     ) -> Request:
+        if self.stream_suffix is not None:
+            body = body[:-1] + self.stream_suffix
+        if refused is None and self.token_limit is not None:
+            tokens = estimated_tokens(body, self.completion_cap)
+            if tokens > self.token_limit:
+                refused = (
+                    f"about {tokens:,.0f} tokens ({len(body):,} bytes / 4 + max_tokens {self.completion_cap}), "
+                    f"more than limits.tokens_per_minute = {_number(self.token_limit)}: it can never be sent"
+                )
         return Request(
             key=key,
             row_id=row_id,
@@ -220,9 +280,10 @@ class Planner:
             sample=sample,
             method=self.method,
             url=url,
-            body=body if self.stream_suffix is None else body[:-1] + self.stream_suffix,
-            model=self.model,
+            body=body,
+            model=model,
             seed=seed,
+            refused=refused,
         )
 
     @property

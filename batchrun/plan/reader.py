@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ..errors import InputError
+from ..errors import InputError, TemplateError
 from .records import blocks, first_record_end, last_record_end, open_records, record_ends
 from .sources import FORMATS, input_files, is_glob, table_kind
 
 if TYPE_CHECKING:  # the reader is also used without a job (bench/reader.py): no pydantic for it
+    from polars._typing import PolarsDataType
+
     from ..spec import InputOptions
 
 __all__ = ["FORMATS", "Table", "blocks", "first_record_end", "input_files", "last_record_end", "rechunk"]
@@ -95,6 +97,31 @@ def input_errors(source: str) -> Iterator[None]:
         yield
     except (pl.exceptions.PolarsError, OSError, BadValue) as exc:
         raise InputError(f"cannot read input {source}: {reason_of(exc)}") from None
+
+
+def maybe_empty(column: pl.Expr, dtype: PolarsDataType) -> pl.Expr:
+    """Whether a value may make a prompt render empty: null, blank text, false, zero (Jinja's
+    ``{% if %}`` takes those as false), an empty list, a list or struct holding such a value."""
+    maybe = column.is_null()
+    if dtype == pl.String:
+        return maybe | (column.str.strip_chars() == "")
+    if dtype == pl.Boolean:
+        return maybe | ~column
+    if dtype.is_numeric():
+        return maybe | (column == 0)
+    if isinstance(dtype, pl.List):
+        inner = maybe_empty(pl.element(), dtype.inner)
+        return maybe | (column.list.len() == 0) | column.list.eval(inner).list.any()
+    if isinstance(dtype, pl.Struct):
+        return pl.any_horizontal(maybe, *(maybe_empty(column.struct.field(f.name), f.dtype) for f in dtype.fields))
+    return maybe
+
+
+def _renders_empty(renders_empty: Callable[[dict[str, Any]], bool], row: dict[str, Any], index: int) -> bool:
+    try:
+        return renders_empty(row)
+    except TemplateError as exc:
+        raise TemplateError(f"{exc} (row {index})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,21 +214,31 @@ class Table:
         except pl.exceptions.PolarsError as exc:
             raise self._locate(path, b"", sample, 1, exc, infer) from None
 
-    def inspect(self, prompt_columns: Iterable[str] = ()) -> TableStats:
+    def inspect(
+        self, prompt_columns: Iterable[str] = (), renders_empty: Callable[[dict[str, Any]], bool] | None = None
+    ) -> TableStats:
         """One pass over the whole table before anything is sent: it parses every field (a ragged
         row, a broken quote or bytes that are not UTF-8 fail here, not mid-run), counts the rows
-        and finds rows whose prompt columns are null or empty."""
+        and finds rows whose prompt is empty. Rendering every row would cost a second planning
+        pass, so only the rows where a prompt column is null, blank or false (``maybe_empty``)
+        are rendered, by ``renders_empty`` (given those columns of the row); without it, each such
+        row counts as empty."""
         columns = [c for c in prompt_columns if c in self.columns]
         exprs = [pl.len().alias("__rows"), pl.all().null_count()]
         if columns:
-            empty = pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in columns])
-            exprs += [empty.sum().alias("__empty"), pl.arg_where(empty).first().alias("__first")]
+            maybe = pl.any_horizontal([maybe_empty(pl.col(c), self.schema[c]) for c in columns])
+            exprs += [
+                pl.int_range(pl.len()).filter(maybe).implode().alias("__maybe_at"),
+                pl.struct(columns).filter(maybe).implode().alias("__maybe_rows"),
+            ]
         with input_errors(self.source):
             rows, empties, first = 0, 0, None
             for stats in self._stats(exprs):
-                if first is None and stats.get("__first") is not None:
-                    first = rows + int(stats["__first"])
-                rows, empties = rows + int(stats["__rows"]), empties + int(stats.get("__empty") or 0)
+                for at, row in zip(stats.get("__maybe_at") or (), stats.get("__maybe_rows") or (), strict=True):
+                    if renders_empty is None or _renders_empty(renders_empty, row, rows + at):
+                        empties += 1
+                        first = rows + at if first is None else first
+                rows += int(stats["__rows"])
         if rows == 0:
             raise InputError(f"input {self.source}: the table has no rows")
         return TableStats(rows=rows, empty_prompts=empties, first_empty=first)

@@ -3,7 +3,7 @@ they use. Pure: checked against the input's column names before anything is read
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..endpoints.chat import body_template as chat_body
@@ -40,11 +40,54 @@ def prompt_template(job: Job) -> Any:
     return None
 
 
-def prompt_columns(job: Job) -> set[str]:
+def prompt_reader(job: Job) -> Callable[[Any], Any] | None:
+    """Where ``prompt_template`` sits in the rendered body: a function that takes the prompt part
+    out of a body, so emptiness is judged on what is sent, without rendering the prompt twice."""
+    req, fmt = job.request, job.endpoint.format
+    if fmt == "chat":
+        if req.prompt is not None:
+            return _last_message  # the user message comes after the system one
+        first = 1 if req.system is not None else 0
+        users = [first + i for i, m in enumerate(req.messages or ()) if m.get("role") == "user"]
+        if not users:
+            return None
+        return lambda body: [_content(body["messages"][i]) for i in users]
+    if fmt == "image-openai":
+        return _field("prompt")
+    if fmt == "image-hf" or (job.endpoint.preset == "hf-serverless" and req.body is None):
+        return _field("inputs")
+    return None
+
+
+def _last_message(body: Any) -> Any:
+    return _content(body["messages"][-1])
+
+
+def _content(message: Any) -> Any:
+    return message.get("content") if isinstance(message, dict) else message
+
+
+def _field(name: str) -> Callable[[Any], Any]:
+    return lambda body: body.get(name) if isinstance(body, dict) else None
+
+
+def completion_cap(job: Job) -> int:
+    """The most tokens one answer may take, from the job's own parameters (0 when unknown)."""
+    params = {**job.request.params, **(job.request.parameters or {})}
+    for name in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
+        if isinstance(params.get(name), int):
+            return int(params[name])
+    return 0
+
+
+def prompt_columns(job: Job, columns: Iterable[str]) -> set[str]:
+    """The input columns the prompt uses (all of them, if it reads ``row``): where to look for
+    rows whose prompt may render empty."""
+    available = set(columns)
     names: set[str] = set()
     for found in referenced_names(prompt_template(job), "prompt").values():
         names |= found
-    return names - {"row"}
+    return available if "row" in names else names & available
 
 
 def check_columns(job: Job, columns: Iterable[str]) -> None:

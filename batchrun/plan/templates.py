@@ -98,7 +98,24 @@ def _compile_str(src: str, where: str) -> Renderer:
         template = _env().from_string(src)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template {where}: syntax error: {exc.message} (line {exc.lineno})") from None
-    return _guard(template.render, where)
+    return _guard(_renderer(template), where)
+
+
+def _renderer(template: jinja2.Template) -> Callable[[Mapping[str, Any]], str]:
+    """``template.render``, less its cost per call: it merges the template's globals, a ``ChainMap``
+    iterated twice a call, into every new context (22 against 4 µs a row for a short ``{% if %}``
+    template). The globals are merged once here; the row's columns still win over them, as in
+    ``render``. Errors are those ``render`` raises, without its traceback rewriting."""
+    from jinja2.runtime import new_context
+
+    env, name, blocks, root = template.environment, template.name, template.blocks, template.root_render_func
+    names = dict(template.globals)
+    concat = env.concat
+
+    def render(row: Mapping[str, Any]) -> str:
+        return concat(root(new_context(env, name, blocks, {**names, **row}, True, names)))
+
+    return render
 
 
 def _guard(fn: Callable[..., Any], where: str) -> Renderer:

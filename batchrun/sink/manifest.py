@@ -51,12 +51,16 @@ SCHEMA: dict[str, Any] = {
     "finished_at": pl.Datetime("us", "UTC"),
     "run_id": pl.String,
     "raw_response": pl.String,
+    "request_body": pl.String,  # with ``keep_request``: the body as sent (older parts lack it)
 }
 
 
-def manifest_frame(results: Sequence[Result], *, endpoint: str, run_id: str) -> pl.DataFrame:
+def manifest_frame(
+    results: Sequence[Result], *, endpoint: str, run_id: str, keep_request: bool = False
+) -> pl.DataFrame:
     """One row per result, built a column at a time: a list of row dicts cost ~10 µs a result to
-    make and as much again for polars to read back, with the GIL held."""
+    make and as much again for polars to read back, with the GIL held. ``keep_request`` keeps each
+    request's body as sent (streaming fields included): the body never holds a credential."""
     requests = [r.request for r in results]
     parsed = [r.parsed for r in results]
 
@@ -101,6 +105,7 @@ def manifest_frame(results: Sequence[Result], *, endpoint: str, run_id: str) -> 
         "finished_at": stamps([r.finished_at for r in results]),
         "run_id": [run_id] * len(results),
         "raw_response": answer("raw"),
+        "request_body": [q.body.decode() for q in requests] if keep_request else [None] * len(results),
     }
     assert list(columns) == list(SCHEMA)
     return pl.DataFrame(columns, schema=SCHEMA)

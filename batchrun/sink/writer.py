@@ -27,6 +27,7 @@ class ManifestWriter:
         flush_rows: int = 1000,
         flush_seconds: float = 5.0,
         before_part: Callable[[], object] | None = None,
+        keep_request: bool = False,
     ) -> None:
         """``before_part`` runs in the flush, before each part is written: ``ImageStore.sync``,
         so that every image a part names is durable before the part is."""
@@ -37,6 +38,7 @@ class ManifestWriter:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.before_part = before_part
+        self.keep_request = keep_request
         self.buffer: list[Result] = []  # made into rows only when written, in the worker thread
         self.seq = 0
         self.written = 0
@@ -62,7 +64,7 @@ class ManifestWriter:
             return
         rows, self.buffer = self.buffer, []
         try:
-            frame = manifest_frame(rows, endpoint=self.endpoint, run_id=self.run_id)
+            frame = manifest_frame(rows, endpoint=self.endpoint, run_id=self.run_id, keep_request=self.keep_request)
             if self.before_part is not None:
                 self.before_part()
             if not self._folder_synced:  # the entries of manifest/ and the output folder, once a run
