@@ -95,6 +95,18 @@ async def test_a_default_for_a_null_column_is_sent(write_job: JobWriter, tmp_pat
     assert sorted(sim.stats.prompts()) == ["none", "none", "real"]
 
 
+@pytest.mark.anyio
+async def test_a_null_cell_is_missing_text_and_takes_a_plain_default(write_job: JobWriter, tmp_path: Path) -> None:
+    """The issue's own template, ``default("none")`` without ``true``: a null cell is a missing value,
+    so it takes the default, and inside text it renders as nothing, never as the word None."""
+    sim = create_app()
+    rows = [{"q": "a", "context": None}, {"q": "b", "context": "doc"}]
+    prompt = """prompt = '{{ q }} [{{ context }}] {{ context | default("none") }}'"""
+    job = write_job(rows=rows, endpoint=SIM, request=prompt)
+    assert (await run(job, sim)).exit_code == ExitCode.OK
+    assert sorted(sim.stats.prompts()) == ["a [] none", "b [doc] doc"]
+
+
 def test_a_prompt_that_renders_empty_is_refused_before_sending(
     live: tuple[Simulator, str], write_job: JobWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

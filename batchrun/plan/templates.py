@@ -31,7 +31,26 @@ Renderer = Callable[[Mapping[str, Any]], Any]
 def _env() -> jinja2.Environment:
     import jinja2  # ~30 ms at start, for templates that are not a plain {{ column }}
 
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_blank_if_null
+    )
+    env.filters["default"] = env.filters["d"] = _default
+    return env
+
+
+def _blank_if_null(value: Any) -> Any:
+    """A null cell is a missing value: it renders as no text, not as the word ``None``."""
+    return "" if value is None else value
+
+
+def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
+    """Jinja's ``default``, which also takes a null cell as missing: ``{{ context | default("none") }}``
+    over a null ``context`` gives ``none`` (Jinja's own gives the null itself, rendered ``None``)."""
+    import jinja2
+
+    if value is None or isinstance(value, jinja2.Undefined) or (boolean and not value):
+        return default_value
+    return value
 
 
 def _column(src: str) -> str | None:
