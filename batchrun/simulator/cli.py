@@ -85,6 +85,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (401 otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default: 0)")
+    parser.add_argument(
+        "--close-after-response",
+        action="store_true",
+        help="advertise keep-alive, then close each connection after its response (as llama-server does)",
+    )
 
 
 def plan_from_args(args: argparse.Namespace) -> FaultPlan:
@@ -102,6 +107,7 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
         max_rps=args.max_rps,
         estimated_time_s=args.estimated_time,
         require_token=args.token,
+        close_after_response=args.close_after_response,
         seed=args.seed,
         **rates,
     )

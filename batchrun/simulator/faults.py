@@ -75,6 +75,9 @@ class FaultPlan:
     rate_wrong_content_type: float = 0.0
     rate_midstream_error: float = 0.0
     require_token: str | None = None
+    #: Advertise keep-alive, then close the connection once each response is complete, as llama.cpp's
+    #: llama-server does after a streamed answer (over a real socket only: in-process there is none).
+    close_after_response: bool = False
     seed: int = 0
     script: list[str] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)
