@@ -171,4 +171,14 @@ class Caller:
             error_kind=exc.kind,
             http_status=exc.http_status,
             error=redact(exc.message, self.secrets),
+            parsed=self._kept_answer(exc),
+        )
+
+    def _kept_answer(self, exc: RequestError) -> Parsed | None:
+        """A well-formed answer that did not fit the job is kept (its start as the text), redacted."""
+        if exc.answer is None and exc.raw is None:
+            return None
+        return Parsed(
+            text=None if exc.answer is None else redact(exc.answer, self.secrets),
+            raw=None if exc.raw is None else redact(exc.raw, self.secrets),
         )

@@ -34,6 +34,7 @@ _RATES = (
     ("--rate-truncated", "rate_truncated", "share answered 200 with a truncated JSON body or image"),
     ("--rate-wrong-content-type", "rate_wrong_content_type", "share answered 200 with a wrong content type"),
     ("--rate-midstream-error", "rate_midstream_error", "share of streams that end with a TGI error event"),
+    ("--rate-wrong-shape", "rate_wrong_shape", "share answered 200 with a whole answer of the wrong shape"),
 )
 
 ENDPOINTS = (
