@@ -127,9 +127,7 @@ class Caller:
         try:
             parsed = await self._exchange(request, started, sent_at)
         except RequestError as exc:
-            if not exc.unreachable:
-                self.health.answered()
-            elif fatal := self.health.failed(exc):
+            if fatal := self.health.failed(exc):
                 raise fatal from None
             raise
         self.health.succeeded()
