@@ -133,5 +133,5 @@ async def test_the_simulator_advertises_keep_alive_then_closes() -> None:
         received = await anyio.to_thread.run_sync(exchange, host, int(port))
     head, _, answer = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
-    assert b"connection: keep-alive" in head.lower() and b"keep-alive: timeout=5" in head.lower()
+    assert b"\r\nkeep-alive: timeout=5, max=100" in head.lower() and b"connection:" not in head.lower()
     assert json.loads(answer)["choices"][0]["message"]["content"] == expected_chat_text("m", messages)

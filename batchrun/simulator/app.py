@@ -53,8 +53,9 @@ from .stats import RequestRecord, SimStats
 #: sent), ``abort=False`` closes it after what was written (FIN). False when there is no such connection.
 Killer = Callable[[tuple[str, int] | None, bool], bool]
 
-#: What the close-after-response mode advertises before it closes (cpp-httplib's, in llama-server).
-KEEP_ALIVE_HEADERS = [(b"connection", b"keep-alive"), (b"keep-alive", b"timeout=5, max=100")]
+#: What the close-after-response mode advertises before it closes: llama-server's header, word for word
+#: (HTTP/1.1 keeps connections alive unless told otherwise, so it sends no ``Connection`` header).
+KEEP_ALIVE_HEADERS = [(b"keep-alive", b"timeout=5, max=100")]
 
 
 class ResetResponse(Response):
