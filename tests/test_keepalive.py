@@ -67,6 +67,17 @@ async def test_closed_pooled_connections_are_dropped_before_reuse(write_job: Job
     assert summary.exit_code == ExitCode.OK, summary.line()
     assert sim.stats.total == ROWS
     assert transport.connector is not None and transport.connector.dropped > 0
+    assert len(transport.connector.not_reused) == 1  # the server closes every connection: none is reused
+    assert_every_row_ok_first_time(tmp_path / "out")
+
+
+async def test_a_server_that_keeps_connections_alive_has_them_reused(write_job: JobWriter, tmp_path: Path) -> None:
+    sim = create_app()
+    transport = NetworkTransport(1, tls=False)
+    summary = await run_over_socket(sim, write_job, stream=True, transport=transport)
+    assert summary.exit_code == ExitCode.OK, summary.line()
+    assert transport.connector is not None
+    assert (transport.connector.dropped, transport.connector.not_reused, transport.resent) == (0, set(), 0)
     assert_every_row_ok_first_time(tmp_path / "out")
 
 

@@ -14,13 +14,19 @@ received it whole, so cannot have acted on it) is sent again at once, once, on a
 It is not an attempt: the dispatcher never sees it. A failure after the body was written (a reset,
 a disconnect while waiting for the answer) may have reached the server and is left to the
 dispatcher's retry policy, which counts it: sending it again silently could pay for it twice.
+No check sees a close still on its way (a busy server writes its last chunk, then closes a moment
+later), and a request written into it fails that way; so a server seen closing connections right
+after their answers is taken to close them all, and its connections are not reused any more.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import select
+import time
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -112,26 +118,53 @@ def peer_gone(protocol: ResponseHandler) -> bool:
 _fresh_connection = contextvars.ContextVar("batchrun_fresh_connection", default=False)
 
 
+#: A pooled connection found closed within this many seconds of its answer was closed because the
+#: answer ended, not because it sat idle past the server's keep-alive timeout (uvicorn's is 5 s).
+CLOSED_AFTER_ANSWER_S = 1.0
+#: After this many such closes, the server is taken to close every connection after its answer
+#: (llama-server does, after each streamed one) and its connections are not reused any more: the
+#: check before reuse cannot see a close that is still on its way, a new connection never races one.
+CLOSES_TO_STOP_REUSE = 2
+
+
 class CheckedConnector(aiohttp.TCPConnector):
-    """aiohttp's pool, minus pooled connections the server has closed (see the module docstring)."""
+    """aiohttp's pool, minus pooled connections the server has closed (see the module docstring), and
+    without reuse at all for a server that closes every connection after its answer."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._used: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()  # connections that carried a request
-        self.dropped = 0  # pooled connections found closed by the server before reuse
+        # when each connection that carried a request was last released: the reused ones are here
+        self._released: weakref.WeakKeyDictionary[ResponseHandler, float] = weakref.WeakKeyDictionary()
+        self._closes_after_answer: Counter[object] = Counter()
+        self.not_reused: set[object] = set()  # connection keys (host, port, ...) whose connections are not reused
+        self.dropped = 0  # pooled connections not reused: closed by the server, or of a host in not_reused
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:
         while True:
             conn = await super().connect(req, traces, timeout)
             protocol = conn.protocol
-            if protocol is None or protocol not in self._used:  # a new connection
-                if protocol is not None:
-                    self._used.add(protocol)
+            if protocol is None:
                 return conn
-            if not _fresh_connection.get() and not peer_gone(protocol):
+            released = self._released.pop(protocol, None)
+            if released is None or not self._unfit_for_reuse(req.connection_key, protocol, released):
+                conn.add_callback(functools.partial(self._note_release, protocol))
                 return conn
             self.dropped += 1
             conn.close()
+
+    def _unfit_for_reuse(self, key: object, protocol: ResponseHandler, released: float) -> bool:
+        if _fresh_connection.get() or key in self.not_reused:
+            return True
+        if not peer_gone(protocol):
+            return False
+        if time.monotonic() - released < CLOSED_AFTER_ANSWER_S:
+            self._closes_after_answer[key] += 1
+            if self._closes_after_answer[key] >= CLOSES_TO_STOP_REUSE:
+                self.not_reused.add(key)
+        return True
+
+    def _note_release(self, protocol: ResponseHandler) -> None:
+        self._released[protocol] = time.monotonic()
 
 
 class NetworkTransport(httpx.AsyncBaseTransport):
@@ -179,5 +212,8 @@ class NetworkTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
     def __repr__(self) -> str:
-        dropped = self.connector.dropped if self.connector is not None else 0
-        return f"NetworkTransport(tls={self.tls}, resent={self.resent}, closed_connections_dropped={dropped})"
+        c = self.connector
+        return (
+            f"NetworkTransport(tls={self.tls}, resent={self.resent}, "
+            f"pooled_connections_dropped={c.dropped if c else 0}, hosts_not_reused={len(c.not_reused) if c else 0})"
+        )
