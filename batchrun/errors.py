@@ -8,8 +8,9 @@ BatchrunError
 ├── OutputLockedError     exit 5: another run holds the output folder
 ├── SinkError             the output folder cannot be written (full disk, permissions)
 └── RequestError          one request failed; carries the endpoint's answer as context
-    ├── RetryableError    worth another attempt (429, 5xx, timeouts, resets, invalid 200 bodies)
-    ├── PermanentError    this row will never succeed as sent (400, 404, 422)
+    ├── RetryableError    worth another attempt (429, 5xx, timeouts, resets, broken 200 bodies)
+    ├── PermanentError    this row will never succeed as sent (400, 404, 422, a whole 200 answer
+    │                     that does not fit the job)
     └── FatalError        the endpoint refuses us (401, 403, bad URL): stop the whole job
 """
 
@@ -87,6 +88,9 @@ class RequestError(BatchrunError):
         retry_after: float | None = None,
         request_id: str | None = None,
         unreachable: bool = False,
+        reason: str | None = None,
+        answer: str | None = None,
+        raw: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -94,6 +98,12 @@ class RequestError(BatchrunError):
         self.http_status = http_status
         self.retry_after = retry_after
         self.request_id = request_id
+        # what went wrong without the parts that differ from row to row (a body excerpt), so failures
+        # can be compared; the message when None
+        self.reason = reason
+        # a well-formed answer that did not fit the job: its start, and all of it when raw is kept
+        self.answer = answer
+        self.raw = raw
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, http_status={self.http_status})"

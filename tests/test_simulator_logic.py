@@ -152,5 +152,7 @@ def test_cli_arguments_build_a_plan() -> None:
     )
     plan = plan_from_args(args)
     assert (plan.latency_ms, plan.rate_500, plan.rate_429, plan.require_token) == (50.0, 0.05, 0.1, "X")
+    assert not plan.close_after_response
+    assert plan_from_args(parser.parse_args(["--close-after-response"])).close_after_response
     with pytest.raises(SystemExit):
         parser.parse_args(["--rate-500", "2"])

@@ -131,9 +131,7 @@ class Caller:
         try:
             parsed = await self._exchange(request, started, sent_at)
         except RequestError as exc:
-            if not exc.unreachable:
-                self.health.answered()
-            elif fatal := self.health.failed(exc):
+            if fatal := self.health.failed(exc):
                 raise fatal from None
             raise
         self.health.succeeded()
@@ -175,4 +173,14 @@ class Caller:
             error_kind=exc.kind,
             http_status=exc.http_status,
             error=redact(exc.message, self.secrets),
+            parsed=self._kept_answer(exc),
+        )
+
+    def _kept_answer(self, exc: RequestError) -> Parsed | None:
+        """A well-formed answer that did not fit the job is kept (its start as the text), redacted."""
+        if exc.answer is None and exc.raw is None:
+            return None
+        return Parsed(
+            text=None if exc.answer is None else redact(exc.answer, self.secrets),
+            raw=None if exc.raw is None else redact(exc.raw, self.secrets),
         )

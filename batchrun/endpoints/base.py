@@ -15,6 +15,7 @@ from ..models import Parsed
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 FATAL_STATUS = frozenset({401, 403})
 EXCERPT_CHARS = 300
+ANSWER_START_CHARS = 500  # of a well-formed answer that did not fit the job, kept in response_text
 
 
 class StreamAssembler(Protocol):
@@ -131,6 +132,37 @@ def error_excerpt(content: bytes) -> str:
             text = err if isinstance(err, str) else json.dumps(err)
     text = " ".join(text.split())
     return text[:EXCERPT_CHARS] or "(empty body)"
+
+
+def error_report(data: Any) -> bool:
+    """A JSON error body: ``{"error": ...}`` (OpenAI, TGI, HF) or ``{"object": "error"}`` (vLLM)."""
+    return isinstance(data, dict) and (data.get("error") is not None or data.get("object") == "error")
+
+
+def answer_start(content: bytes) -> str | None:
+    """The first ``ANSWER_START_CHARS`` characters of an answer, for the manifest; None for binary bytes."""
+    head = content[: ANSWER_START_CHARS * 4]
+    if b"\x00" in head:
+        return None
+    return head.decode("utf-8", errors="replace")[:ANSWER_START_CHARS]
+
+
+def unfit_answer(reason: str, data: Any, content: bytes, *, keep_raw: bool = False) -> RequestError:
+    """The error for a 2xx JSON body that parsed but does not hold what the format promises.
+
+    A whole, well-formed answer of the wrong shape (a wrong ``response_path``, a chat answer without
+    choices) comes back the same way every time, and each time is paid for: the row fails for good,
+    with the start of the answer kept (all of it with ``keep_raw_response``). A body that reports an
+    error is the server failing under the wrong status, as a 5xx would: worth another attempt."""
+    if error_report(data):
+        return RetryableError(f"{reason}: the answer reports an error: {error_excerpt(content)}")
+    return PermanentError(
+        f"{reason} in the answer: {error_excerpt(content)}",
+        http_status=200,
+        reason=reason,
+        answer=answer_start(content),
+        raw=content.decode("utf-8", errors="replace") if keep_raw else None,
+    )
 
 
 def load_json(content: bytes) -> Any:

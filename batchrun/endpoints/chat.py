@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import RetryableError
 from ..models import Parsed
-from .base import error_excerpt, load_json
+from .base import load_json, unfit_answer
 from .sse import ChatStream
 
 
@@ -46,7 +45,7 @@ class ChatAdapter:
             choice = data["choices"][0]
             text = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise RetryableError(f"no choices[0].message in the response: {error_excerpt(content)}") from None
+            raise unfit_answer("no choices[0].message", data, content, keep_raw=self.keep_raw) from None
         usage = data.get("usage") or {}
         return Parsed(
             text=text if isinstance(text, str) else ("" if text is None else str(text)),

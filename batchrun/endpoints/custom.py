@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RetryableError, SpecError
+from ..errors import SpecError
 from ..models import Parsed
-from .base import error_excerpt, load_json
+from .base import load_json, unfit_answer
 
 if TYPE_CHECKING:
     import jmespath.parser
@@ -33,7 +33,7 @@ def compile_path(expression: str, where: str) -> jmespath.parser.ParsedResult:
 
 
 class CustomAdapter:
-    """Reads the answer at ``response_path``; a missing answer is retryable (a server's bad moment)."""
+    """Reads the answer at ``response_path``; nothing there fails the row for good (``unfit_answer``)."""
 
     streaming = False
     decodes_images = False
@@ -47,6 +47,6 @@ class CustomAdapter:
         data = load_json(content)
         value = self.path.search(data)
         if value is None:
-            raise RetryableError(f"nothing at {self.expression} in the response: {error_excerpt(content)}")
+            raise unfit_answer(f"nothing at {self.expression}", data, content, keep_raw=self.keep_raw)
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         return Parsed(text=text, raw=content.decode("utf-8", errors="replace") if self.keep_raw else None)

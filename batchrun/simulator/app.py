@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from . import handlers
 from .faults import Decision, FaultPlan, FaultState, Trigger, decide, token_ok
@@ -49,7 +49,13 @@ from .responses import (
 )
 from .stats import RequestRecord, SimStats
 
-Killer = Callable[[tuple[str, int] | None], bool]
+#: Ends a client's connection, found by its address: ``abort=True`` resets it (RST, nothing more is
+#: sent), ``abort=False`` closes it after what was written (FIN). False when there is no such connection.
+Killer = Callable[[tuple[str, int] | None, bool], bool]
+
+#: What the close-after-response mode advertises before it closes: llama-server's header, word for word
+#: (HTTP/1.1 keeps connections alive unless told otherwise, so it sends no ``Connection`` header).
+KEEP_ALIVE_HEADERS = [(b"keep-alive", b"timeout=5, max=100")]
 
 
 class ResetResponse(Response):
@@ -66,7 +72,7 @@ class ResetResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
-        if any(kill(client) for kill in list(self._killers)):
+        if any(kill(client, True) for kill in list(self._killers)):
             with anyio.move_on_after(1.0):
                 while (await receive())["type"] != "http.disconnect":
                     pass
@@ -142,9 +148,29 @@ class Simulator:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             endpoint = self._endpoint(scope["path"])
             if endpoint is not None:
+                if self.plan.close_after_response:
+                    send = self._closing(scope, send)
                 await endpoint(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _closing(self, scope: Scope, send: Send) -> Send:
+        """``send``, advertising keep-alive, then closing the connection once the response is whole:
+        the client finds out only when it reuses the connection (llama-server's behaviour)."""
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() not in (b"connection", b"keep-alive")
+                ]
+                message = {**message, "headers": kept + KEEP_ALIVE_HEADERS}
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                for kill in list(self._killers):
+                    if kill(scope.get("client"), False):
+                        break
+
+        return closing_send
 
     def _endpoint(self, path: str) -> Endpoint | None:
         """The simulated route at ``path``, as Starlette's routes would find it."""

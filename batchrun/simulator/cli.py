@@ -34,6 +34,7 @@ _RATES = (
     ("--rate-truncated", "rate_truncated", "share answered 200 with a truncated JSON body or image"),
     ("--rate-wrong-content-type", "rate_wrong_content_type", "share answered 200 with a wrong content type"),
     ("--rate-midstream-error", "rate_midstream_error", "share of streams that end with a TGI error event"),
+    ("--rate-wrong-shape", "rate_wrong_shape", "share answered 200 with a whole answer of the wrong shape"),
 )
 
 ENDPOINTS = (
@@ -85,6 +86,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (401 otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default: 0)")
+    parser.add_argument(
+        "--close-after-response",
+        action="store_true",
+        help="advertise keep-alive, then close each connection after its response (as llama-server does)",
+    )
 
 
 def plan_from_args(args: argparse.Namespace) -> FaultPlan:
@@ -102,6 +108,7 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
         max_rps=args.max_rps,
         estimated_time_s=args.estimated_time,
         require_token=args.token,
+        close_after_response=args.close_after_response,
         seed=args.seed,
         **rates,
     )

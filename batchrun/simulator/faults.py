@@ -36,6 +36,7 @@ RATE_FIELDS: tuple[tuple[str, str], ...] = (
     ("truncated", "rate_truncated"),
     ("wrong_content_type", "rate_wrong_content_type"),
     ("midstream_error", "rate_midstream_error"),
+    ("wrong_shape", "rate_wrong_shape"),
 )
 #: Outcomes a plan can force (script or trigger).
 FORCIBLE = frozenset({OK, "400", "401", "403"} | {kind for kind, _ in RATE_FIELDS})
@@ -74,7 +75,13 @@ class FaultPlan:
     rate_truncated: float = 0.0
     rate_wrong_content_type: float = 0.0
     rate_midstream_error: float = 0.0
+    #: a whole, well-formed 200 of the wrong shape: a chat completion without choices, HF text without
+    #: ``generated_text``, an SVG for an image, an image URL instead of ``b64_json``
+    rate_wrong_shape: float = 0.0
     require_token: str | None = None
+    #: Advertise keep-alive, then close the connection once each response is complete, as llama.cpp's
+    #: llama-server does after a streamed answer (over a real socket only: in-process there is none).
+    close_after_response: bool = False
     seed: int = 0
     script: list[str] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)

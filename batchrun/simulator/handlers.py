@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,8 @@ async def chat(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Respo
         return fault
     reply = chat_reply(model, messages, max_tokens)
     cid = sim.next_id("chatcmpl")
+    if decision.outcome == "wrong_shape":  # a whole answer without choices, asked for a stream or not
+        return FastJSONResponse({**chat_completion(cid, model, reply), "choices": []})
     if not stream:
         return _ok_json(chat_completion(cid, model, reply), decision.outcome, reply.text)
     if decision.outcome == "wrong_content_type":  # a server that ignores "stream": true
@@ -78,6 +81,16 @@ async def chat(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Respo
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def svg_image(prompt: str, width: int | None, height: int | None) -> bytes:
+    """A small SVG picture of ``prompt`` (the wrong-shape answer of the image routes)."""
+    w, h = width or 64, height or 64
+    title = html.escape(prompt)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}"><title>{title}</title>'
+        f'<rect width="{w}" height="{h}" fill="#4a7"/></svg>'
+    ).encode()
 
 
 def is_image_request(model: str, parameters: Mapping[str, Any]) -> bool:
@@ -113,6 +126,8 @@ async def hf_models(sim: Simulator, request: Incoming, body: dict[str, Any]) -> 
     if fault is not None:
         return fault
     text = expected_generated_text(model, inputs, parameters)
+    if decision.outcome == "wrong_shape":  # another task's answer: no generated_text
+        return FastJSONResponse([{"summary_text": text}])
     return _ok_json([{"generated_text": text}], decision.outcome, text)
 
 
@@ -133,6 +148,8 @@ async def hf_image(sim: Simulator, request: Incoming, body: dict[str, Any]) -> R
         return fault
     if decision.outcome == "wrong_content_type":
         return FastJSONResponse({"error": "Image generation failed (simulated)"})
+    if decision.outcome == "wrong_shape":  # a whole picture, in a format batchrun does not keep
+        return Response(svg_image(inputs, width, height), media_type="image/svg+xml")
     fmt = "jpeg" if wants_jpeg(request.accept) else "png"
     data = render_image(inputs, seed=seed, width=width, height=height, fmt=fmt)
     if decision.outcome == "truncated":
@@ -160,6 +177,9 @@ async def openai_images(sim: Simulator, request: Incoming, body: dict[str, Any])
     fault = sim.common_fault("openai", decision)
     if fault is not None:
         return fault
+    if decision.outcome == "wrong_shape":  # links, although b64_json was asked for
+        links = [{"url": f"https://images.invalid/{sim.next_id('img')}.{fmt}"} for _ in range(n)]
+        return FastJSONResponse({"created": int(time.time()), "data": links})
     data = []
     for i in range(n):
         b64 = base64.b64encode(render_image(prompt, seed=(seed or 0) + i, width=width, height=height, fmt=fmt)).decode()

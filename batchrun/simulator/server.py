@@ -36,13 +36,17 @@ class EmbeddedServer(uvicorn.Server):
 
 
 def _killer(server: uvicorn.Server) -> Killer:
-    """Abort a client's connection with an RST (SO_LINGER 0), found by its remote address."""
+    """End a client's connection, found by its remote address: abort it with an RST (SO_LINGER 0),
+    or close it once what was written has gone out (FIN)."""
 
-    def kill(client: tuple[str, int] | None) -> bool:
+    def kill(client: tuple[str, int] | None, abort: bool) -> bool:
         for conn in list(server.server_state.connections):
             transport = getattr(conn, "transport", None)
             if client is None or transport is None or getattr(conn, "client", None) != client:
                 continue
+            if not abort:
+                transport.close()
+                return True
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
