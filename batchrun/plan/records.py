@@ -171,8 +171,9 @@ def json_records(data: bytes) -> list[dict[str, Any]]:
             raise BadRecord(number, f"not JSON: {exc.msg} (column {exc.colno})") from None
         except (ValueError, RecursionError) as exc:
             raise BadRecord(number, str(exc)) from None
-        if end < len(line) and line[end:].strip(_BLANK):
-            raise BadRecord(number, f"more after the record at column {end + 1}: {_excerpt(line[end:])}")
+        if end < len(line) and (rest := line[end:].lstrip(_BLANK)).rstrip(_BLANK):
+            column = len(line) - len(rest) + 1
+            raise BadRecord(number, f"more after the record at column {column}: {_excerpt(rest)}")
         if type(value) is not dict:
             raise BadRecord(number, f"a record is a JSON object, not {_KINDS.get(type(value), 'a number')}")
         records.append(value)
