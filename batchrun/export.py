@@ -13,7 +13,7 @@ from .errors import InputError, JobError
 from .owner import JOB_POINTER, check_owner, claim, read_owner
 from .plan.occurrences import Occurrences
 from .plan.planner import Planner
-from .plan.reader import Table
+from .plan.reader import Table, plain
 from .sink.files import write_atomic
 from .sink.layout import IMAGES_DIR
 from .sink.manifest import scan_latest
@@ -79,7 +79,7 @@ def keyed_input(job: Job) -> pl.DataFrame:
             frames.append(frame.select(pl.all().gather(indices)))
             if planner.occurrences.flush_due:
                 planner.occurrences.flush()
-    rows = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+    rows = plain(pl.concat(frames, how="vertical_relaxed")) if frames else pl.DataFrame()
     return rows.with_columns(pl.Series("request_key", keys, dtype=pl.String))
 
 

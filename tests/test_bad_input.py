@@ -101,6 +101,31 @@ TABLE_CASES: dict[str, tuple[str, dict[str, bytes], str]] = {
         {"in.jsonl": b'{"id": 1, "question": "a"}\n\n{"id": 2, "question": "b}\n{"id": 3, "question": "c"}\n'},
         "cannot read input {tmp}/in.jsonl, line 3: ",
     ),
+    "a duplicate key in a JSONL record": (
+        'input = "in.jsonl"',
+        {"in.jsonl": b'{"id": 1, "question": "a"}\n{"id": 2, "question": "b", "id": 3}\n'},
+        "cannot read input {tmp}/in.jsonl, line 2: the key 'id' appears twice in one object",
+    ),
+    "a JSONL line that is not an object": (
+        'input = "in.jsonl"',
+        {"in.jsonl": b'{"id": 1, "question": "a"}\n[2, "b"]\n'},
+        "cannot read input {tmp}/in.jsonl, line 2: a record is a JSON object, not an array",
+    ),
+    "two JSONL records on one line": (
+        'input = "in.jsonl"',
+        {"in.jsonl": b'{"id": 1, "question": "a"} {"id": 2, "question": "b"}\n'},
+        "cannot read input {tmp}/in.jsonl, line 1: more after the record at column 28: ",
+    ),
+    "a JSONL number beyond a float": (
+        'input = "in.jsonl"',
+        {"in.jsonl": b'{"id": 1, "question": "a", "w": 1e400}\n'},
+        "cannot read input {tmp}/in.jsonl, line 1: the number 1e400 is beyond the range of a float",
+    ),
+    "a JSONL NaN": (
+        'input = "in.jsonl"',
+        {"in.jsonl": b'{"id": 1, "question": "a"}\n\n{"id": 2, "question": "b", "w": NaN}\n'},
+        "cannot read input {tmp}/in.jsonl, line 3: NaN is not a JSON value",
+    ),
     "a glob with one file unlike the others": (
         'input = "in/*.csv"',
         {

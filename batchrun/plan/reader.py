@@ -9,7 +9,14 @@ file (RssAnon 350 MiB at 10M short rows, against 50 MiB by blocks; no option of 
 CSV and TSV cells are text exactly as written (``007`` stays ``007``, ``1.10`` stays ``1.10``) unless
 ``[input] schema`` gives a column a type: a type inferred from the first rows would change how every
 earlier row is sent when a later row does not fit it. An empty unquoted cell is null (missing), a
-quoted ``""`` the empty string. NDJSON and Parquet keep their own types.
+quoted ``""`` the empty string. Parquet keeps its own types.
+
+NDJSON keeps each value's own JSON type, record by record (``records.json_records``): ``1`` stays an
+int, ``1.0`` a float, nested objects and arrays Python dicts and lists, whatever the other records
+hold, so that no record changes how another is sent. Its frames have ``pl.Object`` columns holding
+those values. The columns are the keys of the first ``INFER_ROWS`` records of the first file, in the
+order first seen (the template columns are checked against them before the whole table is read); a
+key that a record lacks is null, and a key that first appears later is not a column.
 
 Polars errors are translated here, once, into ``InputError`` naming the file (and the line, for a
 bad record of a text table).
@@ -18,6 +25,7 @@ bad record of a text table).
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,7 +35,16 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..errors import InputError, TemplateError
-from .records import blocks, first_record_end, last_record_end, open_records, record_ends
+from .records import (
+    BadRecord,
+    Readable,
+    blocks,
+    first_record_end,
+    json_records,
+    last_record_end,
+    open_records,
+    record_ends,
+)
 from .sources import FORMATS, input_files, is_glob, table_kind
 
 if TYPE_CHECKING:  # the reader is also used without a job (bench/reader.py): no pydantic for it
@@ -42,7 +59,9 @@ BLOCK_BYTES = 1 << 20
 read no faster and hold more: peak RssAnon at 10M short rows is 50 MiB with 1 MiB blocks, 64 with 2,
 88 with 4 (bench/reader.py --block-bytes)."""
 
-INFER_ROWS = 10_000  # NDJSON: the rows of the first file its types are inferred from
+INFER_ROWS = 10_000  # NDJSON: the records of the first file its columns are taken from
+
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some editors write first
 
 BOOLS = {"true": True, "false": False}  # any case
 
@@ -95,7 +114,7 @@ def reason_of(exc: BaseException) -> str:
 def input_errors(source: str) -> Iterator[None]:
     try:
         yield
-    except (pl.exceptions.PolarsError, OSError, BadValue) as exc:
+    except (pl.exceptions.PolarsError, OSError, BadValue, BadRecord) as exc:
         raise InputError(f"cannot read input {source}: {reason_of(exc)}") from None
 
 
@@ -115,6 +134,19 @@ def maybe_empty(column: pl.Expr, dtype: PolarsDataType) -> pl.Expr:
     if isinstance(dtype, pl.Struct):
         return pl.any_horizontal(maybe, *(maybe_empty(column.struct.field(f.name), f.dtype) for f in dtype.fields))
     return maybe
+
+
+def value_maybe_empty(value: Any) -> bool:
+    """``maybe_empty`` for one value as JSON gives it."""
+    if value is None or value is False or value == 0:  # 0.0 too; True == 1 is not 0
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, list):
+        return not value or any(value_maybe_empty(v) for v in value)
+    if isinstance(value, dict):
+        return not value or any(value_maybe_empty(v) for v in value.values())
+    return False
 
 
 def _renders_empty(renders_empty: Callable[[dict[str, Any]], bool], row: dict[str, Any], index: int) -> bool:
@@ -193,26 +225,41 @@ class Table:
         return header, pl.Schema(dict.fromkeys(columns, pl.String()))
 
     def _ndjson_schema(self) -> pl.Schema:
-        """The types of the first ``INFER_ROWS`` records of the first file, as polars infers them."""
-        path = self.paths[0]
-        with contextlib.closing(open_records(path)) as file:
-            head = b""
-            for block in blocks(file, self.block_bytes, quoted=False):
-                head += block
-                if head.count(b"\n") >= INFER_ROWS:
+        """The keys of the first ``INFER_ROWS`` records of the first file, each an object column."""
+        path, names, seen = self.paths[0], dict[str, None](), 0
+        with input_errors(path), contextlib.closing(open_records(path)) as file:
+            for records in self._json_blocks(path, file):
+                for record in records[: INFER_ROWS - seen]:
+                    names.update(dict.fromkeys(record))
+                seen += len(records)
+                if seen >= INFER_ROWS:
                     break
-        if not head.strip():
+        if not seen:
             raise InputError(f"cannot read input {path}: the file is empty")
-        lines = head.split(b"\n")
-        sample = b"\n".join(lines[:INFER_ROWS] if len(lines) > INFER_ROWS else lines)
+        if not names:
+            raise InputError(f"cannot read input {path}: its first records have no keys (no columns)")
+        return pl.Schema(dict.fromkeys(names, pl.Object()))
 
-        def infer(data: bytes) -> pl.DataFrame:
-            return pl.read_ndjson(data, infer_schema_length=INFER_ROWS)
+    def _json_blocks(self, path: str, file: Readable) -> Iterator[list[dict[str, Any]]]:
+        """The records of ``path`` (open as ``file``) a block at a time; a bad one is named by its line."""
+        line = 1
+        for block in blocks(file, self.block_bytes, quoted=False):
+            try:
+                yield json_records(block[len(BOM) :] if line == 1 and block.startswith(BOM) else block)
+            except BadRecord as exc:
+                raise InputError(f"cannot read input {path}, line {line + exc.line}: {exc}") from None
+            line += block.count(b"\n")
 
-        try:
-            return infer(sample).schema
-        except pl.exceptions.PolarsError as exc:
-            raise self._locate(path, b"", sample, 1, exc, infer) from None
+    def _records(self) -> Iterator[list[dict[str, Any]]]:
+        """An NDJSON table's records, a block at a time, file after file."""
+        for path in self.paths:
+            with input_errors(path), contextlib.closing(open_records(path)) as file:
+                yield from self._json_blocks(path, file)
+
+    def _object_frame(self, records: list[dict[str, Any]]) -> pl.DataFrame:
+        return pl.DataFrame(
+            [pl.Series(name, [record.get(name) for record in records], dtype=pl.Object) for name in self.columns]
+        )
 
     def inspect(
         self, prompt_columns: Iterable[str] = (), renders_empty: Callable[[dict[str, Any]], bool] | None = None
@@ -224,6 +271,8 @@ class Table:
         are rendered, by ``renders_empty`` (given those columns of the row); without it, each such
         row counts as empty."""
         columns = [c for c in prompt_columns if c in self.columns]
+        if self.kind == "ndjson":
+            return self._inspect_records(columns, renders_empty)
         exprs = [pl.len().alias("__rows"), pl.all().null_count()]
         if columns:
             maybe = pl.any_horizontal([maybe_empty(pl.col(c), self.schema[c]) for c in columns])
@@ -239,6 +288,24 @@ class Table:
                         empties += 1
                         first = rows + at if first is None else first
                 rows += int(stats["__rows"])
+        if rows == 0:
+            raise InputError(f"input {self.source}: the table has no rows")
+        return TableStats(rows=rows, empty_prompts=empties, first_empty=first)
+
+    def _inspect_records(
+        self, columns: list[str], renders_empty: Callable[[dict[str, Any]], bool] | None
+    ) -> TableStats:
+        """``inspect`` for NDJSON, on the values as parsed (they have no one polars type)."""
+        rows, empties, first = 0, 0, None
+        for records in self._records():
+            for at, record in enumerate(records):
+                if not any(value_maybe_empty(record.get(c)) for c in columns):
+                    continue
+                row = {c: record.get(c) for c in columns}
+                if renders_empty is None or _renders_empty(renders_empty, row, rows + at):
+                    empties += 1
+                    first = rows + at if first is None else first
+            rows += len(records)
         if rows == 0:
             raise InputError(f"input {self.source}: the table has no rows")
         return TableStats(rows=rows, empty_prompts=empties, first_empty=first)
@@ -294,29 +361,30 @@ class Table:
                 offset = next_row(offset + frame.height)
 
     def _text_frames(self) -> Iterator[pl.DataFrame]:
-        """A text table block by block (see ``blocks``), each block parsed as text (CSV/TSV) or with
-        the schema inferred at open (NDJSON), then given the types ``[input] schema`` asks for. A CSV
+        """A text table block by block (see ``blocks``): NDJSON record by record, CSV/TSV parsed as
+        text, then given the types ``[input] schema`` asks for. A CSV
         block is parsed behind its file's header line, so that polars reads it as it reads a whole
         file (a first line with fewer fields, say, means the same to it). A block that fails is
         parsed again a part at a time to find the line of the first bad record."""
-        quoted = self.kind != "ndjson"
+        if self.kind == "ndjson":
+            for records in self._records():
+                yield self._object_frame(records)
+            return
         for path in self.paths:
             with input_errors(path), contextlib.closing(open_records(path)) as file:
                 header, line = b"", 1
-                for block in blocks(file, self.block_bytes, quoted=quoted):
+                for block in blocks(file, self.block_bytes, quoted=True):
                     body = block
-                    if quoted and not header:
+                    if not header:
                         header = block[: first_record_end(block)]
                         body, line = block[len(header) :], 1 + header.count(b"\n")
                     try:
-                        yield self._parse(header + body if header else body)
+                        yield self._parse(header + body)
                     except (pl.exceptions.PolarsError, BadValue) as exc:
                         raise self._locate(path, header, body, line, exc) from None
                     line += body.count(b"\n")
 
     def _parse(self, data: bytes) -> pl.DataFrame:
-        if self.kind == "ndjson":
-            return pl.read_ndjson(data, schema=self.read_schema)
         frame = pl.read_csv(data, separator=self.separator, schema=self.read_schema)
         if not self.casts:
             return frame
@@ -335,18 +403,16 @@ class Table:
         body: bytes,
         line: int,
         exc: Exception,
-        parse: Callable[[bytes], Any] | None = None,
     ) -> InputError:
         """The error for a block of ``path`` that failed to parse, naming the line (``body`` starts on
         line ``line``) of its first bad record: the shortest run of records from the block's start
         that fails ends with it (bisection: ~14 parses of a 1 MiB block, only when a block fails)."""
-        parse = parse or self._parse
-        ends = record_ends(body, quoted=self.kind != "ndjson")
+        ends = record_ends(body, quoted=True)
         low, high, error = 0, len(ends), exc
         while low < high:
             middle = (low + high) // 2
             try:
-                parse(header + body[: ends[middle]])
+                self._parse(header + body[: ends[middle]])
             except (pl.exceptions.PolarsError, BadValue) as failed:
                 high, error = middle, failed
             else:
@@ -360,6 +426,28 @@ class Table:
         """Rows as dicts, ``size`` at a time, in input order."""
         for frame in self.frames(size):
             yield frame.to_dicts()
+
+
+def plain(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its object columns (NDJSON values) given one polars type each, for writing
+    out: the type polars gives the values if it holds each of them as it is (ints and floats
+    make floats), or else JSON text (strings as they are)."""
+    objects = [name for name, dtype in frame.schema.items() if dtype == pl.Object]
+    return frame.with_columns(_typed(frame[name]) for name in objects) if objects else frame
+
+
+def _typed(column: pl.Series) -> pl.Series:
+    values = column.to_list()
+    with contextlib.suppress(pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        typed = pl.Series(column.name, values, strict=False)
+        if all(_same(a, b) for a, b in zip(values, typed.to_list(), strict=True)):
+            return typed
+    text = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
+    return pl.Series(column.name, text, dtype=pl.String)
+
+
+def _same(value: Any, held: Any) -> bool:
+    return bool(value == held) and (type(value) is bool) == (type(held) is bool)  # True == 1 in Python
 
 
 def _listing(schema: pl.Schema) -> str:

@@ -4,6 +4,8 @@ or zstd, so that a compressed table is read in the same flat memory as a plain o
 from __future__ import annotations
 
 import gzip
+import json
+import math
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +112,77 @@ def blocks(file: Readable, size: int, *, quoted: bool) -> Iterator[bytes]:
         rest = data[end:]
     if rest:
         yield rest
+
+
+class BadRecord(ValueError):
+    """A line of a JSON Lines table that is not one JSON object; ``line`` counts from 0 in its block."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        names = [key for key, _ in pairs]
+        twice = next(key for at, key in enumerate(names) if key in names[:at])
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return record
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is beyond the range of a float")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# Python's own decoder: integers of any size stay exact (orjson makes a float of one beyond 64 bits),
+# and its hooks refuse a duplicate key, NaN/Infinity and a float that overflows, which would
+# otherwise be sent changed (the last key wins) or as invalid JSON.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_finite, parse_constant=_not_json)
+_BLANK = " \t\r"  # JSON's whitespace, besides the newline that ends a record
+
+
+def json_records(data: bytes) -> list[dict[str, Any]]:
+    """The records of a block of JSON Lines, each a dict of values exactly as JSON gives them (int,
+    float, str, bool, None, list, dict), independent of every other record. Blank lines are
+    skipped; a line that is not one JSON object raises ``BadRecord`` naming it."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        at = data.count(b"\n", 0, exc.start)
+        raise BadRecord(at, "bytes that are not UTF-8 (is the file saved as UTF-8?)") from None
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(text.split("\n")):
+        start = 0
+        if not line.startswith("{"):
+            start = len(line) - len(line.lstrip(_BLANK))
+            if start == len(line):
+                continue
+        try:
+            value, end = _DECODER.raw_decode(line, start)
+        except json.JSONDecodeError as exc:
+            raise BadRecord(number, f"not JSON: {exc.msg} (column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:
+            raise BadRecord(number, str(exc)) from None
+        if end < len(line) and (rest := line[end:].lstrip(_BLANK)).rstrip(_BLANK):
+            column = len(line) - len(rest) + 1
+            raise BadRecord(number, f"more after the record at column {column}: {_excerpt(rest)}")
+        if type(value) is not dict:
+            raise BadRecord(number, f"a record is a JSON object, not {_KINDS.get(type(value), 'a number')}")
+        records.append(value)
+    return records
+
+
+_KINDS = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _excerpt(text: str, width: int = 20) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= width else text[:width] + "...")
