@@ -47,7 +47,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("job", help="the job file (TOML)")
     run.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     run.add_argument("--retry-failed", action="store_true", help="send permanently failed requests again")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress, no start line, no failure breakdown: only the summary line")
+    run.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress, no start line, no failure breakdown: only the summary line",
+    )
     run.add_argument(
         "--progress", choices=["auto", "bar", "lines"], default="auto", help="bar on a terminal, lines otherwise"
     )

@@ -26,7 +26,7 @@ from .shape import job_body_template, prompt_template
 from .sources import input_files
 
 INDEX_DIR = "plan-index"
-RECIPE = 3  # bump when the request-key recipe, the parts' columns or how input cells are read change
+RECIPE = 4  # bump when the request-key recipe, the parts' columns or how input cells are read change
 ENTRY = {"row_index": pl.Int64, "sample": pl.Int32, "key": pl.String, "content": pl.UInt64, "shared": pl.Boolean}
 #: and the key's first 64 bits (``short_key``, null for a skipped row), so that a resume can count
 #: and match the done keys without reading a million key strings

@@ -63,7 +63,6 @@ INFER_ROWS = 10_000  # NDJSON: the records of the first file its columns are tak
 
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some editors write first
 
-BOOLS = {"true": True, "false": False}  # any case
 
 #: ``[input] schema`` types, and how a text cell becomes one (a cell that does not fit is an error)
 TYPES: dict[str, tuple[pl.DataType, Callable[[pl.Expr], pl.Expr]]] = {
