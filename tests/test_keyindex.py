@@ -14,7 +14,7 @@ from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, writ
 
 from batchrun.models import DoneKeys, short_key
 from batchrun.plan.feed import Feed
-from batchrun.plan.keyindex import INDEX_DIR, KeyIndex, fingerprint
+from batchrun.plan.keyindex import INDEX_DIR, PlanIndex
 from batchrun.plan.planner import Planner
 from batchrun.plan.reader import Table
 from batchrun.runner import run_job
@@ -47,18 +47,17 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
 
     # a first run keys the first 120 rows (in batches of 40), then dies; some of them were done
     first = Planner(job)
-    feed = Feed.open(job, first, DoneKeys())
+    feed = Feed.open(job, first)
     for start in range(0, 120, 40):
         list(feed.requests(start, frame.slice(start, 40)))
-        part = feed.journal_part(final=True)
-        assert part is not None
-        feed.write(part)
+        feed.checkpoint(final=True)
+        assert first.journal == []
     done_keys = [k for (i, _, k) in expected if i < 120 and rng.random() < 0.7]
 
     # the resumed run: of rows 0..119, only those with work left are read and rendered; the rest
     # of the input is planned as usual
     second = Planner(job, DoneKeys.of(ok=done_keys))
-    resumed = Feed.open(job, second, second.done_keys)
+    resumed = Feed.open(job, second)
     assert resumed.covered == 120
     got, read = [], []
     for start, part in resumed.slices(Table(job.input), 50):
@@ -73,16 +72,16 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
 
     # frames that straddle the end of the index, handed over as they come, plan the same
     third = Planner(job, DoneKeys.of(ok=done_keys))
-    straddled = Feed.open(job, third, third.done_keys)
+    straddled = Feed.open(job, third)
     again = [(r.row_index, r.sample, r.key) for i in range(0, 300, 70) for r in straddled.requests(i, frame[i:][:70])]
     assert sorted(again) == sorted(got) and third.counts == full.counts
 
-    # the ok keys handed over as read (a column), joining the planner's set only when rows past
-    # the index are planned; one of them from an older job: stale either way
+    # the ok keys handed over as read (a column): only those no indexed row asks for join the
+    # planner's set; one of them from an older job, stale
     fourth = Planner(job)
     column = pl.Series([short_key(k) for k in [*done_keys, "f" * 32]], dtype=pl.UInt64)
-    deferred = Feed.open(job, fourth, fourth.done_keys, column)
-    assert deferred.stale == 1 and not fourth.done_keys
+    deferred = Feed.open(job, fourth, column)
+    assert deferred.stale == 1 and len(fourth.done_keys) == 1
     last = [
         (r.row_index, r.sample, r.key)
         for s, f in deferred.slices(Table(job.input), 50)
@@ -150,8 +149,7 @@ async def test_a_stopped_run_keeps_the_index_of_the_rows_it_planned(
     stopped = await run_job(load_job(job_path), transport=httpx.MockTransport(refuse_after_50), quiet=True)
     assert stopped.fatal and stopped.ok < 3 * 3000
     job = load_job(job_path)
-    loaded = KeyIndex(job.output_dir, fingerprint(job)).load()
-    assert loaded is not None and 0 < loaded[0] < 3000
+    assert 0 < PlanIndex.open(job, note=False).covered < 3000
 
     resumed = await run_job(job, transport=endpoint.transport(), quiet=True)
     assert resumed.counts.rows == 3000 and resumed.counts.done == stopped.ok
