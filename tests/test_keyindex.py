@@ -3,14 +3,18 @@ re-plan would, and the index is dropped whenever the job or the input changes.""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import shutil
 from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from batchrun.models import DoneKeys, short_key
 from batchrun.plan.feed import Feed
@@ -21,9 +25,13 @@ from batchrun.runner import run_job
 from batchrun.spec import load_job
 
 
-def rows_with_duplicates(n: int, seed: int) -> list[dict[str, object]]:
+def rows_with_duplicates(n: int, seed: int, empty: float = 0.0) -> list[dict[str, object]]:
+    """Questions that repeat (about three times each), and a share ``empty`` of blank ones."""
     rng = random.Random(seed)
-    return [{"id": i, "question": rng.choice(["", "a", "b", "c"]) + str(rng.randint(0, n // 3))} for i in range(n)]
+    return [
+        {"id": i, "question": " " if rng.random() < empty else rng.choice("abc") + str(rng.randint(0, n // 3))}
+        for i in range(n)
+    ]
 
 
 def full_plan(job_path: Path, rows: list[dict[str, object]]) -> list[tuple[int, int, str]]:
@@ -89,6 +97,60 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
     ]
     assert sorted(last) == sorted(got) and fourth.counts == full.counts
     assert deferred.stale == 1 and len(fourth.done_keys) == 1  # the index accounts for the others
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stop=st.integers(0, 450),
+    batch=st.integers(1, 70),
+    read=st.integers(1, 70),
+    dedupe=st.booleans(),
+    samples=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+)
+def test_a_run_stopped_anywhere_resumes_exactly_as_a_full_plan(
+    write_job: JobWriter, tmp_path: Path, stop: int, batch: int, read: int, dedupe: bool, samples: int, seed: int
+) -> None:
+    """A first run plans frames of ``batch`` rows and is stopped after ``stop`` requests (mid-row,
+    at a row's end or never), having sent some of them (ok, or failed for good); the next run,
+    reading slices of ``read`` rows through the index, plans what a full re-plan would, in order,
+    with the same counts and stale keys."""
+    rows = rows_with_duplicates(150, seed, empty=0.1)
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    job_path = write_job(
+        rows=rows,
+        top=f'dedupe = {str(dedupe).lower()}\nempty_prompts = "skip"',
+        request=f'prompt = "{{{{ question }}}}"\nsamples = {samples}',
+    )
+    job = load_job(job_path)
+    frame = pl.DataFrame(rows)
+
+    first = Feed.open(job, Planner(job))
+    planned: list[str] = []
+    whole = False
+    for start in range(0, len(rows), batch):
+        planned += [
+            r.key for r in itertools.islice(first.requests(start, frame.slice(start, batch)), stop - len(planned))
+        ]
+        if len(planned) >= stop:
+            first.checkpoint(final=True, stopped=True)
+            break
+        first.checkpoint(final=True)  # a part per frame
+    else:
+        whole = True
+    rng = random.Random(seed)
+    sent = [k for k in planned if rng.random() < 0.8]
+    ok = [k for k in sent if rng.random() < 0.9] + ["f" * 32]  # and one key of an older job
+    failed = [k for k in sent if k not in ok]
+
+    full = Planner(job, DoneKeys.of(ok=ok, failed=failed))
+    expected = [(r.row_index, r.sample, r.key) for r in full.plan(rows)]
+    second = Planner(job, DoneKeys.of(failed=failed))
+    feed = Feed.open(job, second, pl.Series([short_key(k) for k in ok], dtype=pl.UInt64), note=False)
+    assert feed.covered == len(rows) if whole else feed.covered < len(rows)
+    got = [(r.row_index, r.sample, r.key) for s, f in feed.slices(Table(job.input), read) for r in feed.requests(s, f)]
+    assert got == expected
+    assert second.counts == full.counts and feed.stale == full.stale == 1
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
