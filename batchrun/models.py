@@ -120,8 +120,7 @@ class DoneKeys:
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """``np.unique`` by sorting: numpy 2.4's ``np.unique`` takes a hash table for plain integers,
-    9.8 s for 9M keys here against 0.6 s for a sort and a mask."""
+    """``np.unique`` by a sort and a mask: 0.6 s for 9M keys, where ``np.unique`` took 9.8 s."""
     import numpy as np
 
     ordered = np.sort(values)
