@@ -16,7 +16,7 @@ from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, writ
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrun.models import DoneKeys, short_key
+from batchrun.models import DoneKeys, short_key, short_keys
 from batchrun.plan.feed import Feed
 from batchrun.plan.keyindex import INDEX_DIR, PlanIndex
 from batchrun.plan.planner import Planner
@@ -245,3 +245,10 @@ async def test_a_rewritten_input_with_the_same_size_and_time_is_noticed(
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and modification time
     summary = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
     assert (summary.ok, summary.counts.done) == (50, 0)  # every new prompt was sent
+
+
+@given(st.lists(st.binary(min_size=16, max_size=16).map(bytes.hex), max_size=50))
+def test_a_column_of_keys_has_the_same_short_keys_as_each_key(keys: list[str]) -> None:
+    """The manifest and the plan index match keys by ``short_keys``, the planner by ``short_key``."""
+    column = pl.DataFrame({"key": keys}, schema={"key": pl.String}).select(short_keys(pl.col("key")))
+    assert column.to_series().to_list() == [short_key(k) for k in keys]
