@@ -11,15 +11,13 @@ from .endpoints.custom import CustomAdapter
 from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
 from .errors import InputError
 from .models import DoneKeys
-from .plan.feed import Feed
+from .plan.feed import BATCH_ROWS, Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
 from .plan.reader import Table
 from .plan.shape import check_columns, prompt_columns
 from .sink.manifest import read_done
 from .spec import Job
-
-BATCH_ROWS = 2048  # input rows read, planned and noted in the plan index at a time
 
 
 def make_adapter(job: Job) -> Adapter:
@@ -59,12 +57,11 @@ def open_input(job: Job) -> tuple[Table, int]:
     return table, stats.rows
 
 
-def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> tuple[Planner, Feed]:
+def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> Feed:
     """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
     call it in a thread)."""
     done = read_done(job.output_dir, retry_failed=retry_failed)
-    planner = Planner(job, DoneKeys(failed=done.failed), occurrences)  # the ok keys follow, through the feed
-    return planner, Feed.open(job, planner, planner.done_keys, done.ok, note=note)
+    return Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note)
 
 
 async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
@@ -73,13 +70,12 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
     occurrences = Occurrences(rows * job.request.samples)
 
     def count() -> tuple[PlanCounts, int]:
-        planner, feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
+        feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
         for start, frame in feed.slices(table, BATCH_ROWS):
             for _ in feed.requests(start, frame):
                 pass
-            if occurrences.flush_due:  # as a run does (count() alone spills at 4x: +15 MiB of dict)
-                occurrences.flush()
-        return planner.counts, feed.stale
+            feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
+        return feed.planner.counts, feed.stale
 
     with occurrences:
         return await anyio.to_thread.run_sync(count)

@@ -7,16 +7,15 @@ request sent.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import TextIO
 
 import anyio
 import httpx
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
@@ -27,11 +26,11 @@ from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
 from .errors import ExitCode, JobError
 from .export import remember_job
-from .log import event
 from .models import Request, Result
+from .plan.feed import produce
 from .plan.occurrences import Occurrences
 from .plan.shape import completion_cap
-from .prepare import BATCH_ROWS, make_adapter, open_input, open_plan
+from .prepare import make_adapter, open_input, open_plan
 from .progress import Progress
 from .sink.files import remove_temp_files
 from .sink.images import ImageStore
@@ -90,11 +89,14 @@ async def run_job(
         await anyio.to_thread.run_sync(remember_job, job)
         occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
         stack.callback(occurrences.close)
-        planner, feed = await anyio.to_thread.run_sync(
-            lambda: open_plan(job, occurrences, retry_failed=retry_failed, note=True)
-        )
+        feed = await anyio.to_thread.run_sync(lambda: open_plan(job, occurrences, retry_failed=retry_failed, note=True))
+        planner = feed.planner
         progress = Progress(
-            total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
+            total_rows * job.request.samples,
+            plan=planner.counts,
+            stream=progress_stream,
+            interactive=interactive,
+            quiet=quiet,
         )
         store = ImageStore(job.output_dir)
         writer = ManifestWriter(
@@ -106,32 +108,6 @@ async def run_job(
             before_part=store.sync,
             keep_request=job.sink.keep_request,
         )
-        progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
-
-        async def produce(send: MemoryObjectSendStream[list[Request]]) -> None:
-            slices, whole = feed.slices(table, BATCH_ROWS), False
-            try:
-                while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
-                    start, frame = pair
-                    before = planner.counts.done + planner.counts.shared + planner.counts.skipped
-                    requests = feed.requests(start, frame)
-                    while batch := list(itertools.islice(requests, HANDOFF)):
-                        await send.send(batch)
-                    progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
-                    while planner.skipped_rows:
-                        index, row_id = planner.skipped_rows.pop(0)
-                        event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
-                    if part := feed.journal_part():
-                        await anyio.to_thread.run_sync(feed.write, part)
-                    if occurrences.flush_due:
-                        await anyio.to_thread.run_sync(occurrences.flush)
-                whole = True
-            finally:
-                # also when stopped (a signal, the deadline, a fatal answer): the rows keyed so far
-                # go into the plan index, so the next run does not render them again
-                if part := feed.journal_part(final=True, stopped=not whole):
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(feed.write, part)
 
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)
@@ -150,7 +126,7 @@ async def run_job(
                             watchers.start_soon(watch_signals, pool, grace_s)
                         if max_runtime_s is not None:
                             watchers.start_soon(deadline, pool, max_runtime_s - (time.monotonic() - started), grace_s)
-                        await pool.run(produce, results_send)
+                        await pool.run(partial(produce, feed, table, handoff=HANDOFF), results_send)
                         watchers.cancel_scope.cancel()
             finally:
                 progress.stop()

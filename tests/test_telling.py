@@ -19,6 +19,7 @@ from batchrun import progress as progress_module
 from batchrun.cli import main
 from batchrun.log import configure
 from batchrun.models import Request, Result
+from batchrun.plan.planner import PlanCounts
 from batchrun.progress import Progress
 from batchrun.simulator import FaultPlan, Trigger, create_app, serve_in_thread
 from batchrun.summary import Failures
@@ -149,7 +150,7 @@ def test_failures_group_messages_that_differ_only_in_numbers() -> None:
 async def test_the_plain_line_comes_from_a_clock_not_from_results() -> None:
     stream = io.StringIO()
     configure("json", stream=stream, level=logging.INFO)
-    progress = Progress(10, already_done=2, interactive=False, interval=0.01)
+    progress = Progress(10, plan=PlanCounts(done=2), interactive=False, interval=0.01)
     progress.activity = lambda: (3, 5)
     progress.start("j", Path("/o"), rows=10, exact=False)
     with anyio.move_on_after(10):

@@ -200,7 +200,7 @@ class Planner:
     def restore(self, rows: int, contents: np.ndarray | Iterable[int]) -> None:
         """Continue after ``rows`` rows planned by an earlier run: ``contents`` are the short digests
         of their requests, in plan order, so occurrence numbers go on exactly as before."""
-        self.occurrences.extend(contents)
+        self.occurrences.seed(contents)
         self.counts.rows = rows
 
     def replan(self, rows: Iterable[tuple[int, Mapping[str, Any], list[tuple[int, str]]]]) -> Iterator[Request]:

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from ..errors import InputError
-from ..models import DoneKeys, Result
+from ..models import DoneKeys, Result, short_keys
 from .files import write_atomic
 
 MANIFEST_DIR = "manifest"
@@ -176,7 +176,7 @@ def read_done(output_dir: Path, *, retry_failed: bool = False, files_per_read: i
     failed: set[int] = set()
     ok_columns = [pl.Series("short", [], dtype=pl.UInt64)]
     files = part_files(output_dir)
-    short = pl.col("request_key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("short")
+    short = short_keys(pl.col("request_key")).alias("short")
     permanent = (pl.col("status") == "failed") & (pl.col("error_kind") == "permanent")
     for start in range(0, len(files), files_per_read):
         chunk = files[start : start + files_per_read]
