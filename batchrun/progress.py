@@ -60,8 +60,13 @@ class Progress:
             return
         todo = max(0, self.total - self.done)
         event(
-            f"run {job} -> {output}: {rows} rows, {'' if exact else 'up to '}{todo} requests to do, "
-            f"{self.done} already done",
+            f"run {job} -> {output}: {rows} rows, "
+            + (
+                f"{todo} requests to do, {self.done} already done"
+                if exact
+                else f"up to {todo} requests to do ({self.done} known done; the rest are matched "
+                "against the manifest as they are read)"
+            ),
             event="start",
             job=job,
             output=str(output),

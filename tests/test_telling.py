@@ -160,6 +160,9 @@ async def test_the_plain_line_comes_from_a_clock_not_from_results() -> None:
                 await anyio.sleep(0.005)
             tg.cancel_scope.cancel()
     events = json_lines(stream.getvalue())
-    assert events[0]["message"] == "run j -> /o: 10 rows, up to 8 requests to do, 2 already done"
+    assert events[0]["message"] == (
+        "run j -> /o: 10 rows, up to 8 requests to do (2 known done; the rest are matched against the manifest "
+        "as they are read)"
+    )
     assert [(e["event"], e["in_flight"], e["retries"], e["failed"]) for e in events[1:3]] == [("progress", 3, 5, 0)] * 2
     assert "in flight 3, retries 5" in events[1]["message"]
