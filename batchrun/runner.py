@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import TextIO
@@ -26,16 +26,19 @@ from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
 from .errors import ExitCode, JobError
 from .export import remember_job
-from .models import Request, Result
+from .log import event
+from .models import Result
 from .plan.feed import produce
 from .plan.occurrences import Occurrences
 from .plan.shape import completion_cap
 from .prepare import make_adapter, open_input, open_plan
 from .progress import Progress
 from .sink.files import remove_temp_files
+from .sink.fold import fold_journals
 from .sink.images import ImageStore
 from .sink.lock import OutputLock
 from .sink.manifest import part_files
+from .sink.recording import recording
 from .sink.writer import ManifestWriter
 from .spec import Job
 from .summary import RunSummary
@@ -86,6 +89,7 @@ async def run_job(
         raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
     with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
+        await anyio.to_thread.run_sync(fold_journals, job.output_dir)  # a killed run's last results
         await anyio.to_thread.run_sync(remember_job, job)
         occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
         stack.callback(occurrences.close)
@@ -112,7 +116,8 @@ async def run_job(
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)
             progress.notes = caller.rate.describe
-            pool = Pool(_storing(caller, store), job.limits.concurrency)
+            call = recording(caller, store, writer.journal, images=caller.adapter.decodes_images)
+            pool = Pool(call, job.limits.concurrency)
             progress.activity = lambda: (pool.in_flight, caller.retries)
             results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
             exact = feed.covered >= total_rows or not part_files(job.output_dir)  # else: up to
@@ -133,6 +138,13 @@ async def run_job(
         for error in (writer.error, pool.error):
             if error is not None:
                 raise error
+        if store.adopted or store.discarded:
+            event(
+                f"{store.adopted} images found on disk were recorded without a request"
+                + (f"; {store.discarded} failed the check and were requested again" if store.discarded else ""),
+                adopted=store.adopted,
+                discarded=store.discarded,
+            )
 
     counts = planner.counts
     fatal = f"{job.endpoint.name} ({job.endpoint.url}) answered: {pool.fatal}" if pool.fatal else None
@@ -179,15 +191,3 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         sleep=sleep,
         secrets=[job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else [],
     )
-
-
-def _storing(caller: Caller, store: ImageStore) -> Callable[[Request], Awaitable[Result]]:
-    """Images reach the disk, whole, before their result reaches the manifest."""
-
-    async def call(request: Request) -> Result:
-        result = await caller(request)
-        if result.parsed is not None and result.parsed.image is not None:
-            result = await anyio.to_thread.run_sync(store.save, result)
-        return result
-
-    return call

@@ -1,4 +1,8 @@
-"""Buffers results and flushes them as manifest parts every N rows or T seconds."""
+"""Buffers results and flushes them as manifest parts every N rows or T seconds.
+
+Each result is in the crash journal (``journal``, written by whoever finished it) before it reaches
+this buffer, so the flush interval bounds the number and size of parts, not what a crash can lose.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..errors import SinkError
 from ..models import Result
 from .files import fsync_dir
+from .journal import Journal
 from .manifest import MANIFEST_DIR, manifest_frame, part_name, write_part
 
 
@@ -45,6 +50,7 @@ class ManifestWriter:
         self._last_flush = time.monotonic()
         self._folder_synced = False
         self.error: SinkError | None = None
+        self.journal = Journal(output_dir, run_id=run_id, shard=shard, endpoint=endpoint)
 
     def add(self, result: Result) -> None:
         self.buffer.append(result)
@@ -67,6 +73,7 @@ class ManifestWriter:
             frame = manifest_frame(rows, endpoint=self.endpoint, run_id=self.run_id, keep_request=self.keep_request)
             if self.before_part is not None:
                 self.before_part()
+            self.journal.seal()  # what comes next goes to a new segment; this one is fsynced
             if not self._folder_synced:  # the entries of manifest/ and the output folder, once a run
                 self.folder.mkdir(parents=True, exist_ok=True)
                 fsync_dir(self.folder.parent)
@@ -82,6 +89,7 @@ class ManifestWriter:
             raise
         self.seq += 1
         self.written += len(rows)
+        self.journal.recorded(rows)  # the segments whose every result is in a part go
 
     async def consume(
         self,
@@ -113,9 +121,16 @@ class ManifestWriter:
                     if self.due() and self.error is None:
                         await self._flush_reporting(on_error)
         finally:
+            buffered = {r.request.key for r in self.buffer}
+            for stranded in self.journal.unrecorded():  # journaled, then its worker was cancelled
+                if stranded.request.key not in buffered:
+                    self.add(stranded)
+                    if on_result is not None:
+                        on_result(stranded)
             with anyio.move_on_after(60, shield=True):
                 if self.error is None:
                     await self._flush_reporting(on_error)
+            self.journal.close()
 
     async def _flush_reporting(self, on_error: Callable[[SinkError], None] | None) -> None:
         try:
