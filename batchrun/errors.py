@@ -7,6 +7,8 @@ BatchrunError
 │   └── TemplateError     a template that does not parse or does not render for a row
 ├── OutputLockedError     exit 5: another run holds the output folder
 ├── SinkError             the output folder cannot be written (full disk, permissions)
+├── StoppedError          exit 4: a run stopped by what it met after sending (an input error mid-run,
+│                         a bug): what finished is saved, the lock released
 └── RequestError          one request failed; carries the endpoint's answer as context
     ├── RetryableError    worth another attempt (429, 5xx, timeouts, resets, broken 200 bodies)
     ├── PermanentError    this row will never succeed as sent (400, 404, 422, a whole 200 answer
@@ -73,6 +75,23 @@ class OutputLockedError(BatchrunError):
 
 class SinkError(BatchrunError):
     exit_code = ExitCode.INCOMPLETE
+
+
+class StoppedError(BatchrunError):
+    """The run stopped after requests were sent, so "nothing was sent" (exit 2) would be false.
+    ``__cause__`` keeps the error that stopped it, for ``--debug``."""
+
+    exit_code = ExitCode.INCOMPLETE
+
+    @classmethod
+    def after(cls, exc: BaseException) -> StoppedError:
+        if isinstance(exc, BatchrunError):
+            reason = str(exc)
+        else:  # not raised on purpose: say what it was, in one line
+            reason = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+        stopped = cls(f"stopped: {reason}; what finished is saved, run again to resume")
+        stopped.__cause__ = exc
+        return stopped
 
 
 class RequestError(BatchrunError):

@@ -50,6 +50,7 @@ def open_input(job: Job) -> tuple[Table, int]:
             'set empty_prompts = "skip" in the job to skip them'
         )
     first = next(table.batches(1))
+    planner.strict = True  # the first row is the templates' check: one that does not render is exit 2
     for request in planner.plan(first[:1]):
         if request.refused is not None:
             raise InputError(f"input {job.input}: row {request.row_index}: {request.refused}")
