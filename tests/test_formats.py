@@ -1,5 +1,6 @@
-"""Request keys and bodies of one request per preset, pinned to the values they had before the
-wire formats became classes: outputs made before must resume (their keys must not move)."""
+"""Each wire format, as the job sees it: the request key, URL, body and Accept header of one request
+per preset, pinned to the values they had before the formats became classes (outputs made before
+must resume: their keys must not move), and the checks of the endpoint and request sections."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 from conftest import JobWriter
 
 from batchrun.dispatch.client import default_headers
+from batchrun.errors import SpecError
 from batchrun.plan.planner import Planner
+from batchrun.prepare import make_adapter
 from batchrun.spec import load_job
 
 ROW = {"id": "r1", "q": "a cat", "n": 7}
@@ -188,3 +191,54 @@ def test_keys_and_bodies_of_one_request_per_preset_hold(write_job: JobWriter, ca
     requests = list(Planner(job).plan([ROW]))
     assert [(r.url, r.model, r.seed, r.key, r.body.decode()) for r in requests] == KEYS[case]
     assert default_headers(job.endpoint)["Accept"] == ACCEPT[case]
+
+
+BAD_REQUESTS = [
+    ("openai-compatible", 'model = "m"', "", "request: a chat endpoint needs exactly one of prompt or messages"),
+    (
+        "openai-compatible",
+        'model = "m"',
+        'prompt = "{{ q }}"\ninputs = "x"',
+        "request: a chat endpoint takes prompt/messages and params, not body/inputs",
+    ),
+    (
+        "openai-compatible",
+        'model = "m"',
+        'prompt = "{{ q }}"\nparams = {stream = true}',
+        "request.params.stream: set endpoint.stream (and stream_usage) instead",
+    ),
+    (
+        "openai-compatible",
+        'model = "m"',
+        'messages = [{content = "x"}]',
+        "request.messages.0: each message needs a role and a content",
+    ),
+    ("openai-compatible", "", 'prompt = "{{ q }}"', "endpoint.model: a chat endpoint needs a model name"),
+    ("hf-text-to-image", 'model = "s"', "", "request.inputs: a text-to-image endpoint needs inputs (or prompt)"),
+    ("openai-images", "", 'inputs = "x"', "request.prompt: openai-images needs a prompt, e.g. '{{ prompt }}'"),
+    ("hf-serverless", 'model = "g"', "", "request.inputs: hf-serverless needs inputs (or prompt), e.g. '{{ text }}'"),
+    ("custom", 'url = "http://x"\nresponse_path = "a"', 'prompt = "x"', "request.body: a custom endpoint needs a body"),
+    ("custom", 'url = "http://x"', "body = 1", "endpoint.response_path: a custom endpoint needs a JMESPath response"),
+    (
+        "openai-images",
+        "stream = true",
+        'prompt = "x"',
+        "endpoint.stream: the openai-images preset does not stream; set stream = false",
+    ),
+]
+
+
+@pytest.mark.parametrize(("preset", "endpoint", "request_lines", "expected"), BAD_REQUESTS)
+def test_each_format_checks_its_endpoint_and_request_sections(
+    write_job: JobWriter, preset: str, endpoint: str, request_lines: str, expected: str
+) -> None:
+    path = write_job(preset=preset, endpoint='base_url = "http://x"\n' + endpoint, request=request_lines)
+    with pytest.raises(SpecError) as caught:
+        load_job(path, needs_key=False)
+    assert f"{path}: {expected}" in str(caught.value)
+
+
+def test_a_response_path_that_is_not_jmespath_is_refused_before_sending(write_job: JobWriter) -> None:
+    path = write_job(preset="custom", endpoint='url = "http://x"\nresponse_path = "a[["', request="body = 1")
+    with pytest.raises(SpecError, match=r"endpoint.response_path: not valid JMESPath"):
+        make_adapter(load_job(path, needs_key=False))
