@@ -8,9 +8,11 @@ import pytest
 from conftest import JobWriter
 
 from batchrun.dispatch.client import default_headers
+from batchrun.endpoints.registry import FORMATS
 from batchrun.errors import SpecError
 from batchrun.plan.planner import Planner
 from batchrun.prepare import make_adapter
+from batchrun.presets import PRESETS
 from batchrun.spec import load_job
 
 ROW = {"id": "r1", "q": "a cat", "n": 7}
@@ -242,3 +244,17 @@ def test_a_response_path_that_is_not_jmespath_is_refused_before_sending(write_jo
     path = write_job(preset="custom", endpoint='url = "http://x"\nresponse_path = "a[["', request="body = 1")
     with pytest.raises(SpecError, match=r"endpoint.response_path: not valid JMESPath"):
         make_adapter(load_job(path, needs_key=False))
+
+
+def test_every_preset_is_a_registered_format_plus_defaults() -> None:
+    assert {name: FORMATS[preset.format].name for name, preset in PRESETS.items()} == {
+        "hf-endpoint": "chat",
+        "openai": "chat",
+        "openai-compatible": "chat",
+        "hf-serverless": "hf-serverless",
+        "hf-text-to-image": "image-hf",
+        "openai-images": "image-openai",
+        "custom": "custom",
+        "simulator": "chat",
+    }
+    assert [name for name, preset in PRESETS.items() if preset.simulated] == ["simulator"]
