@@ -4,14 +4,13 @@ gained a file are synced once per manifest part, before the part (``sync``), not
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import threading
 from pathlib import Path
 
 from ..errors import SinkError
 from ..models import Result
-from .files import fsync_dir, write_bytes_atomic
+from .files import fsync_dir, write_bytes_atomic, write_failure
 from .layout import image_relpath
 
 
@@ -38,7 +37,7 @@ class ImageStore:
                 self._first_use(final.parent)
             write_bytes_atomic(final, data)
         except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            reason = write_failure(exc)
             raise SinkError(f"cannot write {final}: {reason}") from None
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
