@@ -13,7 +13,7 @@ import anyio
 
 from . import __version__
 from .durations import parse_duration
-from .errors import BatchrunError, ExitCode
+from .errors import BatchrunError, ExitCode, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
@@ -22,13 +22,7 @@ from .presets import PRESETS
 from .runner import run_job
 from .spec import load_job
 
-EXIT_CODES_HELP = """exit codes:
-  0  every request ok
-  2  bad job file, input or usage (nothing was sent)
-  3  finished, but some requests failed (see the manifest's error column)
-  4  stopped early, resumable (fatal endpoint error, signal, deadline): run it again
-  5  the output folder is locked by another run
-"""
+EXIT_CODES_HELP = exit_codes_help()
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
