@@ -37,7 +37,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchrun {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a job (resumes where the last run stopped)", epilog=EXIT_CODES_HELP)
+    run = sub.add_parser(
+        "run",
+        help="run a job (resumes where the last run stopped)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("job", help="the job file (TOML)")
     run.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     run.add_argument("--retry-failed", action="store_true", help="send permanently failed requests again")

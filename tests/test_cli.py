@@ -93,6 +93,9 @@ def test_the_exit_codes_are_told_in_the_same_words_everywhere(capsys: pytest.Cap
     with pytest.raises(SystemExit):
         main(["--help"])
     assert exit_codes_help() in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert exit_codes_help() in capsys.readouterr().out
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     table = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
