@@ -64,7 +64,7 @@ class TokenBudget:
     """``tokens_per_minute``: each request takes its estimated tokens (prompt bytes / 4 plus the
     completion cap) from a small bucket that refills at the job's rate."""
 
-    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: float) -> None:
         self.per_minute = per_minute
         self.capacity = max(1.0, per_minute / 60)
         rate = max(per_minute - self.capacity, per_minute / 2)
