@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import SpecError
 from ..models import Parsed
 from .base import load_json, unfit_answer
-from .format import PromptReader, WireFormat
+from .format import Endpoint, PromptReader, RequestSection, WireFormat
 from .sse import ChatStream
-
-if TYPE_CHECKING:
-    from ..spec import Endpoint, RequestSection
 
 
 def body_template(

@@ -10,12 +10,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SpecError
 from ..models import Parsed
 from .base import load_json, unfit_answer
-from .format import PromptReader, WireFormat, field_reader
+from .format import Endpoint, PromptReader, RequestSection, WireFormat, field_reader
 
 if TYPE_CHECKING:
     import jmespath.parser
-
-    from ..spec import Endpoint, RequestSection
 
 
 def hf_serverless_body(inputs: Any, parameters: Mapping[str, Any] | None) -> dict[str, Any]:

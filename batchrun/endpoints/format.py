@@ -9,17 +9,47 @@ registry keeps one of each, and a preset is a format plus defaults (``presets.py
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
 
 from ..errors import SpecError
 from .base import Adapter
 
-if TYPE_CHECKING:
-    from ..spec import Endpoint, RequestSection
-
 #: Takes the prompt part out of a rendered body.
 PromptReader = Callable[[Any], Any]
+
+
+class RequestSection(Protocol):
+    """The job's ``[request]`` section (``spec.RequestSection``), as formats read it; named here so
+    that ``endpoints/`` does not import the job file's module, which imports the registry."""
+
+    @property
+    def system(self) -> str | None: ...
+    @property
+    def prompt(self) -> str | None: ...
+    @property
+    def messages(self) -> list[dict[str, Any]] | None: ...
+    @property
+    def params(self) -> Mapping[str, Any]: ...
+    @property
+    def inputs(self) -> Any: ...
+    @property
+    def parameters(self) -> Mapping[str, Any] | None: ...
+    @property
+    def body(self) -> Any: ...
+
+
+class Endpoint(Protocol):
+    """The job's endpoint with its preset applied (``spec.Endpoint``), as formats read it."""
+
+    @property
+    def preset(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def response_path(self) -> str | None: ...
 
 
 class WireFormat:

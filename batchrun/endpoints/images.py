@@ -13,16 +13,13 @@ import io
 import json
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import PermanentError, RetryableError, SpecError
 from ..models import Parsed
 from .base import answer_start, error_excerpt, load_json, unfit_answer
-from .format import PromptReader, WireFormat, field_reader
+from .format import Endpoint, PromptReader, RequestSection, WireFormat, field_reader
 from .png import check_png
-
-if TYPE_CHECKING:
-    from ..spec import Endpoint, RequestSection
 
 MIME_BY_FORMAT = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 EXTENSION_BY_MIME = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
