@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, questions
+from helpers import JobWriter, questions
 
 from batchrun.cli import main
 from batchrun.runner import run_job
@@ -345,7 +345,7 @@ def test_full_disk_stops_cleanly_and_keeps_what_was_flushed(
 ) -> None:
     import errno
 
-    from conftest import ScriptedEndpoint
+    from helpers import ScriptedEndpoint
 
     import batchrun.sink.writer as writer_module
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 
 from batchrun.cli import main
 from batchrun.errors import ExitCode, exit_codes_help

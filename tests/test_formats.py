@@ -5,7 +5,7 @@ must resume: their keys must not move), and the checks of the endpoint and reque
 from __future__ import annotations
 
 import pytest
-from conftest import JobWriter
+from helpers import JobWriter
 
 from batchrun.dispatch.client import default_headers
 from batchrun.endpoints.registry import FORMATS

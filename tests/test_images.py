@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, read_manifest
+from helpers import JobWriter, read_manifest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
+from helpers import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
 
 from batchrun.models import DoneKeys, short_key
 from batchrun.plan.feed import Feed

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import polars as pl
-from conftest import JobWriter
+from helpers import JobWriter
 
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import scan_latest

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
