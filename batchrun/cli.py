@@ -14,7 +14,7 @@ import anyio
 
 from . import __version__
 from .durations import parse_duration
-from .errors import BatchrunError, ExitCode, StoppedError
+from .errors import BatchrunError, ExitCode, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
@@ -23,13 +23,7 @@ from .presets import PRESETS
 from .runner import run_job
 from .spec import load_job
 
-EXIT_CODES_HELP = """exit codes:
-  0  every request ok
-  2  bad job file, input or usage (nothing was sent)
-  3  finished, but some requests failed (see the manifest's error column)
-  4  stopped early, resumable (fatal endpoint error, signal, deadline): run it again
-  5  the output folder is locked by another run
-"""
+EXIT_CODES_HELP = exit_codes_help()
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -45,7 +39,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the traceback behind an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a job (resumes where the last run stopped)", epilog=EXIT_CODES_HELP)
+    run = sub.add_parser(
+        "run",
+        help="run a job (resumes where the last run stopped)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("job", help="the job file (TOML)")
     run.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     run.add_argument("--retry-failed", action="store_true", help="send permanently failed requests again")

@@ -22,7 +22,8 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """What a run's exit status means; documented in the README for cron users."""
+    """What a run's exit status means: the summary line, ``--help`` and the README's table all say
+    it with the words below (a test holds the README to them)."""
 
     OK = 0
     BAD_JOB = 2
@@ -32,16 +33,30 @@ class ExitCode(enum.IntEnum):
 
     @property
     def meaning(self) -> str:
-        return _MEANINGS[self]
+        """A few words, for the end of the summary line."""
+        return _MEANINGS[self][0]
+
+    @property
+    def explained(self) -> str:
+        """The meaning with what leads to it, for ``--help`` and the README."""
+        meaning, detail = _MEANINGS[self]
+        return f"{meaning} ({detail})" if detail else meaning
 
 
 _MEANINGS = {
-    ExitCode.OK: "every request ok",
-    ExitCode.BAD_JOB: "bad job file, input or usage; nothing was sent",
-    ExitCode.FAILED_ROWS: "finished, some requests failed",
-    ExitCode.INCOMPLETE: "stopped early; run again to resume",
-    ExitCode.LOCKED: "the output folder is locked by another run",
+    ExitCode.OK: ("every request ok", ""),
+    ExitCode.BAD_JOB: ("bad job file, input or usage; nothing was sent", ""),
+    ExitCode.FAILED_ROWS: ("finished, some requests failed", "see the manifest's error column"),
+    ExitCode.INCOMPLETE: (
+        "stopped early; run again to resume",
+        "signal, --max-runtime, fatal endpoint error such as 401/403, full disk",
+    ),
+    ExitCode.LOCKED: ("the output folder is locked by another run", ""),
 }
+
+
+def exit_codes_help() -> str:
+    return "exit codes:\n" + "".join(f"  {int(code)}  {code.explained}\n" for code in ExitCode)
 
 
 class BatchrunError(Exception):

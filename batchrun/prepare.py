@@ -6,9 +6,6 @@ from __future__ import annotations
 import anyio
 
 from .endpoints.base import Adapter
-from .endpoints.chat import ChatAdapter
-from .endpoints.custom import CustomAdapter
-from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
 from .errors import InputError
 from .models import DoneKeys
 from .plan.feed import BATCH_ROWS, Feed
@@ -21,15 +18,7 @@ from .spec import Job
 
 
 def make_adapter(job: Job) -> Adapter:
-    keep = job.sink.keep_raw_response
-    if job.endpoint.format == "chat":
-        return ChatAdapter(keep_raw=keep, streaming=job.endpoint.stream)
-    if job.endpoint.format == "image-hf":
-        return RawImageAdapter()
-    if job.endpoint.format == "image-openai":
-        return OpenAIImageAdapter()
-    assert job.endpoint.response_path is not None
-    return CustomAdapter(job.endpoint.response_path, str(job.path), keep_raw=keep)
+    return job.endpoint.wire.adapter(job.endpoint, keep_raw=job.sink.keep_raw_response, where=str(job.path))
 
 
 def open_input(job: Job) -> tuple[Table, int]:

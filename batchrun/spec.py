@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .endpoints.format import WireFormat
+from .endpoints.registry import wire_format
 from .errors import SpecError
 from .owner import moved_default
-from .presets import PRESETS, Auth, WireFormat
+from .presets import PRESETS, Auth
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -125,7 +127,7 @@ class Endpoint:
 
     name: str
     preset: str
-    format: WireFormat
+    format: str  # the wire format's name
     url: str
     model: str | None
     auth: Auth
@@ -136,6 +138,11 @@ class Endpoint:
     stream_usage: bool
     response_path: str | None
     simulated: bool = False
+
+    @property
+    def wire(self) -> WireFormat:
+        """The wire format: it builds the bodies and reads the answers of this endpoint."""
+        return wire_format(self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +206,7 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key:
         if moved := moved_default(jf.name, out, Path("outputs") / jf.name):
             raise SpecError(where, "output", moved)
     endpoint = _resolve_endpoint(jf.endpoint, where, env, needs_key)
-    _check_request(jf.request, endpoint, where)
+    endpoint.wire.check_request(jf.request, where)
     return Job(
         name=jf.name,
         path=path,
@@ -227,12 +234,13 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
     if preset is None:
         known = ", ".join(sorted(PRESETS))
         raise SpecError(where, "endpoint.preset", f"unknown preset {ep.preset!r} (known: {known})")
-    simulated = preset.name == "simulator"
+    simulated = preset.simulated
     model = ep.model if ep.model is not None else preset.model
     base_url = ep.base_url if ep.base_url is not None else preset.base_url
     if simulated:
         base_url = base_url or "http://simulator.invalid"  # replaced by the runner's live address
-    url_template = ep.url if ep.url is not None else preset.url
+    wire = wire_format(preset.format)
+    url_template = ep.url if ep.url is not None else (preset.url if preset.url is not None else wire.route)
     if not url_template:
         raise SpecError(where, "endpoint.url", f"the {preset.name} preset needs a url (a template)")
     if "{base_url}" in url_template:
@@ -245,8 +253,6 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
         if not model:
             raise SpecError(where, "endpoint.model", f"the {preset.name} preset needs a model")
         url_template = url_template.replace("{model}", model)
-    if preset.format == "chat" and not model:
-        raise SpecError(where, "endpoint.model", "a chat endpoint needs a model name")
     if not re.match(r"^https?://", url_template):
         raise SpecError(where, "endpoint.url", f"not an http(s) URL: {url_template!r}")
 
@@ -267,49 +273,20 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
             )
     if auth == "header" and not ep.auth_header:
         raise SpecError(where, "endpoint.auth_header", "auth = 'header' needs the header's name")
-    response_path = ep.response_path if ep.response_path is not None else preset.response_path
-    if preset.format == "custom" and not response_path:
-        raise SpecError(where, "endpoint.response_path", "a custom endpoint needs a JMESPath response mapping")
-    stream = ep.stream if ep.stream is not None else preset.stream
-    if stream and preset.format != "chat":
-        raise SpecError(where, "endpoint.stream", f"the {preset.name} preset does not stream; set stream = false")
-    return Endpoint(
+    endpoint = Endpoint(
         name=ep.name or preset.name,
         preset=preset.name,
-        format=preset.format,
+        format=wire.name,
         url=url_template,
         model=model,
         auth=auth,
         auth_header=ep.auth_header or "Authorization",
         api_key=api_key,
         headers=dict(ep.headers),
-        stream=stream,
+        stream=ep.stream if ep.stream is not None else preset.stream,
         stream_usage=ep.stream_usage,
-        response_path=response_path,
+        response_path=ep.response_path if ep.response_path is not None else preset.response_path,
         simulated=simulated,
     )
-
-
-def _check_request(req: RequestSection, endpoint: Endpoint, where: str) -> None:
-    if endpoint.format == "chat":
-        if (req.prompt is None) == (req.messages is None):
-            raise SpecError(where, "request", "a chat endpoint needs exactly one of prompt or messages")
-        if req.body is not None or req.inputs is not None:
-            raise SpecError(where, "request", "a chat endpoint takes prompt/messages and params, not body/inputs")
-        for name in ("stream", "stream_options"):
-            if name in req.params:
-                raise SpecError(where, f"request.params.{name}", "set endpoint.stream (and stream_usage) instead")
-        for i, m in enumerate(req.messages or []):
-            if "role" not in m or "content" not in m:
-                raise SpecError(where, f"request.messages.{i}", "each message needs a role and a content")
-    elif endpoint.format == "image-hf":
-        if req.inputs is None and req.prompt is None:
-            raise SpecError(where, "request.inputs", "a text-to-image endpoint needs inputs (or prompt)")
-    elif endpoint.format == "image-openai":
-        if req.prompt is None:
-            raise SpecError(where, "request.prompt", "openai-images needs a prompt, e.g. '{{ prompt }}'")
-    elif endpoint.preset == "hf-serverless" and req.body is None:
-        if req.inputs is None and req.prompt is None:
-            raise SpecError(where, "request.inputs", "hf-serverless needs inputs (or prompt), e.g. '{{ text }}'")
-    elif req.body is None:
-        raise SpecError(where, "request.body", "a custom endpoint needs a body template")
+    wire.check_endpoint(endpoint, where)
+    return endpoint

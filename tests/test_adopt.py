@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, read_manifest
+from helpers import JobWriter, read_manifest
 from PIL import Image
 
 from batchrun.endpoints.images import check_image

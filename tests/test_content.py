@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, questions, read_manifest, write_table
+from helpers import JobWriter, questions, read_manifest, write_table
 
 from batchrun.cli import main
 from batchrun.errors import ExitCode, TemplateError

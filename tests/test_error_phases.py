@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import JobWriter, read_manifest
+from helpers import JobWriter, read_manifest
 
 from batchrun.cli import main
 from batchrun.dispatch.call import Caller

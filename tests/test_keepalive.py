@@ -13,7 +13,7 @@ import aiohttp
 import anyio
 import httpx
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 
 from batchrun.dispatch import network
 from batchrun.dispatch.network import NetworkTransport, never_sent

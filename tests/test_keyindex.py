@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
+from helpers import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

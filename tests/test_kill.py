@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import JobWriter
+from helpers import JobWriter
 
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.simulator.app import Simulator

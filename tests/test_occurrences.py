@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import JobWriter, questions
+from helpers import JobWriter, questions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

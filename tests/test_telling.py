@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import questions, write_table
+from helpers import questions, write_table
 
 from batchrun import progress as progress_module
 from batchrun.cli import main

@@ -35,7 +35,7 @@ def default_headers(endpoint: Endpoint) -> dict[str, str]:
     return {
         "User-Agent": USER_AGENT,
         "Content-Type": "application/json",
-        "Accept": "image/png" if endpoint.format == "image-hf" else "application/json",
+        "Accept": endpoint.wire.accept,
         **endpoint.headers,
         **auth_headers(endpoint),
     }

@@ -123,9 +123,9 @@ class Planner:
             for value in (job_body_template(job), job.endpoint.url, prompt_template(job))
             for names in referenced_names(value).values()
         )
-        self.chat = job.endpoint.format == "chat"
+        self.text_contents = job.endpoint.wire.text_contents
         self.stream_suffix = _stream_suffix(job)
-        self.seeded = job.endpoint.format == "image-hf"
+        self.seeded = job.endpoint.wire.seeds_samples
         self.counts = PlanCounts()
         self.include_shared = False  # export: also yield the rows that dedupe answers with an earlier result
         # emptiness is judged on the prompt part of the rendered body: what would be sent
@@ -293,7 +293,7 @@ class Planner:
 
     def _body(self, context: Mapping[str, Any]) -> Any:
         rendered = self.render_body(context)
-        if self.chat:
+        if self.text_contents:
             _text_contents(rendered)
         return rendered
 

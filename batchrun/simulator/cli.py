@@ -6,20 +6,17 @@ The main CLI adds these arguments to its subparser and calls :func:`run_simulate
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
 from typing import TYPE_CHECKING
 
 import anyio
 
+from ..durations import parse_duration
 from .faults import FaultPlan
 
 if TYPE_CHECKING:
     from .app import Simulator
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 #: (flag, FaultPlan field, help) for the plain fault rates.
 _RATES = (
@@ -44,14 +41,6 @@ ENDPOINTS = (
     "POST /v1/images/generations          OpenAI images (b64_json)",
     "GET  /health  GET /_sim/stats  POST /_sim/reset  GET|POST /_sim/plan",
 )
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``"50ms"``, ``"2s"``, ``"1.5m"``; a bare number is only accepted when it is 0."""
-    match = _DURATION.match(text)
-    if match is None or (match.group(2) is None and float(match.group(1)) != 0):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: give a unit, like 50ms, 2s or 1m")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _rate(text: str) -> float:

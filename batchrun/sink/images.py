@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import os
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 from ..endpoints.images import EXTENSION_BY_MIME, check_image
 from ..errors import PermanentError, RetryableError, SinkError
 from ..models import Request, Result
-from .files import fsync_dir, write_bytes_atomic
+from .files import fsync_dir, write_bytes_atomic, write_failure
 from .layout import image_relpath
 
 MIME_BY_EXTENSION = {ext: mime for mime, ext in EXTENSION_BY_MIME.items()}
@@ -50,7 +49,7 @@ class ImageStore:
                 self._first_use(final.parent)
             write_bytes_atomic(final, data)
         except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            reason = write_failure(exc)
             raise SinkError(f"cannot write {final}: {reason}") from None
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:

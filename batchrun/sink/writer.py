@@ -6,7 +6,6 @@ this buffer, so the flush interval bounds the number and size of parts, not what
 
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import SinkError
 from ..models import Result
-from .files import fsync_dir
+from .files import fsync_dir, write_failure
 from .journal import Journal
 from .manifest import MANIFEST_DIR, manifest_frame, part_name, write_part
 
@@ -82,7 +81,7 @@ class ManifestWriter:
             write_part(self.folder, part_name(self.run_id, self.shard, self.seq), frame)
         except OSError as exc:
             self.buffer = rows + self.buffer  # keep them for a later try
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            reason = write_failure(exc)
             raise SinkError(f"cannot write the manifest in {self.folder}: {reason}") from None
         except SinkError:
             self.buffer = rows + self.buffer
