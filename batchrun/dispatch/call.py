@@ -21,6 +21,7 @@ from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenBudget
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
+from .tls import TLSFailure
 
 
 class transport_errors:  # used as a function: ``with transport_errors(url):``
@@ -41,6 +42,8 @@ class transport_errors:  # used as a function: ``with transport_errors(url):``
             return
         if isinstance(exc, httpx.TimeoutException):
             raise RetryableError(f"timed out ({type(exc).__name__})") from None
+        if isinstance(exc, TLSFailure):  # a certificate or TLS version no retry mends
+            raise FatalError(f"TLS check failed for {httpx.URL(self.url).host}: {exc}") from None
         if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
             raise FatalError(f"bad URL {self.url}: {exc}") from None
         if isinstance(exc, httpx.ConnectError):
