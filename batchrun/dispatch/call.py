@@ -21,7 +21,7 @@ from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenBudget
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
-from .tls import TLSFailure
+from .tls import TLSFailure, refused_by_page
 
 
 class transport_errors:  # used as a function: ``with transport_errors(url):``
@@ -148,7 +148,10 @@ class Caller:
                 if quota_wait:
                     self.cooldown.pause(min(quota_wait, self.policy.max_wait))
                 if not response.is_success:
-                    error = classify(response.status_code, response.headers, await response.aread())
+                    body = await response.aread()
+                    if refused := refused_by_page(response.status_code, body):
+                        raise TLSFailure(refused)
+                    error = classify(response.status_code, response.headers, body)
                     if error.http_status == 429 and self.rate.on_throttled(sent_at):
                         event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
                     if error.http_status in (429, 503) and error.retry_after:

@@ -21,6 +21,7 @@ after their answers is taken to close them all, and its connections are not reus
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import functools
 import select
@@ -173,6 +174,18 @@ class CheckedConnector(aiohttp.TCPConnector):
         self._released[protocol] = time.monotonic()
 
 
+def _proxy(url: str) -> httpx.Proxy:
+    """The proxy without its user and password, which go as a header instead: httpx-aiohttp would
+    hand them to aiohttp's deprecated ``BasicAuth``. aiohttp moves an ``Authorization`` among the
+    proxy headers to ``Proxy-Authorization``: on the request itself for http://, on the CONNECT for
+    https://."""
+    parsed = httpx.URL(url)
+    if not parsed.username and not parsed.password:
+        return httpx.Proxy(parsed)
+    secret = base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode()
+    return httpx.Proxy(parsed.copy_with(username=None, password=None), headers={"Authorization": f"Basic {secret}"})
+
+
 class NetworkTransport(httpx.AsyncBaseTransport):
     """aiohttp under httpx, with a connection pool the size of the worker pool (no retries here:
     the dispatcher owns the only retry loop)."""
@@ -190,7 +203,7 @@ class NetworkTransport(httpx.AsyncBaseTransport):
         self.inner = AiohttpTransport(
             verify=context or False,
             client=lambda: aiohttp.ClientSession(connector=self._connector(concurrency, context), trust_env=False),
-            proxy=httpx.Proxy(proxy) if proxy else None,  # a password in its URL becomes proxy_auth
+            proxy=_proxy(proxy) if proxy else None,
         )
         self.connector: CheckedConnector | None = None
         self.resent = 0  # requests sent again because their body could not be written

@@ -18,7 +18,8 @@ from ..errors import JobError
 from ..spec import Network
 
 #: OpenSSL's verify codes (X509_V_ERR_*) the hints name; the rest are told by OpenSSL's own message.
-_EXPIRED, _NOT_YET_VALID, _HOSTNAME_MISMATCH = 10, 9, 62
+_EXPIRED, _NOT_YET_VALID = 10, 9
+_NOT_FOR_HOST = {62, 64}  # host name, IP address mismatch
 _UNTRUSTED = {2, 18, 19, 20, 21}  # unknown issuer, self-signed (in chain), cannot verify the first
 
 #: Handshake alerts and errors (``ssl.SSLError.reason``) that say the same on every attempt.
@@ -79,7 +80,7 @@ def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
+        if isinstance(current, ssl.SSLError) and type(current).__module__ == "ssl":  # aiohttp's subclass it
             return current
         for attr in ("certificate_error", "os_error", "__cause__", "__context__"):
             inner = getattr(current, attr, None)
@@ -96,7 +97,7 @@ def tls_failure(exc: BaseException) -> str | None:
     if isinstance(error, ssl.SSLCertVerificationError):
         code = error.verify_code
         said = error.verify_message or error.reason or "certificate verify failed"
-        if code == _HOSTNAME_MISMATCH:
+        if code in _NOT_FOR_HOST:
             return f"the server's certificate is not for this host name ({said}); use a host name it names"
         if code in (_EXPIRED, _NOT_YET_VALID):
             return f"the server's certificate is out of date ({said}); the server must renew it"
@@ -120,3 +121,29 @@ def tls_failure(exc: BaseException) -> str | None:
             "client_key against the CA the server trusts"
         )
     return None
+
+
+#: nginx finishes the handshake whatever the client certificate, then answers 400 with one of these
+#: pages (its 495, 496 and 497 codes, sent as 400): ``ssl_verify_client on`` tells the refusal here.
+_NGINX_PAGES = (
+    (
+        b"No required SSL certificate was sent",
+        "the server wants a client certificate (nginx: none was sent); set [endpoint] client_cert and client_key",
+    ),
+    (
+        b"The SSL certificate error",
+        "the server refused the client certificate (nginx: it does not verify); "
+        "check [endpoint] client_cert and client_key against the CA the server trusts",
+    ),
+    (
+        b"The plain HTTP request was sent to HTTPS port",
+        "the port speaks HTTPS (nginx: plain HTTP was sent); use an https:// URL",
+    ),
+)
+
+
+def refused_by_page(status: int, body: bytes) -> str | None:
+    """Which TLS check failed, when a 400 is nginx's page for a client certificate or a plain request."""
+    if status != 400 or len(body) > 4096:
+        return None
+    return next((said for page, said in _NGINX_PAGES if page in body), None)
