@@ -9,8 +9,10 @@ import datetime
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -481,3 +483,24 @@ def test_a_wrong_proxy_password_is_not_written_anywhere(
         assert main(["run", str(job), "-q"]) != 0
     assert sim.stats.total == 0
     assert_no_proxy_password(tmp_path, capsys.readouterr())
+
+
+def test_batchrun_simulate_serves_https_with_a_certificate_it_generates(
+    tmp_path: Path, write_job: JobWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = [sys.executable, "-m", "batchrun", "simulate", "--port", "0", "--tls-generate", str(tmp_path / "tls")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        url = first.split()[-1]
+        assert url.startswith("https://127.0.0.1:"), first
+        said = [proc.stdout.readline() for _ in range(2)]
+        assert f'ca_bundle = "{tmp_path / "tls" / "ca.pem"}"' in said[1], said
+        job = https_job(write_job, url, f'ca_bundle = "{tmp_path / "tls" / "ca.pem"}"', rows=5)
+        assert main(["run", str(job), "-q"]) == 0
+        assert manifest(tmp_path)["status"].to_list() == ["ok"] * 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert "stopped; 5 requests served" in out
