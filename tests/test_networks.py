@@ -23,6 +23,7 @@ from conftest import JobWriter, questions
 from cryptography.hazmat.primitives import serialization
 
 from batchrun.cli import main
+from batchrun.dispatch.tls import ProxyRefused, TLSFailure, refused_by_page
 from batchrun.errors import SpecError
 from batchrun.simulator import ServerTLS, Simulator, create_app, serve_in_thread
 from batchrun.spec import load_job
@@ -469,20 +470,26 @@ def test_requests_go_through_a_real_proxy_that_wants_a_password(
     assert_no_proxy_password(tmp_path, capsys.readouterr())
 
 
-def test_a_wrong_proxy_password_is_not_written_anywhere(
+def test_a_wrong_proxy_password_stops_the_job_at_once_and_is_not_written_anywhere(
     tmp_path: Path,
     write_job: JobWriter,
+    ca: trustme.CA,
     tinyproxy: tuple[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     proxy, _log = tinyproxy
-    sim = create_app()
-    with serve_in_thread(sim) as url:
-        job = https_job(write_job, url, f'proxy = "{proxy.replace(PROXY_PASSWORD, PROXY_PASSWORD + "-x")}"', rows=2)
-        assert main(["run", str(job), "-q"]) != 0
-    assert sim.stats.total == 0
-    assert_no_proxy_password(tmp_path, capsys.readouterr())
+    write_ca(ca, tmp_path / "ca.pem")
+    wrong = proxy.replace(PROXY_PASSWORD, PROXY_PASSWORD + "-x")
+    for sim, url in https_simulator(tmp_path, ca.issue_cert("127.0.0.1")):
+        job = https_job(write_job, url, f'ca_bundle = "ca.pem"\nproxy = "{wrong}"', rows=200)
+        assert main(["run", str(job), "-q"]) == 4
+        assert sim.stats.total == 0
+    said = capsys.readouterr()
+    assert "the proxy refused the request (401" in said.out + said.err
+    sent = re.search(r"(\d+) HTTP requests? sent", said.out + said.err)
+    assert sent is not None and int(sent.group(1)) <= CONCURRENCY
+    assert_no_proxy_password(tmp_path, said)
+    assert PROXY_PASSWORD + "-x" not in said.out + said.err
 
 
 def test_batchrun_simulate_serves_https_with_a_certificate_it_generates(
@@ -504,3 +511,12 @@ def test_batchrun_simulate_serves_https_with_a_certificate_it_generates(
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
     assert "stopped; 5 requests served" in out
+
+
+def test_the_pages_that_mean_a_refused_client_certificate_or_proxy_are_known() -> None:
+    nginx = b"<html><head><title>400 No required SSL certificate was sent</title></head></html>"
+    assert isinstance(refused_by_page(400, nginx), TLSFailure)
+    assert "client_cert" in str(refused_by_page(400, nginx))
+    assert isinstance(refused_by_page(407, b""), ProxyRefused)
+    assert refused_by_page(400, b'{"error": "bad request"}') is None
+    assert refused_by_page(401, nginx) is None

@@ -37,7 +37,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from ..spec import Network
-from .tls import TLSFailure, ssl_context, tls_failure
+from .tls import ProxyRefused, TLSFailure, proxy_refusal, ssl_context, tls_failure
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -74,6 +74,8 @@ class _AiohttpErrors:
         original = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
         if isinstance(original, OSError | aiohttp.ClientError) and (failed := tls_failure(original)):
             raise TLSFailure(failed) from original
+        if isinstance(original, aiohttp.ClientHttpProxyError) and original.status in (401, 403, 407):
+            raise ProxyRefused(proxy_refusal(original.status, original.message)) from original
         for source, target in _AIOHTTP_TO_HTTPX:
             if isinstance(original, source):
                 raise target(str(original) or type(original).__name__) from original

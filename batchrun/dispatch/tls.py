@@ -40,6 +40,17 @@ class TLSFailure(httpx.ConnectError):
     """A TLS check failed in a way no retry mends; its message says which check and what to set."""
 
 
+class ProxyRefused(httpx.ConnectError):
+    """The proxy refused us (a 407, or tinyproxy's 401, to the tunnel or the request): no retry mends it."""
+
+
+def proxy_refusal(status: int, reason: str) -> str:
+    return (
+        f"the proxy refused the request ({status} {reason}); check the user and password in the proxy URL "
+        "([endpoint] proxy, or HTTPS_PROXY / HTTP_PROXY)"
+    )
+
+
 def ssl_context(network: Network) -> ssl.SSLContext:
     """The context every HTTPS connection of the run shares; a ``JobError`` (exit 2, nothing sent)
     when a CA bundle or the client certificate cannot be loaded."""
@@ -142,8 +153,12 @@ _NGINX_PAGES = (
 )
 
 
-def refused_by_page(status: int, body: bytes) -> str | None:
-    """Which TLS check failed, when a 400 is nginx's page for a client certificate or a plain request."""
+def refused_by_page(status: int, body: bytes) -> httpx.ConnectError | None:
+    """Which check failed, when a 400 is nginx's page for a client certificate or a plain request, or
+    a 407 is the proxy's: what no retry mends before the endpoint is even reached."""
+    if status == 407:
+        return ProxyRefused(proxy_refusal(407, "Proxy Authentication Required"))
     if status != 400 or len(body) > 4096:
         return None
-    return next((said for page, said in _NGINX_PAGES if page in body), None)
+    said = next((said for page, said in _NGINX_PAGES if page in body), None)
+    return TLSFailure(said) if said else None
