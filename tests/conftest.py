@@ -22,7 +22,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HF_TOKEN", "OPENAI_API_KEY", "TEST_TOKEN"):
+    networks = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "no_proxy")
+    proxies = tuple(f"{s}_proxy" for s in ("http", "https", "all")) + tuple(
+        f"{s}_PROXY" for s in ("HTTP", "HTTPS", "ALL")
+    )
+    for name in ("HF_TOKEN", "OPENAI_API_KEY", "TEST_TOKEN", *networks, *proxies):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -21,6 +21,7 @@ from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenBudget
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
+from .tls import ProxyRefused, TLSFailure, refused_by_page
 
 
 class transport_errors:  # used as a function: ``with transport_errors(url):``
@@ -41,6 +42,10 @@ class transport_errors:  # used as a function: ``with transport_errors(url):``
             return
         if isinstance(exc, httpx.TimeoutException):
             raise RetryableError(f"timed out ({type(exc).__name__})") from None
+        if isinstance(exc, TLSFailure):  # a certificate or TLS version no retry mends
+            raise FatalError(f"TLS check failed for {httpx.URL(self.url).host}: {exc}") from None
+        if isinstance(exc, ProxyRefused):
+            raise FatalError(f"on the way to {httpx.URL(self.url).host}: {exc}") from None
         if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
             raise FatalError(f"bad URL {self.url}: {exc}") from None
         if isinstance(exc, httpx.ConnectError):
@@ -145,7 +150,10 @@ class Caller:
                 if quota_wait:
                     self.cooldown.pause(min(quota_wait, self.policy.max_wait))
                 if not response.is_success:
-                    error = classify(response.status_code, response.headers, await response.aread())
+                    body = await response.aread()
+                    if refused := refused_by_page(response.status_code, body):
+                        raise refused
+                    error = classify(response.status_code, response.headers, body)
                     if error.http_status == 429 and self.rate.on_throttled(sent_at):
                         event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
                     if error.http_status in (429, 503) and error.retry_after:
