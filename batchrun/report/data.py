@@ -1,0 +1,280 @@
+"""What the page shows, read from the manifest: aggregates over every row, samples for the tables.
+
+The manifest is read with ``scan_latest`` (parts and crash journals, the latest row per key).
+Prompts are not in the manifest unless ``keep_request``: a sampled row's prompt is the job's
+prompt template rendered from its input row (read back by ``row_index``, as export joins it), or,
+when the job file or the input is gone, the user message of the kept request body. Only the
+sampled rows are rendered, so a 1M-row run costs one pass over the input, not a replan.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..errors import BatchrunError, InputError
+from ..sink.manifest import scan_latest
+from .last_run import LAST_RUN
+
+SAMPLE_ROWS = 2_000  # rows in the answers table: ~2 MB of text at most, searchable in the page
+SAMPLE_IMAGES = 240  # thumbnails in the contact sheet: ~5 MB of JPEG at 256 px
+TIME_BINS = 60  # points on the over-time charts
+MIN_BIN_S = 0.1  # a two-second run: 20 points, not 60 of one or two requests each
+DISTRIBUTION_POINTS = 20_000  # latencies drawn per endpoint (a uniform sample; the table has exact quantiles)
+
+_COLUMNS = [
+    "request_key",
+    "row_id",
+    "row_index",
+    "endpoint",
+    "sample",
+    "seed",
+    "status",
+    "error_kind",
+    "http_status",
+    "error",
+    "response_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "image_path",
+    "latency_ms",
+    "ttft_ms",
+    "started_at",
+    "finished_at",
+    "run_id",
+    "request_body",
+]
+
+
+@dataclass
+class Report:
+    output_dir: Path
+    rows: int  # distinct input rows with a result
+    requests: int
+    by_endpoint: pl.DataFrame  # endpoint, requests, ok, failed, tokens, latency quantiles
+    wall_s: float
+    started: str
+    finished: str
+    last_exit: str
+    throughput: pl.DataFrame  # minute bin, endpoint, status, count, per_s
+    latencies: pl.DataFrame  # endpoint, latency_ms, ttft_ms (sampled)
+    errors_over_time: pl.DataFrame  # bin, kind, count
+    errors: pl.DataFrame  # kind, http_status, count, example, row
+    answers: pl.DataFrame  # row, prompt, one answer column per endpoint
+    images: pl.DataFrame  # row, sample, seed, endpoint, prompt, image_path
+    is_image: bool
+    cost: str
+    notes: list[str] = field(default_factory=list)
+
+
+def load(output_dir: Path) -> Report:
+    latest = scan_latest(output_dir)
+    if latest is None:
+        raise InputError(f"no results in {output_dir} yet: run the job first")
+    try:
+        frame = latest.select(_COLUMNS).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"cannot read the manifest in {output_dir}: {str(exc).splitlines()[0]}") from None
+    return build(output_dir, frame)
+
+
+def build(output_dir: Path, frame: pl.DataFrame) -> Report:
+    notes: list[str] = []
+    started, finished = frame["started_at"].min(), frame["finished_at"].max()
+    wall_s = (finished - started).total_seconds() if started is not None and finished is not None else 0.0  # type: ignore[operator]
+    ok = pl.col("status") == "ok"
+    tokens = pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)
+    by_endpoint = (
+        frame.group_by("endpoint")
+        .agg(
+            pl.len().alias("requests"),
+            ok.sum().alias("ok"),
+            (~ok).sum().alias("failed"),
+            tokens.sum().alias("tokens"),
+            pl.col("latency_ms").filter(ok).median().alias("p50_ms"),
+            pl.col("latency_ms").filter(ok).quantile(0.95).alias("p95_ms"),
+            pl.col("ttft_ms").filter(ok).median().alias("ttft_p50_ms"),
+        )
+        .sort("endpoint")
+    )
+    span = max(wall_s, 1.0)
+    bin_s = max(span / TIME_BINS, MIN_BIN_S)
+    every = f"{int(bin_s * 1_000_000)}us"
+    timed = frame.filter(pl.col("finished_at").is_not_null()).sort("finished_at")
+    binned = timed.group_by_dynamic("finished_at", every=every, group_by=["endpoint", "status"]).agg(
+        pl.len().alias("count")
+    )
+    throughput = binned.with_columns((pl.col("count") / bin_s).alias("per_s"))
+    errors_over_time = (
+        timed.filter(~ok)
+        .with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
+        .group_by_dynamic("finished_at", every=every, group_by="kind")
+        .agg(pl.len().alias("count"))
+    )
+    latencies = (
+        frame.filter(ok & pl.col("latency_ms").is_not_null())
+        .select("endpoint", "latency_ms", "ttft_ms")
+        .group_by("endpoint")
+        .map_groups(lambda g: g.sample(min(g.height, DISTRIBUTION_POINTS), seed=0))
+    )
+    errors = (
+        frame.filter(~ok)
+        .group_by(pl.col("error_kind").fill_null("unknown").alias("kind"), "http_status")
+        .agg(
+            pl.len().alias("count"),
+            pl.col("error").first().alias("example"),
+            pl.col("row_id").first().alias("row_id"),
+            pl.col("row_index").first().alias("row_index"),
+        )
+        .sort("count", descending=True)
+    )
+    rows = frame["row_index"].n_unique()
+    is_image = frame["image_path"].is_not_null().any()
+    prompts = _Prompts(output_dir, frame)
+    answers = _answers(frame, prompts) if not is_image else pl.DataFrame()
+    images = _images(frame, prompts) if is_image else pl.DataFrame()
+    if prompts.missing:
+        notes.append(prompts.missing)
+    return Report(
+        output_dir=output_dir,
+        rows=rows,
+        requests=frame.height,
+        by_endpoint=by_endpoint,
+        wall_s=wall_s,
+        started=str(started)[:19] if started is not None else "-",
+        finished=str(finished)[:19] if finished is not None else "-",
+        last_exit=_last_exit(output_dir),
+        throughput=throughput,
+        latencies=latencies,
+        errors_over_time=errors_over_time,
+        errors=errors,
+        answers=answers,
+        images=images,
+        is_image=bool(is_image),
+        cost="not recorded (the manifest has no prices)",
+        notes=notes,
+    )
+
+
+def _sample_rows(frame: pl.DataFrame, limit: int) -> pl.Series:
+    """The first ``limit`` input rows (in input order): a reader finds row 12 where row 12 is."""
+    return frame["row_index"].unique().sort().head(limit)
+
+
+def _answers(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
+    """One line per sampled (row, sample), one answer column per endpoint (side by side)."""
+    chosen = _sample_rows(frame, SAMPLE_ROWS)
+    picked = frame.filter(pl.col("row_index").is_in(chosen.implode()))
+    answer = (
+        pl.when(pl.col("status") == "ok")
+        .then(pl.col("response_text"))
+        .otherwise(pl.lit("[failed: ") + pl.col("error").fill_null("") + pl.lit("]"))
+    )
+    wide = (
+        picked.with_columns(answer.alias("answer"))
+        .pivot(on="endpoint", index=["row_index", "sample"], values="answer", aggregate_function="first")
+        .sort("row_index", "sample")
+    )
+    ids = picked.group_by("row_index").agg(pl.col("row_id").first())
+    wide = wide.join(ids, on="row_index", how="left")
+    return wide.with_columns(prompts.column(wide["row_index"], picked))
+
+
+def _images(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
+    chosen = _sample_rows(frame.filter(pl.col("image_path").is_not_null()), SAMPLE_IMAGES)
+    picked = (
+        frame.filter(pl.col("row_index").is_in(chosen.implode()) & pl.col("image_path").is_not_null())
+        .sort("row_index", "endpoint", "sample")
+        .head(SAMPLE_IMAGES)
+    )
+    return picked.select("row_index", "row_id", "sample", "seed", "endpoint", "image_path").with_columns(
+        prompts.column(picked["row_index"], picked)
+    )
+
+
+class _Prompts:
+    """The prompt text of sampled rows: the job's prompt template over the input row, else the kept body."""
+
+    def __init__(self, output_dir: Path, frame: pl.DataFrame) -> None:
+        self.output_dir = output_dir
+        self.missing = ""
+        self._by_row: dict[int, str] | None = None
+        self.frame = frame
+
+    def column(self, row_index: pl.Series, picked: pl.DataFrame) -> pl.Series:
+        if self._by_row is None:
+            self._by_row = self._read(set(self.frame["row_index"].unique().sort().head(SAMPLE_ROWS).to_list()))
+            if not self._by_row:
+                self._by_row = _from_bodies(self.frame)
+                if not self._by_row and not self.missing:
+                    self.missing = "prompts not shown: the job's input could not be read and no request body was kept"
+        by_row = self._by_row
+        return pl.Series("prompt", [by_row.get(i) for i in row_index.to_list()], dtype=pl.String)
+
+    def _read(self, wanted: set[int]) -> dict[int, str]:
+        from ..export import job_for
+        from ..plan.reader import Table
+        from ..plan.shape import prompt_template
+        from ..plan.templates import compile_template
+
+        try:
+            job = job_for(str(self.output_dir))
+            template = prompt_template(job)
+            if template is None:
+                return {}
+            render = compile_template(template, "prompt")
+            found: dict[int, str] = {}
+            start = 0
+            last = max(wanted) if wanted else -1
+            for chunk in Table(job.input, job.input_options).frames(65_536):
+                if start > last:
+                    break
+                local = [i - start for i in sorted(wanted) if start <= i < start + chunk.height]
+                for i, row in zip(local, chunk[local].to_dicts(), strict=True):
+                    value = render({**row, "row": row})
+                    found[start + i] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                start += chunk.height
+            return found
+        except (BatchrunError, OSError) as exc:
+            self.missing = f"prompts from the request bodies: the job's input could not be read ({exc})"
+            return {}
+
+
+def _from_bodies(frame: pl.DataFrame) -> dict[int, str]:
+    found: dict[int, str] = {}
+    kept = frame.filter(pl.col("request_body").is_not_null()).unique("row_index").head(SAMPLE_ROWS)
+    for index, body in kept.select("row_index", "request_body").iter_rows():
+        try:
+            found[index] = _prompt_in(json.loads(body))
+        except ValueError:
+            continue
+    return found
+
+
+def _prompt_in(body: Any) -> str:
+    """The last user message of a chat body, or an image body's ``prompt``/``inputs``."""
+    if isinstance(body, dict):
+        for message in reversed(body.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        for name in ("prompt", "inputs"):
+            if isinstance(body.get(name), str):
+                return str(body[name])
+    return json.dumps(body, ensure_ascii=False)
+
+
+def _last_exit(output_dir: Path) -> str:
+    """The exit status of the last run, when the run left its summary; else not known."""
+    path = output_dir / LAST_RUN
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "not recorded"
+    if isinstance(data, dict) and "exit_code" in data:
+        return f"{data['exit_code']}: {data.get('exit_meaning', '')}".rstrip(": ")
+    return "not recorded"
