@@ -10,7 +10,9 @@ sampled rows are rendered, so a 1M-row run costs one pass over the input, not a 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ SAMPLE_ROWS = 2_000  # rows in the answers table: ~2 MB of text at most, searcha
 SAMPLE_IMAGES = 240  # thumbnails in the contact sheet: ~5 MB of JPEG at 256 px
 TIME_BINS = 60  # points on the over-time charts
 MIN_BIN_S = 0.1  # a two-second run: 20 points, not 60 of one or two requests each
-DISTRIBUTION_POINTS = 20_000  # latencies drawn per endpoint (a uniform sample; the table has exact quantiles)
+HISTOGRAM_BINS = 30  # about this many bars, of a round width, up to the 99th percentile
 
 _COLUMNS = [
     "request_key",
@@ -61,7 +63,8 @@ class Report:
     finished: str
     last_exit: str
     throughput: pl.DataFrame  # minute bin, endpoint, status, count, per_s
-    latencies: pl.DataFrame  # endpoint, latency_ms, ttft_ms (sampled)
+    latency: pl.DataFrame  # histogram: endpoint, lo, hi, count (every ok row up to p99)
+    ttft: pl.DataFrame  # the same for time to first token
     errors_over_time: pl.DataFrame  # bin, kind, count
     errors: pl.DataFrame  # kind, http_status, count, example, row
     answers: pl.DataFrame  # row, prompt, one answer column per endpoint
@@ -85,7 +88,11 @@ def load(output_dir: Path) -> Report:
 def build(output_dir: Path, frame: pl.DataFrame) -> Report:
     notes: list[str] = []
     started, finished = frame["started_at"].min(), frame["finished_at"].max()
-    wall_s = (finished - started).total_seconds() if started is not None and finished is not None else 0.0  # type: ignore[operator]
+    wall_s = (
+        (finished - started).total_seconds()
+        if isinstance(started, datetime) and isinstance(finished, datetime)
+        else 0.0
+    )
     ok = pl.col("status") == "ok"
     tokens = pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)
     by_endpoint = (
@@ -108,19 +115,18 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
     binned = timed.group_by_dynamic("finished_at", every=every, group_by=["endpoint", "status"]).agg(
         pl.len().alias("count")
     )
-    throughput = binned.with_columns((pl.col("count") / bin_s).alias("per_s"))
+    until = (pl.col("finished_at") + pl.duration(microseconds=int(bin_s * 1_000_000))).alias("until")
+    throughput = binned.with_columns((pl.col("count") / bin_s).alias("per_s"), until)
     errors_over_time = (
         timed.filter(~ok)
         .with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
         .group_by_dynamic("finished_at", every=every, group_by="kind")
         .agg(pl.len().alias("count"))
+        .with_columns(until)
     )
-    latencies = (
-        frame.filter(ok & pl.col("latency_ms").is_not_null())
-        .select("endpoint", "latency_ms", "ttft_ms")
-        .group_by("endpoint")
-        .map_groups(lambda g: g.sample(min(g.height, DISTRIBUTION_POINTS), seed=0))
-    )
+    answered = frame.filter(ok)
+    latency = histogram(answered, "latency_ms")
+    ttft = histogram(answered, "ttft_ms")
     errors = (
         frame.filter(~ok)
         .group_by(pl.col("error_kind").fill_null("unknown").alias("kind"), "http_status")
@@ -149,7 +155,8 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         finished=str(finished)[:19] if finished is not None else "-",
         last_exit=_last_exit(output_dir),
         throughput=throughput,
-        latencies=latencies,
+        latency=latency,
+        ttft=ttft,
         errors_over_time=errors_over_time,
         errors=errors,
         answers=answers,
@@ -158,6 +165,29 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         cost="not recorded (the manifest has no prices)",
         notes=notes,
     )
+
+
+def histogram(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Bars of a round width (1, 2 or 5 times a power of ten) per endpoint, over every value up to
+    the 99th percentile, so the slowest 1 % do not squeeze the rest into one bar (p95 is in the table)."""
+    values = frame.filter(pl.col(column).is_not_null())
+    cut = values[column].quantile(0.99) if values.height else None
+    if cut is None:
+        return pl.DataFrame(schema={"endpoint": pl.String, "lo": pl.Float64, "hi": pl.Float64, "count": pl.UInt32})
+    width = _round_step(max(float(cut), 1e-3) / HISTOGRAM_BINS)
+    lo = (pl.col(column) / width).floor() * width
+    return (
+        values.filter(pl.col(column) <= cut)
+        .group_by("endpoint", lo.alias("lo"))
+        .agg(pl.len().alias("count"))
+        .with_columns((pl.col("lo") + width).alias("hi"))
+        .sort("endpoint", "lo")
+    )
+
+
+def _round_step(raw: float) -> float:
+    power = 10 ** math.floor(math.log10(raw))
+    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
 
 
 def _sample_rows(frame: pl.DataFrame, limit: int) -> pl.Series:

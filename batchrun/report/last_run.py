@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,5 @@ LAST_RUN = "last_run.json"
 def note_last_run(output_dir: Path, fields: dict[str, Any]) -> None:
     """Best effort: a run that cannot write it still exits as it would (the report says 'not recorded')."""
     text = json.dumps(fields, ensure_ascii=False, default=str)
-    try:
+    with contextlib.suppress(OSError):
         write_atomic(output_dir / LAST_RUN, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except OSError:
-        pass

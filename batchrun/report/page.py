@@ -17,7 +17,7 @@ import polars as pl
 
 from ..sink.files import write_atomic
 from . import charts
-from .data import SAMPLE_IMAGES, SAMPLE_ROWS, Report, load
+from .data import Report, load
 from .thumbs import thumbnail
 
 _HERE = Path(__file__).parent
@@ -44,9 +44,7 @@ def render(report: Report, destination: Path) -> str:
         "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
         f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
     )
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_HERE), autoescape=True, undefined=jinja2.StrictUndefined
-    )
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE), autoescape=True, undefined=jinja2.StrictUndefined)
     endpoints = report.by_endpoint["endpoint"].to_list()
     answers = report.answers
     answer_rows = [
@@ -63,11 +61,9 @@ def render(report: Report, destination: Path) -> str:
         charts={title: _markup(svg) for title, svg in charts.render(report).items()},
         errors=report.errors.head(50).to_dicts(),
         answers_json=_markup(script_json({"columns": ["row", "sample", "prompt", *endpoints], "rows": answer_rows})),
-        answers_shown=len(answer_rows),
+        rows_shown=answers["row_index"].n_unique() if answers.height else 0,
         answer_rows_total=report.rows,
-        sample_rows=SAMPLE_ROWS,
         sheet=_sheet(report, destination) if report.is_image else [],
-        sample_images=SAMPLE_IMAGES,
         fmt=_fmt,
     )
 
