@@ -46,7 +46,7 @@ def fabricate(out: Path, rows: int, endpoints: tuple[str, ...] = ("alpha", "beta
                 parsed = Parsed(text=f"{endpoint} says {i}", prompt_tokens=3, completion_tokens=2, ttft_ms=10.0 + n)
                 results.append(Result(request, "ok", 1, t, t + 0.1 + n / 10, 100.0 + 100 * n, parsed, http_status=200))
         frame = manifest_frame(results, endpoint=endpoint, run_id="run1")
-        write_part(out / "manifest", part_name("run1", endpoint, 0), frame)
+        write_part(out / "manifest", part_name("run1", f"s{n}", 0), frame)
 
 
 def test_aggregates_cover_every_row_and_answers_sit_side_by_side(tmp_path: Path) -> None:

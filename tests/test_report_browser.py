@@ -134,3 +134,23 @@ async def test_image_contact_sheet_groups_samples_and_links_full_images(
     hrefs = re.findall(r'<a href="([^"]+)">', page.read_text())
     assert len(hrefs) == 18
     assert all((page.parent / href).resolve().is_file() for href in hrefs)
+
+
+def test_markup_in_endpoint_names_and_error_kinds_stays_text_in_charts(tmp_path: Path) -> None:
+    from test_report import fabricate
+
+    out = tmp_path / "out"
+    fabricate(out, 20, endpoints=("<img src=x onerror=alert(7)>", "<script>alert(8)</script>"), fail_every=3)
+    assert main(["report", str(out)]) == 0
+    seen = visit(
+        out / "report.html",
+        {
+            "charts": CHARTS,
+            "injected": "document.querySelectorAll('svg img, svg script, td *, th *').length",
+            "legends": "Array.from(document.querySelectorAll('.chart svg text')).map(t => t.textContent)",
+        },
+    )
+    assert seen.errors == [] and seen.dialogs == [] and seen.values["injected"] == 0
+    assert len(seen.values["charts"]) == 4
+    assert "<img src=x onerror=alert(7)>" in seen.values["legends"]
+    assert "<script>alert(8)</script>" in seen.values["legends"]

@@ -9,8 +9,10 @@ sampled rows are rendered, so a 1M-row run costs one pass over the input, not a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +21,8 @@ from typing import Any
 import polars as pl
 
 from ..errors import BatchrunError, InputError
-from ..sink.manifest import scan_latest
+from ..models import short_keys
+from ..sink.manifest import scan_all
 from .last_run import LAST_RUN
 
 SAMPLE_ROWS = 2_000  # rows in the answers table: ~2 MB of text at most, searchable in the page
@@ -28,8 +31,8 @@ TIME_BINS = 60  # points on the over-time charts
 MIN_BIN_S = 0.1  # a two-second run: 20 points, not 60 of one or two requests each
 HISTOGRAM_BINS = 30  # about this many bars, of a round width, up to the 99th percentile
 
+_SHORT = short_keys(pl.col("request_key")).alias("short")
 _COLUMNS = [
-    "request_key",
     "row_id",
     "row_index",
     "endpoint",
@@ -39,7 +42,6 @@ _COLUMNS = [
     "error_kind",
     "http_status",
     "error",
-    "response_text",
     "prompt_tokens",
     "completion_tokens",
     "image_path",
@@ -48,8 +50,8 @@ _COLUMNS = [
     "started_at",
     "finished_at",
     "run_id",
-    "request_body",
 ]
+_TEXTS = ["response_text", "request_body"]  # read for the sampled rows only: at 1M rows they are most of the memory
 
 
 @dataclass
@@ -75,14 +77,42 @@ class Report:
 
 
 def load(output_dir: Path) -> Report:
-    latest = scan_latest(output_dir)
-    if latest is None:
+    every = scan_all(output_dir)
+    if every is None:
         raise InputError(f"no results in {output_dir} yet: run the job first")
+    # the latest row per key, as scan_latest picks it, keyed by the 8-byte short key: sorting with
+    # the 64-character keys took twice the memory (918 against 484 MiB at 1M rows)
+    with _manifest_errors(output_dir):
+        frame = (
+            every.select(_SHORT, *_COLUMNS)
+            .sort("finished_at")
+            .unique("short", keep="last", maintain_order=True)
+            .collect()
+        )
+    return build(output_dir, frame)
+
+
+@contextlib.contextmanager
+def _manifest_errors(output_dir: Path) -> Iterator[None]:
     try:
-        frame = latest.select(_COLUMNS).collect()
+        yield
     except pl.exceptions.PolarsError as exc:
         raise InputError(f"cannot read the manifest in {output_dir}: {str(exc).splitlines()[0]}") from None
-    return build(output_dir, frame)
+
+
+def _texts(output_dir: Path, keys: pl.Series) -> pl.DataFrame:
+    """The answers and kept bodies of ``keys`` (short keys), the latest row of each."""
+    every = scan_all(output_dir)
+    assert every is not None
+    with _manifest_errors(output_dir):
+        return (
+            every.select(_SHORT, "finished_at", *_TEXTS)
+            .filter(pl.col("short").is_in(keys.implode()))
+            .sort("finished_at")
+            .unique("short", keep="last")
+            .select("short", *_TEXTS)
+            .collect()
+        )
 
 
 def build(output_dir: Path, frame: pl.DataFrame) -> Report:
@@ -140,8 +170,11 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
     )
     rows = frame["row_index"].n_unique()
     is_image = frame["image_path"].is_not_null().any()
-    prompts = _Prompts(output_dir, frame)
-    answers = _answers(frame, prompts) if not is_image else pl.DataFrame()
+    chosen = _sample_rows(frame, SAMPLE_ROWS)
+    sampled = frame.filter(pl.col("row_index").is_in(chosen.implode()))
+    sampled = sampled.join(_texts(output_dir, sampled["short"]), on="short", how="left")
+    prompts = _Prompts(output_dir, sampled)
+    answers = _answers(sampled, prompts) if not is_image else pl.DataFrame()
     images = _images(frame, prompts) if is_image else pl.DataFrame()
     if prompts.missing:
         notes.append(prompts.missing)
@@ -195,10 +228,8 @@ def _sample_rows(frame: pl.DataFrame, limit: int) -> pl.Series:
     return frame["row_index"].unique().sort().head(limit)
 
 
-def _answers(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
+def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
     """One line per sampled (row, sample), one answer column per endpoint (side by side)."""
-    chosen = _sample_rows(frame, SAMPLE_ROWS)
-    picked = frame.filter(pl.col("row_index").is_in(chosen.implode()))
     answer = (
         pl.when(pl.col("status") == "ok")
         .then(pl.col("response_text"))
@@ -211,7 +242,7 @@ def _answers(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
     )
     ids = picked.group_by("row_index").agg(pl.col("row_id").first())
     wide = wide.join(ids, on="row_index", how="left")
-    return wide.with_columns(prompts.column(wide["row_index"], picked))
+    return wide.with_columns(prompts.column(wide["row_index"]))
 
 
 def _images(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
@@ -222,24 +253,25 @@ def _images(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
         .head(SAMPLE_IMAGES)
     )
     return picked.select("row_index", "row_id", "sample", "seed", "endpoint", "image_path").with_columns(
-        prompts.column(picked["row_index"], picked)
+        prompts.column(picked["row_index"])
     )
 
 
 class _Prompts:
-    """The prompt text of sampled rows: the job's prompt template over the input row, else the kept body."""
+    """The prompt text of sampled rows: the job's prompt template over the input row, else the
+    kept body (of the rows in ``sampled``, which has the manifest's texts)."""
 
-    def __init__(self, output_dir: Path, frame: pl.DataFrame) -> None:
+    def __init__(self, output_dir: Path, sampled: pl.DataFrame) -> None:
         self.output_dir = output_dir
         self.missing = ""
         self._by_row: dict[int, str] | None = None
-        self.frame = frame
+        self.sampled = sampled
 
-    def column(self, row_index: pl.Series, picked: pl.DataFrame) -> pl.Series:
+    def column(self, row_index: pl.Series) -> pl.Series:
         if self._by_row is None:
-            self._by_row = self._read(set(self.frame["row_index"].unique().sort().head(SAMPLE_ROWS).to_list()))
+            self._by_row = self._read(set(row_index.to_list()))
             if not self._by_row:
-                self._by_row = _from_bodies(self.frame)
+                self._by_row = _from_bodies(self.sampled)
                 if not self._by_row and not self.missing:
                     self.missing = "prompts not shown: the job's input could not be read and no request body was kept"
         by_row = self._by_row
