@@ -73,8 +73,9 @@ def build_run(folder: Path, rows: int) -> Path:
     )
     frame = frame.with_columns(
         pl.Series("request_key", [hashlib.sha256(b"%d" % i).hexdigest() for i in range(rows)]),  # keys are digests
-        pl.format("The answer to question {} is {}. It follows from adding them.", "row_index", pl.col("row_index") % 186)
-        .alias("response_text"),
+        pl.format(
+            "The answer to question {} is {}. It follows from adding them.", "row_index", pl.col("row_index") % 186
+        ).alias("response_text"),
         pl.when(failed).then(pl.col("kind")).alias("error_kind"),
         pl.when(failed).then(pl.col("code")).otherwise(200).alias("http_status"),
         pl.when(failed).then(pl.format("HTTP {}: the server said no", "code")).alias("error"),
@@ -108,7 +109,9 @@ def main() -> None:
             assert m.returncode == 0, m.stderr[-2000:]
             size_mb = page.stat().st_size / 1e6
             rows.append([f"report of {args.rows:,} rows #{rep + 1}", m.wall_s, m.cpu_s, m.peak_rss_mib, size_mb])
-            raw.append({"rows": args.rows, "wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss_mib": m.peak_rss_mib, "mb": size_mb})
+            raw.append(
+                {"rows": args.rows, "wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss_mib": m.peak_rss_mib, "mb": size_mb}
+            )
             note(f"#{rep + 1}: {m.wall_s:.1f}s, {size_mb:.1f} MB")
         print(machine())
         print(table(["what", "seconds", "CPU s", "peak RSS MiB", "page MB"], rows))

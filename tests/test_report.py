@@ -127,3 +127,15 @@ def test_script_json_cannot_close_its_element() -> None:
     text = script_json({"a": "</script><script>alert(1)</script> & <!--"})
     assert "<" not in text and ">" not in text and "&" not in text
     assert json.loads(text) == {"a": "</script><script>alert(1)</script> & <!--"}
+
+
+def test_a_key_answered_again_counts_once_with_its_latest_result(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    fabricate(out, 30, fail_every=10)
+    request = Request(key(10, "beta"), "r10", 10, 0, "POST", "http://x/", b"{}", "m")
+    later = Result(request, "ok", 1, 1_900_000_000.0, 1_900_000_000.2, 200.0, Parsed(text="beta again"))
+    write_part(out / "manifest", part_name("run2", "s1", 0), manifest_frame([later], endpoint="beta", run_id="run2"))
+    report = report_data.load(out)
+    assert report.requests == 60
+    assert report.by_endpoint.filter(pl.col("endpoint") == "beta")["failed"].item() == 2
+    assert report.answers.filter(pl.col("row_index") == 10)["beta"].item() == "beta again"
