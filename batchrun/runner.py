@@ -18,7 +18,7 @@ import anyio
 import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .dispatch.adaptive import AdaptiveRate
+from .dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
@@ -135,7 +135,7 @@ async def run_job(
 
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)
-            progress.notes = caller.rate.describe
+            progress.notes = caller.describe
             pool = Pool(_storing(caller, store), job.limits.concurrency)
             progress.activity = lambda: (pool.in_flight, caller.retries)
             results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
@@ -178,7 +178,7 @@ async def run_job(
         fatal=fatal,
         stopped=None if fatal else pool.stopped,
         exit_code=code,
-        notes=caller.rate.describe(),
+        notes=caller.describe(),
         job=job.name,
         output=str(job.output_dir),
         causes=progress.failures.causes(),
@@ -197,6 +197,7 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
         rate=AdaptiveRate(job.limits.requests_per_minute),
+        concurrency=AdaptiveConcurrency(job.limits.concurrency),
         tokens=TokenBudget(job.limits.tokens_per_minute) if job.limits.tokens_per_minute else None,
         completion_tokens=completion_cap(job),
         cooldown=CoolDown(),

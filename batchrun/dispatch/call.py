@@ -11,14 +11,15 @@ from typing import cast
 import anyio
 import httpx
 
-from ..endpoints.base import Adapter, StreamingAdapter, classify, exhausted_quota_wait
+from ..endpoints.base import Adapter, StreamingAdapter, classify
 from ..errors import FatalError, PermanentError, RequestError, RetryableError
 from ..log import event
 from ..models import Parsed, Request, Result, estimated_tokens
-from .adaptive import AdaptiveRate
+from .adaptive import AdaptiveConcurrency, AdaptiveRate
 from .client import Sender
 from .health import EndpointHealth
-from .limits import CoolDown, Sleep, TokenBudget
+from .limits import CoolDown, Sleep, TokenBudget, duration
+from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
 
@@ -70,6 +71,7 @@ class Caller:
         *,
         policy: RetryPolicy,
         rate: AdaptiveRate | None = None,
+        concurrency: AdaptiveConcurrency | None = None,
         tokens: TokenBudget | None = None,
         completion_tokens: int = 0,
         health: EndpointHealth | None = None,
@@ -81,6 +83,7 @@ class Caller:
         self.adapter = adapter
         self.policy = policy
         self.rate = rate or AdaptiveRate(None)
+        self.concurrency = concurrency
         self.health = health or EndpointHealth()
         self.tokens = tokens
         self.completion_tokens = completion_tokens  # the cap, for the tokens-per-minute estimate
@@ -125,33 +128,40 @@ class Caller:
         await self.cooldown.wait(self.sleep)
         if self.tokens is not None:
             await self.tokens.take(estimated_tokens(request.body, self.completion_tokens))
-        sent_at = await self.rate.acquire()
-        self.attempts += 1
-        started = time.perf_counter()
         try:
-            parsed = await self._exchange(request, started, sent_at)
+            if self.concurrency is None:
+                parsed, latency = await self._send(request)
+            else:
+                async with self.concurrency as slot_at:  # the in-flight limit, then the rate
+                    parsed, latency = await self._send(request, slot_at)
         except RequestError as exc:
             if fatal := self.health.failed(exc):
                 raise fatal from None
             raise
         self.health.succeeded()
+        return parsed, latency
+
+    async def _send(self, request: Request, slot_at: float = 0.0) -> tuple[Parsed, float]:
+        sent_at = await self.rate.acquire()
+        self.attempts += 1
+        started = time.perf_counter()
+        parsed = await self._exchange(request, started, sent_at, slot_at)
         return parsed, (time.perf_counter() - started) * 1000
 
-    async def _exchange(self, request: Request, started: float, sent_at: float) -> Parsed:
+    async def _exchange(self, request: Request, started: float, sent_at: float, slot_at: float) -> Parsed:
         with transport_errors(request.url):
             response = await self.sender.send(request.method, request.url, request.body)
             try:
-                quota_wait = exhausted_quota_wait(response.headers)
-                if quota_wait:
-                    self.cooldown.pause(min(quota_wait, self.policy.max_wait))
+                if window := exhausted_window(response.headers):
+                    self._pause(*window)
                 if not response.is_success:
-                    error = classify(response.status_code, response.headers, await response.aread())
-                    if error.http_status == 429 and self.rate.on_throttled(sent_at):
-                        event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
-                    if error.http_status in (429, 503) and error.retry_after:
-                        self.cooldown.pause(min(error.retry_after, self.policy.max_wait))
+                    content = await response.aread()
+                    error = classify(response.status_code, response.headers, content)
+                    self._pushed_back(request, error, content, sent_at, slot_at)
                     raise error
                 self.rate.on_success()
+                if self.concurrency is not None:
+                    self.concurrency.on_success()
                 if self.adapter.streaming and is_event_stream(response):
                     assembler = cast(StreamingAdapter, self.adapter).new_stream()
                     return await read_event_stream(response, assembler, started)
@@ -162,6 +172,49 @@ class Caller:
                 return self.adapter.parse(response.headers, body)
             finally:
                 await response.aclose()
+
+    def _pushed_back(
+        self, request: Request, error: RequestError, content: bytes, sent_at: float, slot_at: float
+    ) -> None:
+        """Act on what a refusal says about the endpoint's limits (see ``pushback``): an exhausted
+        quota stops the job; too many in flight lowers the in-flight limit; a rate limit, when
+        sustained, cuts the rate and pauses every worker for its ``Retry-After``."""
+        status = error.http_status or 0
+        pushback = read_pushback(status, content)
+        if pushback is None:
+            if status == 503 and error.retry_after:
+                self._pause(error.retry_after, f"HTTP 503, Retry-After {error.retry_after:g}s")
+            return
+        if pushback.kind is Kind.QUOTA:
+            raise FatalError(
+                f"quota exhausted (HTTP {status}): {redact(pushback.cause, self.secrets)}",
+                http_status=status,
+                reason=pushback.cause,
+            ) from None
+        if pushback.kind is Kind.OVERLOAD:
+            if self.concurrency is not None and self.concurrency.on_overload(slot_at):
+                event(f"overloaded answer from the endpoint: {self.concurrency.describe()}", level=logging.WARNING)
+            if error.retry_after and status == 503:
+                self._pause(error.retry_after, "overloaded (HTTP 503)")
+            return
+        if self.rate.on_throttled(sent_at):
+            event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
+        if error.retry_after and self.rate.sustained():
+            self._pause(error.retry_after, f"HTTP {status}, Retry-After {error.retry_after:g}s")
+
+    def _pause(self, seconds: float, reason: str) -> None:
+        """The shared cool-down (at most ``max_retry_wait_s``); a long one is said once in the log,
+        with its reason."""
+        seconds = min(seconds, self.policy.max_wait)
+        if self.cooldown.pause(seconds, reason) and seconds >= 10:
+            event(f"every worker paused for {duration(seconds)}: {reason}", level=logging.WARNING)
+
+    def describe(self) -> str:
+        """The adaptive limits and any pause, for the progress line and the summary."""
+        parts = [self.cooldown.describe(), self.rate.describe()]
+        if self.concurrency is not None:
+            parts.append(self.concurrency.describe())
+        return "; ".join(p for p in parts if p)
 
     def _failed(self, request: Request, exc: RequestError, attempts: int, started: float) -> Result:
         return Result(
