@@ -92,6 +92,7 @@ class Caller:
         self.secrets = tuple(secrets)
         self.attempts = 0  # every HTTP request sent, retries included
         self.retries = 0  # attempts after a request's first: the progress line shows them
+        self.fatal: FatalError | None = None  # once set, nothing more is sent
 
     async def __call__(self, request: Request) -> Result:
         started = time.time()
@@ -134,8 +135,12 @@ class Caller:
             else:
                 async with self.concurrency as slot_at:  # the in-flight limit, then the rate
                     parsed, latency = await self._send(request, slot_at)
+        except FatalError as exc:
+            self.fatal = self.fatal or exc
+            raise
         except RequestError as exc:
             if fatal := self.health.failed(exc):
+                self.fatal = self.fatal or fatal
                 raise fatal from None
             raise
         self.health.succeeded()
@@ -143,6 +148,8 @@ class Caller:
 
     async def _send(self, request: Request, slot_at: float = 0.0) -> tuple[Parsed, float]:
         sent_at = await self.rate.acquire()
+        if self.fatal is not None:  # a slot freed by the fatal answer, before the pool stopped
+            raise self.fatal
         self.attempts += 1
         started = time.perf_counter()
         parsed = await self._exchange(request, started, sent_at, slot_at)
@@ -208,6 +215,11 @@ class Caller:
         seconds = min(seconds, self.policy.max_wait)
         if self.cooldown.pause(seconds, reason) and seconds >= 10:
             event(f"every worker paused for {duration(seconds)}: {reason}", level=logging.WARNING)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests on the wire now (not those waiting out a retry)."""
+        return self.concurrency.in_flight if self.concurrency is not None else 0
 
     def describe(self) -> str:
         """The adaptive limits and any pause, for the progress line and the summary."""
