@@ -160,7 +160,7 @@ class AdaptiveRate:
 
 
 class AdaptiveConcurrency:
-    """The in-flight limit (AIMD on overload answers); ``async with`` it around one exchange."""
+    """The in-flight limit (AIMD on overload answers); ``async with limit.slot()`` around one exchange."""
 
     def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = ceiling
@@ -178,17 +178,10 @@ class AdaptiveConcurrency:
             self._gate = anyio.CapacityLimiter(max(1, int(self.limit)))
         return self._gate
 
-    async def __aenter__(self) -> float:
-        """Wait for room; returns the send time, to tell which limit an overload answered."""
-        await self.gate.acquire()
-        self.in_flight += 1
-        return self._clock()
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.in_flight -= 1
-        self.gate.release()
+    def slot(self) -> _Slot:
+        """``async with limit.slot() as sent_at:`` around one exchange: waits for room; ``sent_at``
+        tells later which limit an overload answer was for."""
+        return _Slot(self)
 
     def on_overload(self, sent_at: float) -> bool:
         """The endpoint refused a request sent at ``sent_at`` for having too many in flight. The
@@ -225,3 +218,24 @@ class AdaptiveConcurrency:
 
     def __repr__(self) -> str:
         return f"AdaptiveConcurrency(limit={self.limit:.2f}, ceiling={self.ceiling}, cuts={self.cuts})"
+
+
+class _Slot:
+    """One request's place in flight. Its own borrower of the gate: a task may hold only one token
+    of a ``CapacityLimiter`` as itself."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: AdaptiveConcurrency) -> None:
+        self.limit = limit
+
+    async def __aenter__(self) -> float:
+        await self.limit.gate.acquire_on_behalf_of(self)
+        self.limit.in_flight += 1
+        return self.limit._clock()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.limit.in_flight -= 1
+        self.limit.gate.release_on_behalf_of(self)

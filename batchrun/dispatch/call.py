@@ -133,7 +133,7 @@ class Caller:
             if self.concurrency is None:
                 parsed, latency = await self._send(request)
             else:
-                async with self.concurrency as slot_at:  # the in-flight limit, then the rate
+                async with self.concurrency.slot() as slot_at:  # the in-flight limit, then the rate
                     parsed, latency = await self._send(request, slot_at)
         except FatalError as exc:
             self.fatal = self.fatal or exc
