@@ -23,6 +23,8 @@ from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
 
+SAY_EVERY_S = 10.0  # the in-flight limit's changes are logged at most this often
+
 
 class transport_errors:  # used as a function: ``with transport_errors(url):``
     """httpx's exceptions, translated once: a bad URL is fatal, everything else on the wire
@@ -93,6 +95,7 @@ class Caller:
         self.attempts = 0  # every HTTP request sent, retries included
         self.retries = 0  # attempts after a request's first: the progress line shows them
         self.fatal: FatalError | None = None  # once set, nothing more is sent
+        self._said_overload = -SAY_EVERY_S
 
     async def __call__(self, request: Request) -> Result:
         started = time.time()
@@ -200,7 +203,10 @@ class Caller:
             ) from None
         if pushback.kind is Kind.OVERLOAD:
             if self.concurrency is not None and self.concurrency.on_overload(slot_at):
-                event(f"overloaded answer from the endpoint: {self.concurrency.describe()}", level=logging.WARNING)
+                now = time.monotonic()
+                if now - self._said_overload >= SAY_EVERY_S:  # one burst lowers it 40 times: said once
+                    self._said_overload = now
+                    event(f"overloaded answer from the endpoint: {self.concurrency.describe()}", level=logging.WARNING)
             if error.retry_after and status == 503:
                 self._pause(error.retry_after, "overloaded (HTTP 503)")
             return
