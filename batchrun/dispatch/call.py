@@ -128,8 +128,7 @@ class Caller:
         )
 
     async def _attempt(self, request: Request) -> tuple[Parsed, float]:
-        """One HTTP exchange, after the cool-down and the limiter; returns the answer and its latency."""
-        await self.cooldown.wait(self.sleep)
+        """One HTTP exchange, after the limits and the cool-down; returns the answer and its latency."""
         if self.tokens is not None:
             await self.tokens.take(estimated_tokens(request.body, self.completion_tokens))
         try:
@@ -150,7 +149,14 @@ class Caller:
         return parsed, latency
 
     async def _send(self, request: Request, slot_at: float = 0.0) -> tuple[Parsed, float]:
-        sent_at = await self.rate.acquire()
+        while True:
+            await self.cooldown.wait(self.sleep)
+            paused = self.cooldown.pauses
+            sent_at = await self.rate.acquire()
+            if self.cooldown.pauses == paused or not self.cooldown.remaining():
+                break
+            # a pause began while this request waited for its slot (at a cut rate, up to seconds):
+            # wait it out, then take a new slot, so that no one sends during it nor all at its end
         if self.fatal is not None:  # a slot freed by the fatal answer, before the pool stopped
             raise self.fatal
         self.attempts += 1
