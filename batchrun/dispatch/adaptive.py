@@ -236,7 +236,11 @@ class _Slot:
         self.limit = limit
 
     async def __aenter__(self) -> float:
-        await self.limit.gate.acquire_on_behalf_of(self)
+        gate = self.limit.gate
+        try:  # no task switch when there is room (acquire() always yields once)
+            gate.acquire_on_behalf_of_nowait(self)
+        except anyio.WouldBlock:
+            await gate.acquire_on_behalf_of(self)
         self.limit.in_flight += 1
         return self.limit._clock()
 
