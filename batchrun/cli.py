@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import gc
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import anyio
 
 from . import __version__
 from .durations import parse_duration
-from .errors import BatchrunError, ExitCode
+from .errors import BatchrunError, ExitCode, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
@@ -22,13 +23,7 @@ from .presets import PRESETS
 from .runner import run_job
 from .spec import load_job
 
-EXIT_CODES_HELP = """exit codes:
-  0  every request ok
-  2  bad job file, input or usage (nothing was sent)
-  3  finished, but some requests failed (see the manifest's error column)
-  4  stopped early, resumable (fatal endpoint error, signal, deadline): run it again
-  5  the output folder is locked by another run
-"""
+EXIT_CODES_HELP = exit_codes_help()
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -41,9 +36,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"batchrun {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback behind an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a job (resumes where the last run stopped)", epilog=EXIT_CODES_HELP)
+    run = sub.add_parser(
+        "run",
+        help="run a job (resumes where the last run stopped)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("job", help="the job file (TOML)")
     run.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     run.add_argument("--retry-failed", action="store_true", help="send permanently failed requests again")
@@ -85,6 +86,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     export.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="imagefolder metadata")
 
+    for command_parser in (run, plan, export):
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     sub.add_parser("presets", help="list the endpoint presets")
 
     simulate = sub.add_parser("simulate", help="serve the built-in endpoint simulator on a local port")
@@ -102,7 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except BatchrunError as exc:
         print(f"batchrun: error: {exc}", file=sys.stderr)
+        if args.debug and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         return int(exc.exit_code)
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"batchrun: error: {StoppedError.after(exc)}", file=sys.stderr)
+        return int(ExitCode.INCOMPLETE)
     except KeyboardInterrupt:
         print("batchrun: interrupted; what finished is saved, run again to resume", file=sys.stderr)
         return int(ExitCode.INCOMPLETE)

@@ -7,6 +7,8 @@ BatchrunError
 │   └── TemplateError     a template that does not parse or does not render for a row
 ├── OutputLockedError     exit 5: another run holds the output folder
 ├── SinkError             the output folder cannot be written (full disk, permissions)
+├── StoppedError          exit 4: a run stopped by what it met after sending (an input error mid-run,
+│                         a bug): what finished is saved, the lock released
 └── RequestError          one request failed; carries the endpoint's answer as context
     ├── RetryableError    worth another attempt (429, 5xx, timeouts, resets, broken 200 bodies)
     ├── PermanentError    this row will never succeed as sent (400, 404, 422, a whole 200 answer
@@ -20,7 +22,8 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """What a run's exit status means; documented in the README for cron users."""
+    """What a run's exit status means: the summary line, ``--help`` and the README's table all say
+    it with the words below (a test holds the README to them)."""
 
     OK = 0
     BAD_JOB = 2
@@ -30,16 +33,30 @@ class ExitCode(enum.IntEnum):
 
     @property
     def meaning(self) -> str:
-        return _MEANINGS[self]
+        """A few words, for the end of the summary line."""
+        return _MEANINGS[self][0]
+
+    @property
+    def explained(self) -> str:
+        """The meaning with what leads to it, for ``--help`` and the README."""
+        meaning, detail = _MEANINGS[self]
+        return f"{meaning} ({detail})" if detail else meaning
 
 
 _MEANINGS = {
-    ExitCode.OK: "every request ok",
-    ExitCode.BAD_JOB: "bad job file, input or usage; nothing was sent",
-    ExitCode.FAILED_ROWS: "finished, some requests failed",
-    ExitCode.INCOMPLETE: "stopped early; run again to resume",
-    ExitCode.LOCKED: "the output folder is locked by another run",
+    ExitCode.OK: ("every request ok", ""),
+    ExitCode.BAD_JOB: ("bad job file, input or usage; nothing was sent", ""),
+    ExitCode.FAILED_ROWS: ("finished, some requests failed", "see the manifest's error column"),
+    ExitCode.INCOMPLETE: (
+        "stopped early; run again to resume",
+        "signal, --max-runtime, fatal endpoint error such as 401/403, full disk",
+    ),
+    ExitCode.LOCKED: ("the output folder is locked by another run", ""),
 }
+
+
+def exit_codes_help() -> str:
+    return "exit codes:\n" + "".join(f"  {int(code)}  {code.explained}\n" for code in ExitCode)
 
 
 class BatchrunError(Exception):
@@ -73,6 +90,23 @@ class OutputLockedError(BatchrunError):
 
 class SinkError(BatchrunError):
     exit_code = ExitCode.INCOMPLETE
+
+
+class StoppedError(BatchrunError):
+    """The run stopped after requests were sent, so "nothing was sent" (exit 2) would be false.
+    ``__cause__`` keeps the error that stopped it, for ``--debug``."""
+
+    exit_code = ExitCode.INCOMPLETE
+
+    @classmethod
+    def after(cls, exc: BaseException) -> StoppedError:
+        if isinstance(exc, BatchrunError):
+            reason = str(exc)
+        else:  # not raised on purpose: say what it was, in one line
+            reason = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+        stopped = cls(f"stopped: {reason}; what finished is saved, run again to resume")
+        stopped.__cause__ = exc
+        return stopped
 
 
 class RequestError(BatchrunError):

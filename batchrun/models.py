@@ -73,10 +73,20 @@ class Result:
     error: str | None = None
 
 
+SHORT_KEY_HEX = 16  # hex digits of a request key in its short form: 64 bits
+
+
 def short_key(key: str) -> int:
     """The first 64 bits of a request key: enough to tell a million done keys apart (a collision
     is about 1 in 10^7 at 10^6 keys), at a third of the memory of the hex strings."""
-    return int(key[:16], 16)
+    return int(key[:SHORT_KEY_HEX], 16)
+
+
+def short_keys(keys: pl.Expr) -> pl.Expr:
+    """``short_key`` over a column of request keys (null stays null), as UInt64."""
+    import polars as pl  # only the callers that read columns have it loaded
+
+    return keys.str.slice(0, SHORT_KEY_HEX).str.to_integer(base=16, dtype=pl.UInt64)
 
 
 @dataclass(slots=True)
@@ -118,8 +128,7 @@ class DoneKeys:
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """``np.unique`` by sorting: numpy 2.4's ``np.unique`` takes a hash table for plain integers,
-    9.8 s for 9M keys here against 0.6 s for a sort and a mask."""
+    """``np.unique`` by a sort and a mask: 0.6 s for 9M keys, where ``np.unique`` took 9.8 s."""
     import numpy as np
 
     ordered = np.sort(values)

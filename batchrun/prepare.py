@@ -6,12 +6,9 @@ from __future__ import annotations
 import anyio
 
 from .endpoints.base import Adapter
-from .endpoints.chat import ChatAdapter
-from .endpoints.custom import CustomAdapter
-from .endpoints.images import OpenAIImageAdapter, RawImageAdapter
 from .errors import InputError
 from .models import DoneKeys
-from .plan.feed import Feed
+from .plan.feed import BATCH_ROWS, Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
 from .plan.reader import Table
@@ -19,19 +16,9 @@ from .plan.shape import check_columns, prompt_columns
 from .sink.manifest import read_done
 from .spec import Job
 
-BATCH_ROWS = 2048  # input rows read, planned and noted in the plan index at a time
-
 
 def make_adapter(job: Job) -> Adapter:
-    keep = job.sink.keep_raw_response
-    if job.endpoint.format == "chat":
-        return ChatAdapter(keep_raw=keep, streaming=job.endpoint.stream)
-    if job.endpoint.format == "image-hf":
-        return RawImageAdapter()
-    if job.endpoint.format == "image-openai":
-        return OpenAIImageAdapter()
-    assert job.endpoint.response_path is not None
-    return CustomAdapter(job.endpoint.response_path, str(job.path), keep_raw=keep)
+    return job.endpoint.wire.adapter(job.endpoint, keep_raw=job.sink.keep_raw_response, where=str(job.path))
 
 
 def open_input(job: Job) -> tuple[Table, int]:
@@ -52,6 +39,7 @@ def open_input(job: Job) -> tuple[Table, int]:
             'set empty_prompts = "skip" in the job to skip them'
         )
     first = next(table.batches(1))
+    planner.strict = True  # the first row is the templates' check: one that does not render is exit 2
     for request in planner.plan(first[:1]):
         if request.refused is not None:
             raise InputError(f"input {job.input}: row {request.row_index}: {request.refused}")
@@ -59,12 +47,11 @@ def open_input(job: Job) -> tuple[Table, int]:
     return table, stats.rows
 
 
-def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> tuple[Planner, Feed]:
+def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> Feed:
     """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
     call it in a thread)."""
     done = read_done(job.output_dir, retry_failed=retry_failed)
-    planner = Planner(job, DoneKeys(failed=done.failed), occurrences)  # the ok keys follow, through the feed
-    return planner, Feed.open(job, planner, planner.done_keys, done.ok, note=note)
+    return Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note)
 
 
 async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
@@ -73,13 +60,12 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
     occurrences = Occurrences(rows * job.request.samples)
 
     def count() -> tuple[PlanCounts, int]:
-        planner, feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
+        feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
         for start, frame in feed.slices(table, BATCH_ROWS):
             for _ in feed.requests(start, frame):
                 pass
-            if occurrences.flush_due:  # as a run does (count() alone spills at 4x: +15 MiB of dict)
-                occurrences.flush()
-        return planner.counts, feed.stale
+            feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
+        return feed.planner.counts, feed.stale
 
     with occurrences:
         return await anyio.to_thread.run_sync(count)

@@ -15,6 +15,7 @@ import anyio
 
 from .log import event
 from .models import Result
+from .plan.planner import PlanCounts
 from .summary import Failures
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class Progress:
         self,
         total: int,
         *,
-        already_done: int = 0,
+        plan: PlanCounts | None = None,
         stream: TextIO | None = None,
         interactive: bool | None = None,
         interval: float | None = None,
@@ -38,7 +39,7 @@ class Progress:
     ) -> None:
         self.stream = stream or sys.stderr
         self.total = total
-        self.done = already_done
+        self.plan = plan if plan is not None else PlanCounts()  # the planner's, as it plans
         self.ok = 0
         self.failed = 0
         self.failures = Failures()
@@ -59,8 +60,13 @@ class Progress:
             return
         todo = max(0, self.total - self.done)
         event(
-            f"run {job} -> {output}: {rows} rows, {'' if exact else 'up to '}{todo} requests to do, "
-            f"{self.done} already done",
+            f"run {job} -> {output}: {rows} rows, "
+            + (
+                f"{todo} requests to do, {self.done} already done"
+                if exact
+                else f"up to {todo} requests to do ({self.done} known done; the rest are matched "
+                "against the manifest as they are read)"
+            ),
             event="start",
             job=job,
             output=str(output),
@@ -95,12 +101,16 @@ class Progress:
         )
         self._bar.start()
 
+    @property
+    def done(self) -> int:
+        """Requests finished: answered in this run, or found done, shared or skipped by the plan."""
+        return self.ok + self.failed + self.plan.done + self.plan.shared + self.plan.skipped
+
     def rate(self) -> float:
         elapsed = time.monotonic() - self._start
         return (self.ok + self.failed) / elapsed if elapsed > 0 else 0.0
 
     def on_result(self, result: Result) -> None:
-        self.done += 1
         if result.status == "ok":
             self.ok += 1
         else:

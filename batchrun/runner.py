@@ -7,16 +7,15 @@ request sent.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import TextIO
 
 import anyio
 import httpx
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
 from .dispatch.call import Caller
@@ -28,15 +27,18 @@ from .dispatch.shutdown import deadline, stop_on, watch_signals
 from .errors import ExitCode, JobError
 from .export import remember_job
 from .log import event
-from .models import Request, Result
+from .models import Result
+from .plan.feed import produce
 from .plan.occurrences import Occurrences
 from .plan.shape import completion_cap
-from .prepare import BATCH_ROWS, make_adapter, open_input, open_plan
+from .prepare import make_adapter, open_input, open_plan
 from .progress import Progress
 from .sink.files import remove_temp_files
+from .sink.fold import fold_journals
 from .sink.images import ImageStore
 from .sink.lock import OutputLock
 from .sink.manifest import part_files
+from .sink.recording import recording
 from .sink.writer import ManifestWriter
 from .spec import Job
 from .summary import RunSummary
@@ -87,14 +89,18 @@ async def run_job(
         raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
     with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
+        await anyio.to_thread.run_sync(fold_journals, job.output_dir)  # a killed run's last results
         await anyio.to_thread.run_sync(remember_job, job)
         occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
         stack.callback(occurrences.close)
-        planner, feed = await anyio.to_thread.run_sync(
-            lambda: open_plan(job, occurrences, retry_failed=retry_failed, note=True)
-        )
+        feed = await anyio.to_thread.run_sync(lambda: open_plan(job, occurrences, retry_failed=retry_failed, note=True))
+        planner = feed.planner
         progress = Progress(
-            total_rows * job.request.samples, stream=progress_stream, interactive=interactive, quiet=quiet
+            total_rows * job.request.samples,
+            plan=planner.counts,
+            stream=progress_stream,
+            interactive=interactive,
+            quiet=quiet,
         )
         store = ImageStore(job.output_dir)
         writer = ManifestWriter(
@@ -106,41 +112,16 @@ async def run_job(
             before_part=store.sync,
             keep_request=job.sink.keep_request,
         )
-        progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped
-
-        async def produce(send: MemoryObjectSendStream[list[Request]]) -> None:
-            slices, whole = feed.slices(table, BATCH_ROWS), False
-            try:
-                while (pair := await anyio.to_thread.run_sync(next, slices, None)) is not None:
-                    start, frame = pair
-                    before = planner.counts.done + planner.counts.shared + planner.counts.skipped
-                    requests = feed.requests(start, frame)
-                    while batch := list(itertools.islice(requests, HANDOFF)):
-                        await send.send(batch)
-                    progress.done += planner.counts.done + planner.counts.shared + planner.counts.skipped - before
-                    while planner.skipped_rows:
-                        index, row_id = planner.skipped_rows.pop(0)
-                        event(f"row {index} skipped: empty prompt", row=index, row_id=row_id)
-                    if part := feed.journal_part():
-                        await anyio.to_thread.run_sync(feed.write, part)
-                    if occurrences.flush_due:
-                        await anyio.to_thread.run_sync(occurrences.flush)
-                whole = True
-            finally:
-                # also when stopped (a signal, the deadline, a fatal answer): the rows keyed so far
-                # go into the plan index, so the next run does not render them again
-                if part := feed.journal_part(final=True, stopped=not whole):
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(feed.write, part)
 
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)
             progress.notes = caller.describe
+            call = recording(caller, store, writer.journal, images=caller.adapter.decodes_images)
             # half as many workers again as requests in flight: the caller's gate holds the limit, and
             # a worker waiting out a retry (a 429's Retry-After, a 500's backoff) leaves its slot to
             # another; with 2 % 429s and 5 % 500s, 32 workers spent a third of the run waiting
             concurrency = job.limits.concurrency
-            pool = Pool(_storing(caller, store), concurrency, workers=concurrency + concurrency // 2)
+            pool = Pool(call, concurrency, workers=concurrency + concurrency // 2)
             progress.activity = lambda: (caller.in_flight, caller.retries)
             results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
             exact = feed.covered >= total_rows or not part_files(job.output_dir)  # else: up to
@@ -154,13 +135,20 @@ async def run_job(
                             watchers.start_soon(watch_signals, pool, grace_s)
                         if max_runtime_s is not None:
                             watchers.start_soon(deadline, pool, max_runtime_s - (time.monotonic() - started), grace_s)
-                        await pool.run(produce, results_send)
+                        await pool.run(partial(produce, feed, table, handoff=HANDOFF), results_send)
                         watchers.cancel_scope.cancel()
             finally:
                 progress.stop()
         for error in (writer.error, pool.error):
             if error is not None:
                 raise error
+        if store.adopted or store.discarded:
+            event(
+                f"{store.adopted} images found on disk were recorded without a request"
+                + (f"; {store.discarded} failed the check and were requested again" if store.discarded else ""),
+                adopted=store.adopted,
+                discarded=store.discarded,
+            )
 
     counts = planner.counts
     fatal = f"{job.endpoint.name} ({job.endpoint.url}) answered: {pool.fatal}" if pool.fatal else None
@@ -208,15 +196,3 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         sleep=sleep,
         secrets=[job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else [],
     )
-
-
-def _storing(caller: Caller, store: ImageStore) -> Callable[[Request], Awaitable[Result]]:
-    """Images reach the disk, whole, before their result reaches the manifest."""
-
-    async def call(request: Request) -> Result:
-        result = await caller(request)
-        if result.parsed is not None and result.parsed.image is not None:
-            result = await anyio.to_thread.run_sync(store.save, result)
-        return result
-
-    return call

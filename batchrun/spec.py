@@ -9,15 +9,19 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # pure with a dict
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .endpoints.format import WireFormat
+from .endpoints.registry import wire_format
 from .errors import SpecError
 from .owner import moved_default
-from .presets import PRESETS, Auth, WireFormat
+from .presets import PRESETS, Auth
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -39,6 +43,13 @@ class EndpointSection(_Strict):
     response_path: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     name: str | None = None
+    # networks (README "Networks"): paths are relative to the job file
+    ca_bundle: str | None = None  # a PEM file or a folder of hashed certificates
+    verify: bool = True
+    client_cert: str | None = None
+    client_key: str | None = None
+    client_key_password_env: str | None = None
+    proxy: str | None = None
 
 
 class RequestSection(_Strict):
@@ -120,12 +131,28 @@ class JobFile(_Strict):
 
 
 @dataclass(frozen=True, slots=True)
+class Network:
+    """How the endpoint is reached: the CAs trusted (a file or a folder, and what named it, for error
+    hints; neither: certifi's), a client certificate, a proxy. The proxy (it may hold a password in
+    its URL) and the key's password are secrets: they never print."""
+
+    ca_file: str | None = None
+    ca_dir: str | None = None
+    ca_source: str = "certifi"
+    verify: bool = True
+    client_cert: str | None = None
+    client_key: str | None = None
+    client_key_password: SecretStr | None = None
+    proxy: SecretStr | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """An endpoint with its preset applied; ``api_key`` never prints."""
 
     name: str
     preset: str
-    format: WireFormat
+    format: str  # the wire format's name
     url: str
     model: str | None
     auth: Auth
@@ -136,6 +163,12 @@ class Endpoint:
     stream_usage: bool
     response_path: str | None
     simulated: bool = False
+    network: Network = field(default_factory=lambda: Network())
+
+    @property
+    def wire(self) -> WireFormat:
+        """The wire format: it builds the bodies and reads the answers of this endpoint."""
+        return wire_format(self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +232,7 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key:
         if moved := moved_default(jf.name, out, Path("outputs") / jf.name):
             raise SpecError(where, "output", moved)
     endpoint = _resolve_endpoint(jf.endpoint, where, env, needs_key)
-    _check_request(jf.request, endpoint, where)
+    endpoint.wire.check_request(jf.request, where)
     return Job(
         name=jf.name,
         path=path,
@@ -227,12 +260,13 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
     if preset is None:
         known = ", ".join(sorted(PRESETS))
         raise SpecError(where, "endpoint.preset", f"unknown preset {ep.preset!r} (known: {known})")
-    simulated = preset.name == "simulator"
+    simulated = preset.simulated
     model = ep.model if ep.model is not None else preset.model
     base_url = ep.base_url if ep.base_url is not None else preset.base_url
     if simulated:
         base_url = base_url or "http://simulator.invalid"  # replaced by the runner's live address
-    url_template = ep.url if ep.url is not None else preset.url
+    wire = wire_format(preset.format)
+    url_template = ep.url if ep.url is not None else (preset.url if preset.url is not None else wire.route)
     if not url_template:
         raise SpecError(where, "endpoint.url", f"the {preset.name} preset needs a url (a template)")
     if "{base_url}" in url_template:
@@ -245,8 +279,6 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
         if not model:
             raise SpecError(where, "endpoint.model", f"the {preset.name} preset needs a model")
         url_template = url_template.replace("{model}", model)
-    if preset.format == "chat" and not model:
-        raise SpecError(where, "endpoint.model", "a chat endpoint needs a model name")
     if not re.match(r"^https?://", url_template):
         raise SpecError(where, "endpoint.url", f"not an http(s) URL: {url_template!r}")
 
@@ -267,49 +299,94 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
             )
     if auth == "header" and not ep.auth_header:
         raise SpecError(where, "endpoint.auth_header", "auth = 'header' needs the header's name")
-    response_path = ep.response_path if ep.response_path is not None else preset.response_path
-    if preset.format == "custom" and not response_path:
-        raise SpecError(where, "endpoint.response_path", "a custom endpoint needs a JMESPath response mapping")
-    stream = ep.stream if ep.stream is not None else preset.stream
-    if stream and preset.format != "chat":
-        raise SpecError(where, "endpoint.stream", f"the {preset.name} preset does not stream; set stream = false")
-    return Endpoint(
+    endpoint = Endpoint(
         name=ep.name or preset.name,
         preset=preset.name,
-        format=preset.format,
+        format=wire.name,
         url=url_template,
         model=model,
         auth=auth,
         auth_header=ep.auth_header or "Authorization",
         api_key=api_key,
         headers=dict(ep.headers),
-        stream=stream,
+        stream=ep.stream if ep.stream is not None else preset.stream,
         stream_usage=ep.stream_usage,
-        response_path=response_path,
+        response_path=ep.response_path if ep.response_path is not None else preset.response_path,
         simulated=simulated,
+        network=Network() if simulated else _network(ep, url_template, where, env),
+    )
+    wire.check_endpoint(endpoint, where)
+    return endpoint
+
+
+#: Where the CAs to trust come from when the job does not name them, first set wins (requests' and
+#: curl's variables after OpenSSL's, as pip and huggingface_hub read them).
+CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def _network(ep: EndpointSection, url: str, where: str, env: Any) -> Network:
+    base = Path(where).resolve().parent
+
+    def path(value: str, name: str, *, folder: bool = False) -> Path:
+        found = Path(value).expanduser()
+        found = found if found.is_absolute() else base / found
+        if not (found.is_file() or (folder and found.is_dir())):
+            raise SpecError(where, name, f"no such {'file or folder' if folder else 'file'}: {value}")
+        return found
+
+    ca_file = ca_dir = None
+    source = "certifi"
+    named = [("endpoint.ca_bundle", ep.ca_bundle)] + [(name, env.get(name)) for name in CA_VARIABLES]
+    for name, value in named:
+        if value:
+            ca = path(value, name, folder=True)
+            ca_file, ca_dir, source = (None, str(ca), name) if ca.is_dir() else (str(ca), None, name)
+            break
+    password = None
+    if ep.client_key_password_env:
+        if not env.get(ep.client_key_password_env):
+            variable = ep.client_key_password_env
+            raise SpecError(where, "endpoint.client_key_password_env", f"environment variable {variable} is not set")
+        password = SecretStr(env[ep.client_key_password_env])
+    if (ep.client_key or password) and not ep.client_cert:
+        raise SpecError(where, "endpoint.client_cert", "client_key needs client_cert (the certificate it goes with)")
+    return Network(
+        ca_file=ca_file,
+        ca_dir=ca_dir,
+        ca_source=source,
+        verify=ep.verify,
+        client_cert=str(path(ep.client_cert, "endpoint.client_cert")) if ep.client_cert else None,
+        client_key=str(path(ep.client_key, "endpoint.client_key")) if ep.client_key else None,
+        client_key_password=password,
+        proxy=_proxy(ep.proxy, url, where, env),
     )
 
 
-def _check_request(req: RequestSection, endpoint: Endpoint, where: str) -> None:
-    if endpoint.format == "chat":
-        if (req.prompt is None) == (req.messages is None):
-            raise SpecError(where, "request", "a chat endpoint needs exactly one of prompt or messages")
-        if req.body is not None or req.inputs is not None:
-            raise SpecError(where, "request", "a chat endpoint takes prompt/messages and params, not body/inputs")
-        for name in ("stream", "stream_options"):
-            if name in req.params:
-                raise SpecError(where, f"request.params.{name}", "set endpoint.stream (and stream_usage) instead")
-        for i, m in enumerate(req.messages or []):
-            if "role" not in m or "content" not in m:
-                raise SpecError(where, f"request.messages.{i}", "each message needs a role and a content")
-    elif endpoint.format == "image-hf":
-        if req.inputs is None and req.prompt is None:
-            raise SpecError(where, "request.inputs", "a text-to-image endpoint needs inputs (or prompt)")
-    elif endpoint.format == "image-openai":
-        if req.prompt is None:
-            raise SpecError(where, "request.prompt", "openai-images needs a prompt, e.g. '{{ prompt }}'")
-    elif endpoint.preset == "hf-serverless" and req.body is None:
-        if req.inputs is None and req.prompt is None:
-            raise SpecError(where, "request.inputs", "hf-serverless needs inputs (or prompt), e.g. '{{ text }}'")
-    elif req.body is None:
-        raise SpecError(where, "request.body", "a custom endpoint needs a body template")
+def _proxy(given: str | None, url: str, where: str, env: Any) -> SecretStr | None:
+    """``[endpoint] proxy``, else the environment's proxy for the URL's scheme (``https_proxy`` /
+    ``HTTPS_PROXY``, ``http_proxy`` / ``HTTP_PROXY``, then ``ALL_PROXY``; lower case first, as curl
+    and urllib read them) unless ``NO_PROXY`` names the host (urllib's matching: suffixes, ports, ``*``)."""
+    parsed = urllib.parse.urlsplit(url)
+
+    def var(name: str) -> str | None:
+        return env.get(name) or env.get(name.upper()) or None
+
+    name = "endpoint.proxy"
+    proxy = given
+    if proxy is None:
+        no_proxy = var("no_proxy")
+        host = parsed.netloc.rpartition("@")[2]  # with its port: NO_PROXY may name one
+        if host and no_proxy and proxy_bypass_environment(host, {"no": no_proxy}):
+            return None
+        for name in (f"{parsed.scheme}_proxy", "all_proxy"):
+            if proxy := var(name):
+                name = name.upper()
+                break
+    if not proxy:
+        return None
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"  # curl's reading of a bare host:port
+    scheme = proxy.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise SpecError(where, name, f"a {scheme} proxy is not supported: give an http:// proxy")
+    return SecretStr(proxy)

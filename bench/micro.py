@@ -4,7 +4,8 @@
 
 Times batchrun's real functions on the overhead job's rows: reading (polars batches -> dicts),
 the planner as a whole and its pieces (render, canonical JSON, key), one tenacity retry loop
-around a call that succeeds, ``manifest_frame`` and ``write_part`` per 1000 results, and
+around a call that succeeds, ``manifest_frame`` and ``write_part`` per 1000 results, the crash
+journal's ``Journal.add`` and the image lookup ``ImageStore.find`` per result, and
 ``read_done_keys`` over a manifest of ``rows`` keys in parts of 1000. A profile says where the
 time goes in a run; this says what each piece costs alone.
 """
@@ -73,6 +74,8 @@ def main() -> None:
     from batchrun.models import Parsed, Result
     from batchrun.plan.planner import Planner, canonical_json
     from batchrun.plan.reader import Table
+    from batchrun.sink.images import ImageStore
+    from batchrun.sink.journal import Journal
     from batchrun.sink.manifest import manifest_frame, read_done_keys
     from batchrun.sink.writer import ManifestWriter
     from batchrun.spec import load_job
@@ -137,6 +140,20 @@ def main() -> None:
     chunks = iter([results[i : i + 1000] for i in range(0, k, 1000)])
     per_chunk = per_call(lambda: manifest_frame(next(chunks), endpoint="x", run_id="r"), k // 1000)
     rows.append(["sink: manifest_frame(1000 results), per result", per_chunk / 1000])
+
+    journal = Journal(work / "journal", run_id="20261126T000000Z-micro0", shard="s0of1", endpoint="x")
+    each = iter(results[:k])
+    rows.append(
+        [
+            "sink: Journal.add (one orjson line, one write(), no fsync), per result",
+            per_call(lambda: journal.add(next(each)), k),
+        ]
+    )
+    journal.close()
+    store, key = ImageStore(work / "images-root"), results[0].request.key
+    rows.append(
+        ["sink: ImageStore.find, no image on disk (4 stats), per image request", per_call(lambda: store.find(key), k)]
+    )
 
     out = work / "out"
     writer = ManifestWriter(out, run_id="20261126T000000Z-micro0", endpoint=job.endpoint.name, flush_rows=1000)

@@ -34,6 +34,10 @@ STAGES = [
             ("batchrun/sink/" in p and f in ("flush", "write_part", "manifest_frame")) or "batchrun/sink/files.py" in p
         ),
     ),
+    (
+        "crash journal: encode, write, seal; image lookup (sink/journal, sink/recording)",
+        lambda f, p: "batchrun/sink/journal.py" in p or "batchrun/sink/recording.py" in p,
+    ),
     ("manifest: writer per result (consume, add)", lambda f, p: "batchrun/sink/" in p),
     ("planning: polars batches -> dicts (thread)", lambda f, p: "batchrun/plan/reader.py" in p),
     ("planning: render, canonical JSON, key", lambda f, p: "batchrun/plan/" in p),
@@ -52,7 +56,7 @@ STAGES = [
     ),
     ("Caller, rest", lambda f, p: "batchrun/dispatch/" in p and "pool.py" not in p),
     ("pool worker + memory streams", lambda f, p: "batchrun/dispatch/pool.py" in p),
-    ("runner (producer, consume, _storing)", lambda f, p: "batchrun/runner.py" in p or "batchrun/prepare.py" in p),
+    ("runner (producer, consume)", lambda f, p: "batchrun/runner.py" in p or "batchrun/prepare.py" in p),
     ("start-up: imports", lambda f, p: "<frozen importlib" in p),
     ("event loop: socket callbacks, scheduling (no task frame)", lambda f, p: p.endswith("batchrun/cli.py")),
     ("other batchrun", lambda f, p: "batchrun/" in p),

@@ -52,7 +52,7 @@ def build_manifest(job_path: Path, start: int, stop: int, seq: int) -> int:
     job = load_job(str(job_path))
     done = read_done_keys(job.output_dir)
     planner = Planner(job, done)
-    feed = Feed.open(job, planner, done)  # as a real run does: the plan index is noted as rows are keyed
+    feed = Feed.open(job, planner)  # as a real run does: the plan index is noted as rows are keyed
     writer = ManifestWriter(job.output_dir, run_id=RUN_ID, endpoint=job.endpoint.name, flush_rows=1000)
     writer.seq = seq
     writer.flush_seconds = 1e9
@@ -71,12 +71,10 @@ def build_manifest(job_path: Path, start: int, stop: int, seq: int) -> int:
                 writer.flush()
         else:
             offset += frame.height
-            if part := feed.journal_part():
-                feed.write(part)
+            feed.checkpoint()
             continue
         break
-    if part := feed.journal_part(final=True):
-        feed.write(part)
+    feed.checkpoint(final=True)
     writer.flush()
     return writer.seq
 

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 
 from batchrun.cli import main
+from batchrun.errors import ExitCode, exit_codes_help
 from batchrun.sink.lock import OutputLock
 
 # every job here points at a port nothing listens on: if a request were sent, the run would not exit 2
@@ -85,3 +86,19 @@ def test_only_simulate_imports_the_simulator() -> None:
         [sys.executable, "-m", "batchrun", "simulate", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "--latency" in proc.stdout
+
+
+def test_the_exit_codes_are_told_in_the_same_words_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    """errors.ExitCode holds the words; --help prints them, and the README's table must say them."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert exit_codes_help() in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert exit_codes_help() in capsys.readouterr().out
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert {int(code[2:]): text.rstrip(" |").replace("`", "") for code, text in rows} == {
+        int(code): code.explained for code in ExitCode
+    }

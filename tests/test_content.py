@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, questions, read_manifest, write_table
+from helpers import JobWriter, questions, read_manifest, write_table
 
 from batchrun.cli import main
 from batchrun.errors import ExitCode, TemplateError
@@ -221,8 +221,8 @@ def test_the_template_renderer_renders_what_jinja_renders(source: str) -> None:
     assert compile_template(source, "prompt")(row) == expected
     try:
         _env().from_string(source).render({})
-    except TypeError:  # range(undefined): not a template error, to Jinja either
-        with pytest.raises(TypeError):
+    except TypeError:  # range(undefined): not a template error to Jinja, but one to batchrun (the row fails)
+        with pytest.raises(TemplateError, match="template prompt: TypeError"):
             compile_template(source, "prompt")({})
     except jinja2.UndefinedError as exc:
         with pytest.raises(TemplateError, match=f"template prompt: {exc.message}"):

@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from conftest import JobWriter
+from helpers import JobWriter
 
 from batchrun.dispatch.call import transport_errors
 from batchrun.dispatch.client import Sender, make_sender

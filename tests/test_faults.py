@@ -17,7 +17,7 @@ import anyio
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 
 from batchrun.errors import ExitCode
 from batchrun.runner import RunSummary, run_job

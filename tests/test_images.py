@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, read_manifest
+from helpers import JobWriter, read_manifest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -302,6 +303,15 @@ def test_image_store_syncs_each_folder_that_gained_a_file_once(tmp_path: Path, m
         data = (tmp_path / result.parsed.image_path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == result.parsed.image_sha256
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_a_full_disk_is_named_when_an_image_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(final: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(image_sink, "write_bytes_atomic", full)
+    with pytest.raises(SinkError, match=r"cannot write .*/images/ab/ab0+\.png: the disk is full$"):
+        ImageStore(tmp_path).save(image_result("ab" + "0" * 30))
 
 
 def test_writer_syncs_images_before_each_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import httpx
 import polars as pl
 import pytest
 import zstandard
-from conftest import read_manifest
+from helpers import read_manifest
 
 from batchrun.errors import ExitCode
 from batchrun.prepare import plan_job

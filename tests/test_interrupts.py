@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import JobWriter, questions
+from helpers import JobWriter, questions
 
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import scan_latest
@@ -85,15 +85,16 @@ def test_second_sigint_cancels_in_flight_at_once_and_keeps_what_finished(write_j
         wait_until(lambda: ok_rows(tmp_path / "out").height >= 10)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
-        started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - started < 3
         assert proc.returncode == 4, err
         assert "again: cancelling" in err
     kept = ok_rows(tmp_path / "out")
     assert kept.height >= 10
     assert kept["request_key"].n_unique() == kept.height
+    # the slow requests still in flight (4 s, against a grace of 60 s) were cancelled, not waited for:
+    # sent, and never recorded
+    assert sim.stats.total > kept.height
 
 
 def test_max_runtime_stops_gracefully_and_resumes(write_job: JobWriter, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import anyio
 import httpx
 import polars as pl
 import pytest
-from conftest import read_manifest
+from helpers import read_manifest
 
 from batchrun.cli import main
 from batchrun.errors import ExitCode, InputError

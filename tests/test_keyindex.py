@@ -3,27 +3,35 @@ re-plan would, and the index is dropped whenever the job or the input changes.""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import shutil
 from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
+from helpers import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from batchrun.models import DoneKeys, short_key
+from batchrun.models import DoneKeys, short_key, short_keys
 from batchrun.plan.feed import Feed
-from batchrun.plan.keyindex import INDEX_DIR, KeyIndex, fingerprint
+from batchrun.plan.keyindex import INDEX_DIR, PlanIndex
 from batchrun.plan.planner import Planner
 from batchrun.plan.reader import Table
 from batchrun.runner import run_job
 from batchrun.spec import load_job
 
 
-def rows_with_duplicates(n: int, seed: int) -> list[dict[str, object]]:
+def rows_with_duplicates(n: int, seed: int, empty: float = 0.0) -> list[dict[str, object]]:
+    """Questions that repeat (about three times each), and a share ``empty`` of blank ones."""
     rng = random.Random(seed)
-    return [{"id": i, "question": rng.choice(["", "a", "b", "c"]) + str(rng.randint(0, n // 3))} for i in range(n)]
+    return [
+        {"id": i, "question": " " if rng.random() < empty else rng.choice("abc") + str(rng.randint(0, n // 3))}
+        for i in range(n)
+    ]
 
 
 def full_plan(job_path: Path, rows: list[dict[str, object]]) -> list[tuple[int, int, str]]:
@@ -47,18 +55,17 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
 
     # a first run keys the first 120 rows (in batches of 40), then dies; some of them were done
     first = Planner(job)
-    feed = Feed.open(job, first, DoneKeys())
+    feed = Feed.open(job, first)
     for start in range(0, 120, 40):
         list(feed.requests(start, frame.slice(start, 40)))
-        part = feed.journal_part(final=True)
-        assert part is not None
-        feed.write(part)
+        feed.checkpoint(final=True)
+        assert first.journal == []
     done_keys = [k for (i, _, k) in expected if i < 120 and rng.random() < 0.7]
 
     # the resumed run: of rows 0..119, only those with work left are read and rendered; the rest
     # of the input is planned as usual
     second = Planner(job, DoneKeys.of(ok=done_keys))
-    resumed = Feed.open(job, second, second.done_keys)
+    resumed = Feed.open(job, second)
     assert resumed.covered == 120
     got, read = [], []
     for start, part in resumed.slices(Table(job.input), 50):
@@ -73,16 +80,16 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
 
     # frames that straddle the end of the index, handed over as they come, plan the same
     third = Planner(job, DoneKeys.of(ok=done_keys))
-    straddled = Feed.open(job, third, third.done_keys)
+    straddled = Feed.open(job, third)
     again = [(r.row_index, r.sample, r.key) for i in range(0, 300, 70) for r in straddled.requests(i, frame[i:][:70])]
     assert sorted(again) == sorted(got) and third.counts == full.counts
 
-    # the ok keys handed over as read (a column), joining the planner's set only when rows past
-    # the index are planned; one of them from an older job: stale either way
+    # the ok keys handed over as read (a column): only those no indexed row asks for join the
+    # planner's set; one of them from an older job, stale
     fourth = Planner(job)
     column = pl.Series([short_key(k) for k in [*done_keys, "f" * 32]], dtype=pl.UInt64)
-    deferred = Feed.open(job, fourth, fourth.done_keys, column)
-    assert deferred.stale == 1 and not fourth.done_keys
+    deferred = Feed.open(job, fourth, column)
+    assert deferred.stale == 1 and len(fourth.done_keys) == 1
     last = [
         (r.row_index, r.sample, r.key)
         for s, f in deferred.slices(Table(job.input), 50)
@@ -90,6 +97,60 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
     ]
     assert sorted(last) == sorted(got) and fourth.counts == full.counts
     assert deferred.stale == 1 and len(fourth.done_keys) == 1  # the index accounts for the others
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stop=st.integers(0, 450),
+    batch=st.integers(1, 70),
+    read=st.integers(1, 70),
+    dedupe=st.booleans(),
+    samples=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+)
+def test_a_run_stopped_anywhere_resumes_exactly_as_a_full_plan(
+    write_job: JobWriter, tmp_path: Path, stop: int, batch: int, read: int, dedupe: bool, samples: int, seed: int
+) -> None:
+    """A first run plans frames of ``batch`` rows and is stopped after ``stop`` requests (mid-row,
+    at a row's end or never), having sent some of them (ok, or failed for good); the next run,
+    reading slices of ``read`` rows through the index, plans what a full re-plan would, in order,
+    with the same counts and stale keys."""
+    rows = rows_with_duplicates(150, seed, empty=0.1)
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    job_path = write_job(
+        rows=rows,
+        top=f'dedupe = {str(dedupe).lower()}\nempty_prompts = "skip"',
+        request=f'prompt = "{{{{ question }}}}"\nsamples = {samples}',
+    )
+    job = load_job(job_path)
+    frame = pl.DataFrame(rows)
+
+    first = Feed.open(job, Planner(job))
+    planned: list[str] = []
+    whole = False
+    for start in range(0, len(rows), batch):
+        planned += [
+            r.key for r in itertools.islice(first.requests(start, frame.slice(start, batch)), stop - len(planned))
+        ]
+        if len(planned) >= stop:
+            first.checkpoint(final=True, stopped=True)
+            break
+        first.checkpoint(final=True)  # a part per frame
+    else:
+        whole = True
+    rng = random.Random(seed)
+    sent = [k for k in planned if rng.random() < 0.8]
+    ok = [k for k in sent if rng.random() < 0.9] + ["f" * 32]  # and one key of an older job
+    failed = [k for k in sent if k not in ok]
+
+    full = Planner(job, DoneKeys.of(ok=ok, failed=failed))
+    expected = [(r.row_index, r.sample, r.key) for r in full.plan(rows)]
+    second = Planner(job, DoneKeys.of(failed=failed))
+    feed = Feed.open(job, second, pl.Series([short_key(k) for k in ok], dtype=pl.UInt64), note=False)
+    assert feed.covered == len(rows) if whole else feed.covered < len(rows)
+    got = [(r.row_index, r.sample, r.key) for s, f in feed.slices(Table(job.input), read) for r in feed.requests(s, f)]
+    assert got == expected
+    assert second.counts == full.counts and feed.stale == full.stale == 1
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
@@ -150,8 +211,7 @@ async def test_a_stopped_run_keeps_the_index_of_the_rows_it_planned(
     stopped = await run_job(load_job(job_path), transport=httpx.MockTransport(refuse_after_50), quiet=True)
     assert stopped.fatal and stopped.ok < 3 * 3000
     job = load_job(job_path)
-    loaded = KeyIndex(job.output_dir, fingerprint(job)).load()
-    assert loaded is not None and 0 < loaded[0] < 3000
+    assert 0 < PlanIndex.open(job, note=False).covered < 3000
 
     resumed = await run_job(job, transport=endpoint.transport(), quiet=True)
     assert resumed.counts.rows == 3000 and resumed.counts.done == stopped.ok
@@ -185,3 +245,10 @@ async def test_a_rewritten_input_with_the_same_size_and_time_is_noticed(
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and modification time
     summary = await run_job(load_job(job), transport=endpoint.transport(), quiet=True)
     assert (summary.ok, summary.counts.done) == (50, 0)  # every new prompt was sent
+
+
+@given(st.lists(st.binary(min_size=16, max_size=16).map(bytes.hex), max_size=50))
+def test_a_column_of_keys_has_the_same_short_keys_as_each_key(keys: list[str]) -> None:
+    """The manifest and the plan index match keys by ``short_keys``, the planner by ``short_key``."""
+    column = pl.DataFrame({"key": keys}, schema={"key": pl.String}).select(short_keys(pl.col("key")))
+    assert column.to_series().to_list() == [short_key(k) for k in keys]

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import JobWriter, ScriptedEndpoint, chat_reply, questions, read_manifest
+from helpers import JobWriter, ScriptedEndpoint, chat_reply, questions, read_manifest
 
 from batchrun.dispatch.adaptive import AdaptiveRate
 from batchrun.dispatch.limits import TokenBudget

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import JobWriter, questions
+from helpers import JobWriter, questions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,13 +47,13 @@ def test_counts_are_exact_through_spills_and_a_resume(
     tmp_path_factory: object, shorts: list[int], spill_after: int, cut: int
 ) -> None:
     """A tiny filter (many false "maybe"s) and tiny spills: every count still matches a Counter,
-    and a resume (extend with the first rows, then count on) matches counting straight through."""
+    and a resume (seed with the first rows, then count on) matches counting straight through."""
     expected = reference(shorts)
     with Occurrences(expected=1, spill_after=spill_after) as occurrences:
         assert counted(occurrences, shorts, flush_every=7) == expected
     cut = min(cut, len(shorts))
     with Occurrences(expected=1, spill_after=spill_after) as resumed:
-        resumed.extend(shorts[:cut])
+        resumed.seed(shorts[:cut])
         assert counted(resumed, shorts[cut:], flush_every=5) == expected[cut:]
 
 
@@ -106,7 +106,7 @@ def test_plan_spills_the_recent_counts_at_every_batch_boundary(
 
     class Watched(Occurrences):
         def flush(self) -> None:
-            held.append(len(self._pending))
+            held.append(len(self._recent))
             super().flush()
 
     monkeypatch.setattr(prepare, "BATCH_ROWS", 100)

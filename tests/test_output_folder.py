@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import questions, write_table
+from helpers import questions, write_table
 
 from batchrun.cli import main
 from batchrun.simulator import Simulator, create_app, serve_in_thread

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import JobWriter
+from helpers import JobWriter
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 
 from batchrun.errors import ExitCode
 from batchrun.runner import run_job

@@ -8,7 +8,7 @@ import anyio
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
+from helpers import JobWriter, ScriptedEndpoint, questions, read_manifest, write_table
 
 from batchrun.errors import ExitCode
 from batchrun.runner import RunSummary, run_job

@@ -13,7 +13,7 @@ from PIL import Image
 
 from batchrun.simulator import FaultPlan, Trigger, add_simulate_arguments, expected_chat_text, render_image
 from batchrun.simulator.answers import chat_reply, content_text, expected_generated_text, stream_pieces
-from batchrun.simulator.cli import parse_duration, plan_from_args
+from batchrun.simulator.cli import plan_from_args
 from batchrun.simulator.faults import FaultState, adapt, decide
 
 
@@ -132,16 +132,6 @@ def test_latency_parts() -> None:
     plan = FaultPlan(latency_ms=10, latency_jitter_ms=5)
     delays = [decide(plan, state, now=0, prompt="", stream=False, authorized=True).delay_s for _ in range(50)]
     assert all(0.010 <= d <= 0.015 for d in delays) and len(set(delays)) > 1
-
-
-def test_parse_duration() -> None:
-    assert parse_duration("50ms") == pytest.approx(0.05)
-    assert parse_duration("2s") == 2.0
-    assert parse_duration("1.5m") == 90.0
-    assert parse_duration("0") == 0.0
-    for bad in ("50", "fast", "-1s"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            parse_duration(bad)
 
 
 def test_cli_arguments_build_a_plan() -> None:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import anyio
 import httpx
@@ -74,21 +73,22 @@ async def test_stream_cut_ends_cleanly_without_done_over_socket() -> None:
 
 @pytest.mark.anyio
 async def test_concurrent_requests_with_latency() -> None:
-    sim = create_app(FaultPlan(latency_ms=100, latency_jitter_ms=20))
+    """Requests wait out their latency side by side: when the first answer comes back, the others
+    have already arrived (served one after another, it would see only itself)."""
+    sim = create_app(FaultPlan(latency_ms=300, latency_jitter_ms=20))
+    arrived_before: list[int] = []  # requests the simulator had counted when each answer came back
     async with serve(sim) as url, httpx.AsyncClient(base_url=url) as client:
-        start = time.monotonic()
 
         async def one(i: int) -> None:
             r = await client.post(CHAT, json={"messages": [{"role": "user", "content": f"row {i}"}]})
+            arrived_before.append(sim.stats.total)
             assert r.json()["choices"][0]["message"]["content"] == f"[tgi] answer to: row {i}"
 
         async with anyio.create_task_group() as tg:
             for i in range(40):
                 tg.start_soon(one, i)
-        elapsed = time.monotonic() - start
     assert sim.stats.total == 40 and sim.stats.by_outcome == {"ok": 40}
-    assert 0.1 <= elapsed < 1.5
-    assert max(sim.stats.arrivals) - min(sim.stats.arrivals) < 1.0
+    assert arrived_before[0] >= 20, arrived_before
 
 
 @pytest.mark.anyio

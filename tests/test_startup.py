@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import JobWriter, questions
+from helpers import JobWriter, questions
 
 from batchrun.plan.templates import referenced_names
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -221,7 +221,7 @@ async def test_timeout_bounds_the_silence_between_chunks_not_the_stream(write_jo
         summary = await run_job(load_job(job), quiet=True)
         assert summary.exit_code == ExitCode.OK  # a 2 s answer, never 0.5 s of silence
         row = read_manifest(tmp_path / "out").row(0, named=True)
-        assert row["latency_ms"] > 1500 and row["ttft_ms"] < 500
+        assert row["latency_ms"] > 1500 and row["ttft_ms"] < row["latency_ms"] / 4  # the first of ~22 chunks
         assert row["response_text"] == expected_chat_text("m", [{"role": "user", "content": long_question}])
 
         sim.plan.chunk_delay_ms = 800  # now a silence longer than timeout_s: a read timeout, retried, then failed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from helpers import JobWriter, questions, read_manifest
 
 from batchrun.cli import main
 from batchrun.dispatch.health import SAME_PERMANENT_FAILURES, EndpointHealth, failure_signature

@@ -13,12 +13,13 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import questions, write_table
+from helpers import questions, write_table
 
 from batchrun import progress as progress_module
 from batchrun.cli import main
 from batchrun.log import configure
 from batchrun.models import Request, Result
+from batchrun.plan.planner import PlanCounts
 from batchrun.progress import Progress
 from batchrun.simulator import FaultPlan, Trigger, create_app, serve_in_thread
 from batchrun.summary import Failures
@@ -149,7 +150,7 @@ def test_failures_group_messages_that_differ_only_in_numbers() -> None:
 async def test_the_plain_line_comes_from_a_clock_not_from_results() -> None:
     stream = io.StringIO()
     configure("json", stream=stream, level=logging.INFO)
-    progress = Progress(10, already_done=2, interactive=False, interval=0.01)
+    progress = Progress(10, plan=PlanCounts(done=2), interactive=False, interval=0.01)
     progress.activity = lambda: (3, 5)
     progress.start("j", Path("/o"), rows=10, exact=False)
     with anyio.move_on_after(10):
@@ -159,6 +160,9 @@ async def test_the_plain_line_comes_from_a_clock_not_from_results() -> None:
                 await anyio.sleep(0.005)
             tg.cancel_scope.cancel()
     events = json_lines(stream.getvalue())
-    assert events[0]["message"] == "run j -> /o: 10 rows, up to 8 requests to do, 2 already done"
+    assert events[0]["message"] == (
+        "run j -> /o: 10 rows, up to 8 requests to do (2 known done; the rest are matched against the manifest "
+        "as they are read)"
+    )
     assert [(e["event"], e["in_flight"], e["retries"], e["failed"]) for e in events[1:3]] == [("progress", 3, 5, 0)] * 2
     assert "in flight 3, retries 5" in events[1]["message"]

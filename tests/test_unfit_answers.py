@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import JobWriter, ScriptedEndpoint, questions, read_manifest
+from helpers import JobWriter, ScriptedEndpoint, questions, read_manifest
 
 from batchrun.endpoints.base import ANSWER_START_CHARS
 from batchrun.endpoints.chat import ChatAdapter

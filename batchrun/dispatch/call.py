@@ -22,6 +22,7 @@ from .limits import CoolDown, Sleep, TokenBudget, duration
 from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
+from .tls import ProxyRefused, TLSFailure, refused_by_page
 
 SAY_EVERY_S = 10.0  # the in-flight limit's changes are logged at most this often
 
@@ -44,6 +45,10 @@ class transport_errors:  # used as a function: ``with transport_errors(url):``
             return
         if isinstance(exc, httpx.TimeoutException):
             raise RetryableError(f"timed out ({type(exc).__name__})") from None
+        if isinstance(exc, TLSFailure):  # a certificate or TLS version no retry mends
+            raise FatalError(f"TLS check failed for {httpx.URL(self.url).host}: {exc}") from None
+        if isinstance(exc, ProxyRefused):
+            raise FatalError(f"on the way to {httpx.URL(self.url).host}: {exc}") from None
         if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
             raise FatalError(f"bad URL {self.url}: {exc}") from None
         if isinstance(exc, httpx.ConnectError):
@@ -172,6 +177,8 @@ class Caller:
                     self._pause(*window)
                 if not response.is_success:
                     content = await response.aread()
+                    if refused := refused_by_page(response.status_code, content):
+                        raise refused
                     error = classify(response.status_code, response.headers, content)
                     self._pushed_back(request, error, content, sent_at, slot_at)
                     raise error

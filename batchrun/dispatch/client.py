@@ -10,12 +10,12 @@ cookie jar and redirect/auth machinery, none of which batchrun uses.
 
 from __future__ import annotations
 
-import urllib.parse
-import urllib.request
+import logging
 from types import TracebackType
 
 import httpx
 
+from ..log import event
 from ..spec import Endpoint
 
 USER_AGENT = "batchrun/0.1"
@@ -35,7 +35,7 @@ def default_headers(endpoint: Endpoint) -> dict[str, str]:
     return {
         "User-Agent": USER_AGENT,
         "Content-Type": "application/json",
-        "Accept": "image/png" if endpoint.format == "image-hf" else "application/json",
+        "Accept": endpoint.wire.accept,
         **endpoint.headers,
         **auth_headers(endpoint),
     }
@@ -110,21 +110,22 @@ class Sender:
         return f"Sender(transport={type(self.transport).__name__})"
 
 
-def proxy_for(url: str) -> str | None:
-    """The proxy the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) sets for ``url``, if any."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.hostname and urllib.request.proxy_bypass(parsed.hostname):
-        return None
-    return urllib.request.getproxies().get(parsed.scheme)
-
-
 def make_sender(
     endpoint: Endpoint, *, concurrency: int, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
 ) -> Sender:
     if transport is None:
         from .network import NetworkTransport  # aiohttp: not for tests' in-process transports
+        from .tls import ssl_context
 
-        proxy = proxy_for(endpoint.url)
+        network = endpoint.network
+        proxy = network.proxy.get_secret_value() if network.proxy else None
         plain = endpoint.url.startswith("http://") and (proxy is None or proxy.startswith("http://"))
-        transport = NetworkTransport(concurrency, proxy=proxy, tls=not plain)
+        if not network.verify:
+            event(
+                f"verify = false: the certificate of {httpx.URL(endpoint.url).host} is not checked; "
+                "anyone on the way can read and change what is sent",
+                level=logging.WARNING,
+            )
+        context = None if plain else ssl_context(network)  # once a run: loading a CA bundle costs ~25 ms
+        transport = NetworkTransport(concurrency, proxy=proxy, tls=not plain, context=context)
     return Sender(transport, default_headers(endpoint), timeout_s)

@@ -19,9 +19,9 @@ class SmoothRate:
     A schedule of reserved send times (GCRA, "virtual scheduling"): each request takes the next
     free slot, ``60 / per_minute`` seconds after the previous one, and sleeps until then. Unused
     slots are not banked, so an idle spell is never followed by a burst, and a worker that wakes
-    late does not cost the others their slots. aiolimiter's leaky bucket, tried first, either
-    bursts (a big bucket) or loses a slot on every late wake-up (a bucket of one: 2,850 instead of
-    3,000 a minute, measured in ``bench/rate.py``); it still paces ``tokens_per_minute``.
+    late does not cost the others their slots. Not aiolimiter's leaky bucket, which either bursts
+    (a big bucket) or loses a slot on every late wake-up (a bucket of one: 2,850 of 3,000 a minute,
+    ``bench/rate.py``); it paces ``tokens_per_minute`` only.
 
     A stalled event loop wakes several sleepers at once, their slots gone by. They leave half a
     slot apart, not in a bunch, and so catch up at twice the rate; a log of the last sends is the
@@ -64,7 +64,7 @@ class TokenBudget:
     """``tokens_per_minute``: each request takes its estimated tokens (prompt bytes / 4 plus the
     completion cap) from a small bucket that refills at the job's rate."""
 
-    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: float) -> None:
         self.per_minute = per_minute
         self.capacity = max(1.0, per_minute / 60)
         rate = max(per_minute - self.capacity, per_minute / 2)

@@ -21,9 +21,11 @@ after their answers is taken to close them all, and its connections are not reus
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import functools
 import select
+import ssl
 import time
 import weakref
 from collections import Counter
@@ -33,6 +35,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+from ..spec import Network
+from .tls import ProxyRefused, TLSFailure, proxy_refusal, ssl_context, tls_failure
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -67,6 +72,10 @@ class _AiohttpErrors:
         if not isinstance(exc, httpx.TransportError | aiohttp.ClientError | TimeoutError):
             return
         original = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
+        if isinstance(original, OSError | aiohttp.ClientError) and (failed := tls_failure(original)):
+            raise TLSFailure(failed) from original
+        if isinstance(original, aiohttp.ClientHttpProxyError) and original.status in (401, 403, 407):
+            raise ProxyRefused(proxy_refusal(original.status, original.message)) from original
         for source, target in _AIOHTTP_TO_HTTPX:
             if isinstance(original, source):
                 raise target(str(original) or type(original).__name__) from original
@@ -167,22 +176,36 @@ class CheckedConnector(aiohttp.TCPConnector):
         self._released[protocol] = time.monotonic()
 
 
+def _proxy(url: str) -> httpx.Proxy:
+    """The proxy without its user and password, which go as a header instead: httpx-aiohttp would
+    hand them to aiohttp's deprecated ``BasicAuth``. aiohttp moves an ``Authorization`` among the
+    proxy headers to ``Proxy-Authorization``: on the request itself for http://, on the CONNECT for
+    https://."""
+    parsed = httpx.URL(url)
+    if not parsed.username and not parsed.password:
+        return httpx.Proxy(parsed)
+    secret = base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode()
+    return httpx.Proxy(parsed.copy_with(username=None, password=None), headers={"Authorization": f"Basic {secret}"})
+
+
 class NetworkTransport(httpx.AsyncBaseTransport):
     """aiohttp under httpx, with a connection pool the size of the worker pool (no retries here:
     the dispatcher owns the only retry loop)."""
 
-    def __init__(self, concurrency: int, proxy: str | None = None, *, tls: bool = True) -> None:
+    def __init__(
+        self, concurrency: int, proxy: str | None = None, *, tls: bool = True, context: ssl.SSLContext | None = None
+    ) -> None:
         # trust_env=False: with it, aiohttp looks for ~/.netrc in a thread on every request
-        # (~70 % of a busy run's CPU); the proxy, if any, is read from the environment once.
-        # TLS as httpx does it (certifi, SSL_CERT_FILE), not the system store aiohttp would use.
+        # (~70 % of a busy run's CPU); the proxy, if any, was read from the environment by the spec.
+        # TLS as the spec set it (``tls.py``; certifi by default), not the system store aiohttp would use.
         # Loading the CA bundle takes ~25 ms on the event loop: only when https may be used, and
         # once (AiohttpTransport would load its own, unused, copy unless handed this one).
         self.tls = tls
-        ssl_context = httpx.create_ssl_context() if tls else None
+        context = context if context is not None or not tls else ssl_context(Network())
         self.inner = AiohttpTransport(
-            verify=ssl_context or False,
-            client=lambda: aiohttp.ClientSession(connector=self._connector(concurrency, ssl_context), trust_env=False),
-            proxy=httpx.Proxy(proxy) if proxy else None,
+            verify=context or False,
+            client=lambda: aiohttp.ClientSession(connector=self._connector(concurrency, context), trust_env=False),
+            proxy=_proxy(proxy) if proxy else None,
         )
         self.connector: CheckedConnector | None = None
         self.resent = 0  # requests sent again because their body could not be written

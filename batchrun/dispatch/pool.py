@@ -23,7 +23,7 @@ import anyio
 from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import BatchrunError, FatalError
+from ..errors import BatchrunError, FatalError, JobError, StoppedError
 from ..models import Request, Result
 
 HANDOFF = 16  # requests per batch from the producer to the workers
@@ -84,9 +84,17 @@ class Pool:
             with self._intake:
                 try:
                     await produce(send)
-                except BatchrunError as exc:
-                    self.error = exc
-                    self.cancel(str(exc))
+                except Exception as exc:
+                    self._stop_on(exc)
+
+    def _stop_on(self, exc: Exception) -> None:
+        """Once sending has begun, an error stops the run the graceful way (what finished is flushed,
+        exit 4): a bad-input error (exit 2: nothing was sent) or an unexpected one (a traceback)
+        would both tell the user something false."""
+        if not isinstance(exc, BatchrunError) or isinstance(exc, JobError):
+            exc = StoppedError.after(exc)
+        self.error = self.error or exc
+        self.cancel(str(exc))
 
     async def _next(self, receive: MemoryObjectReceiveStream[list[Request]]) -> Request | None:
         """The next request to send; None once the producer is done and every batch is taken."""
@@ -113,9 +121,8 @@ class Pool:
                     self.fatal = self.fatal or exc
                     self.cancel(f"fatal answer from the endpoint: {exc}")
                     return
-                except BatchrunError as exc:  # the sink cannot write: stop, keep what is flushed
-                    self.error = self.error or exc
-                    self.cancel(str(exc))
+                except Exception as exc:  # the sink cannot write, or a bug: stop, keep what is flushed
+                    self._stop_on(exc)
                     return
                 finally:
                     self.in_flight -= 1

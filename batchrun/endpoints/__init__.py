@@ -1,1 +1,2 @@
-"""Wire formats: build request bodies and read responses. Adapters never send anything."""
+"""Wire formats: one class each (``format.WireFormat``), found by name in ``registry``. They build
+request bodies and read answers; they never send anything."""

@@ -15,9 +15,10 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import PermanentError, RetryableError
+from ..errors import PermanentError, RetryableError, SpecError
 from ..models import Parsed
 from .base import answer_start, error_excerpt, load_json, unfit_answer
+from .format import Endpoint, PromptReader, RequestSection, WireFormat, field_reader
 from .png import check_png
 
 MIME_BY_FORMAT = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -135,3 +136,51 @@ class OpenAIImageAdapter:
         return Parsed(
             text=revised, image=parsed.image, mime_type=parsed.mime_type, width=parsed.width, height=parsed.height
         )
+
+
+class HFImageFormat(WireFormat):
+    """HF text-to-image: ``{"inputs", "parameters"}`` to ``/models/{model}``; the answer is the image."""
+
+    name = "image-hf"
+    route = "{base_url}/models/{model}"
+    accept = "image/png"
+    seeds_samples = True
+
+    def check_request(self, req: RequestSection, where: str) -> None:
+        if req.inputs is None and req.prompt is None:
+            raise SpecError(where, "request.inputs", "a text-to-image endpoint needs inputs (or prompt)")
+
+    def body_template(self, req: RequestSection, model: str | None) -> Any:
+        return hf_image_body(req.inputs if req.inputs is not None else req.prompt, req.parameters)
+
+    def prompt_template(self, req: RequestSection) -> Any:
+        return req.inputs if req.inputs is not None else req.prompt
+
+    def prompt_reader(self, req: RequestSection) -> PromptReader | None:
+        return field_reader("inputs")
+
+    def adapter(self, endpoint: Endpoint, *, keep_raw: bool, where: str) -> RawImageAdapter:
+        return RawImageAdapter()
+
+
+class OpenAIImageFormat(WireFormat):
+    """OpenAI images: ``{"prompt", "n": 1, "response_format": "b64_json"}`` to ``/v1/images/generations``."""
+
+    name = "image-openai"
+    route = "{base_url}/v1/images/generations"
+
+    def check_request(self, req: RequestSection, where: str) -> None:
+        if req.prompt is None:
+            raise SpecError(where, "request.prompt", "openai-images needs a prompt, e.g. '{{ prompt }}'")
+
+    def body_template(self, req: RequestSection, model: str | None) -> Any:
+        return openai_image_body(model, req.prompt, req.params)
+
+    def prompt_template(self, req: RequestSection) -> Any:
+        return req.prompt
+
+    def prompt_reader(self, req: RequestSection) -> PromptReader | None:
+        return field_reader("prompt")
+
+    def adapter(self, endpoint: Endpoint, *, keep_raw: bool, where: str) -> OpenAIImageAdapter:
+        return OpenAIImageAdapter()

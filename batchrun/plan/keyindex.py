@@ -3,37 +3,46 @@ over the same input and the same job need not render every row again to find wha
 
 It is kept in ``<output>/plan-index/``: a ``fingerprint`` of the job (templates, URL, model,
 samples, dedupe, prompt policy) and of the input files (path, size, mtime, inode, and a digest of
-their first and last 64 KiB), and parts covering
-consecutive row ranges. Any change to the job or the input changes the fingerprint, and the
-index is rebuilt; a part that is missing ends the usable prefix. It is a cache: losing it costs
-time, never results.
+their first and last 64 KiB), and parts ``part-<first row>-<end row>.parquet`` covering
+consecutive row ranges, one entry a planned request (row, sample, key, the key's ``short_key``, the
+content digest the occurrence index counts, shared by dedupe) or a skipped row (sample -1). Any
+change to the job or the input changes the fingerprint, and the index is rebuilt; a part that is
+missing ends the usable prefix. It is a cache: losing it costs time, never results.
+
+``PlanIndex`` is its only reader and writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
+from ..models import DoneKeys, short_keys, sorted_unique
 from ..sink.files import write_atomic
 from ..spec import Job
-from .planner import canonical_json
+from .planner import PlanCounts, canonical_json
 from .shape import job_body_template, prompt_template
 from .sources import input_files
+
+if TYPE_CHECKING:
+    import numpy as np
 
 INDEX_DIR = "plan-index"
 RECIPE = 4  # bump when the request-key recipe, the parts' columns or how input cells are read change
 ENTRY = {"row_index": pl.Int64, "sample": pl.Int32, "key": pl.String, "content": pl.UInt64, "shared": pl.Boolean}
-#: and the key's first 64 bits (``short_key``, null for a skipped row), so that a resume can count
-#: and match the done keys without reading a million key strings
+#: and ``short_key`` (null for a skipped row): a resume matches done keys without reading key strings
 SCHEMA = {**ENTRY, "short": pl.UInt64}
+PART_ENTRIES = 65_536  # a part is written once this many entries wait (or when the run ends)
 _PART = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
-
-Entry = tuple[int, int, str, int, bool]
+Entry = tuple[int, int, str, int, bool]  # row, sample (-1: a skipped row), key, content digest, shared
 
 
 def fingerprint(job: Job) -> str:
@@ -71,17 +80,53 @@ def _ends(name: str, size: int, span: int = 65_536) -> str:
     return digest.hexdigest()
 
 
-class KeyIndex:
-    def __init__(self, output_dir: Path, fingerprint: str) -> None:
-        self.folder = output_dir / INDEX_DIR
-        self.fingerprint = fingerprint
+@dataclass(slots=True)
+class Resumed:
+    """What the index says of the rows it covers, read against the done keys."""
 
-    def load(self) -> tuple[int, list[Path]] | None:
-        """The rows covered from the start of the input, and the parts that cover them, in plan
-        order (read by the caller, a part at a time)."""
+    counts: PlanCounts = field(default_factory=PlanCounts)
+    todo: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # row -> its (sample, key)s to send
+    unasked: np.ndarray | None = None  # the ok keys no covered row asks for (sorted; usually none)
+    asked: int = 0  # ok keys that covered rows ask for: counted as done, never held
+
+
+class PlanIndex:
+    """The plan index of one output folder: opened (read) before a run plans, noted (written) as
+    it plans.
+
+    State: ``covered``, the rows ``0..covered-1`` that the parts ``_parts`` of an earlier run key
+    (fixed once open); ``_end``, the row the next part written begins at; ``noting``, whether
+    parts are written at all (a run, which holds the lock; not ``plan``; not after a failed write).
+    """
+
+    def __init__(self, folder: Path, fingerprint: str, *, noting: bool) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+        self.noting = noting
+        self.covered = 0
+        self._parts: list[Path] = []
+        self._end = 0
+
+    @classmethod
+    def open(cls, job: Job, *, note: bool) -> PlanIndex:
+        """The index if it matches this job and input; else, with ``note``, a new one. Never fails:
+        at worst there is no index, and every row is planned (blocking: call it in a thread)."""
+        folder = job.output_dir / INDEX_DIR
+        try:
+            index = cls(folder, fingerprint(job), noting=note)
+        except OSError:
+            return cls(folder, "", noting=False)
+        with contextlib.suppress(OSError, pl.exceptions.PolarsError):
+            if index._load():
+                return index
+        if note:
+            index._start()
+        return index
+
+    def _load(self) -> bool:
         marker = self.folder / "fingerprint"
         if not marker.is_file() or marker.read_text().strip() != self.fingerprint:
-            return None
+            return False
         parts: dict[int, tuple[int, Path]] = {}
         for path in self.folder.glob("part-*.parquet"):
             if match := _PART.match(path.name):
@@ -92,21 +137,101 @@ class KeyIndex:
             chain.append(path)
             covered = end
         if not chain:
-            return None
-        try:  # every part's footer and columns: a cut or foreign file fails here
-            pl.scan_parquet(chain, schema=SCHEMA).select(pl.len()).collect()
-        except (pl.exceptions.PolarsError, OSError):
-            return None
-        return covered, chain
+            return False
+        pl.scan_parquet(chain, schema=SCHEMA).select(pl.len()).collect()  # every footer: a cut file fails here
+        self.covered = self._end = covered
+        self._parts = chain
+        return True
 
-    def start(self) -> None:
+    def _start(self) -> None:
         """Begin a new index for this fingerprint, dropping any other."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
-        write_atomic(self.folder / "fingerprint", lambda tmp: tmp.write_text(self.fingerprint + "\n"))
+        try:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            write_atomic(self.folder / "fingerprint", lambda tmp: tmp.write_text(self.fingerprint + "\n"))
+        except OSError:
+            self.noting = False
 
-    def write(self, first_row: int, end_row: int, entries: list[Entry]) -> None:
-        frame = pl.DataFrame(entries, schema=ENTRY, orient="row").with_columns(
-            short=pl.col("key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-        )
-        write_atomic(self.folder / f"part-{first_row:012d}-{end_row:012d}.parquet", frame.write_parquet)
+    def resume(self, done: DoneKeys, ok: pl.Series | None = None) -> Resumed:
+        """The covered rows' counts and the rows with work left, read one part at a time against
+        the sorted done keys, so that no column of the whole index is held. ``ok``: ok keys read
+        as a column, not in ``done``; only those that no covered row asks for are returned (a
+        request past the index has a key of its own: its occurrence number goes on from the
+        index's). Blocking."""
+        import numpy as np  # only a resume needs it
+
+        keys = sorted_unique(ok.to_numpy() if ok is not None else np.fromiter([*done.ok, *done.read], np.uint64))
+        failed = sorted_unique(np.fromiter(done.failed, np.uint64, len(done.failed)))
+        asked = np.zeros(len(keys), dtype=bool)
+        out = Resumed()
+        n = out.counts
+        n.rows = self.covered
+        for part in self._parts:
+            frame = pl.read_parquet(part, columns=["sample", "shared", "short"])
+            planned = frame.get_column("sample").to_numpy() >= 0
+            active = planned & ~frame.get_column("shared").to_numpy()
+            n_planned = int(planned.sum())
+            short = frame.get_column("short").fill_null(0).to_numpy()
+            at, is_ok = _find(keys, short)
+            is_ok &= active
+            is_failed = _find(failed, short)[1] & active
+            asked[at[is_ok]] = True
+            left = active & ~is_ok & ~is_failed
+            n.requests += n_planned
+            n.shared += n_planned - int(active.sum())
+            n.skipped += frame.height - n_planned
+            n.done += int((is_ok | is_failed).sum())
+            n.done_failed += int(is_failed.sum())
+            if left.any():
+                rows = pl.read_parquet(part, columns=["row_index", "sample", "key"]).filter(pl.Series(left))
+                for row, sample, key in rows.iter_rows():
+                    out.todo.setdefault(row, []).append((sample, key))
+                n.todo += rows.height
+        if ok is not None:
+            out.unasked, out.asked = keys[~asked], int(asked.sum())
+        return out
+
+    def digests(self, requests: int) -> np.ndarray:
+        """The content digests of the covered rows' ``requests`` requests, in plan order, read a
+        part at a time into one array (8 bytes a request). Blocking."""
+        import numpy as np
+
+        out = np.empty(requests, dtype=np.uint64)
+        at = 0
+        for part in self._parts:
+            frame = pl.read_parquet(part, columns=["sample", "content"]).filter(pl.col("sample") >= 0)
+            out[at : at + frame.height] = frame.get_column("content").to_numpy()
+            at += frame.height
+        return out[:at]
+
+    def write(self, entries: list[Entry], rows: int, *, whole: bool = True) -> None:
+        """Write ``entries`` as the next part, up to row ``rows``; not ``whole`` (a run stopped
+        while planning), without the last row begun, which may lack a sample. A failed write
+        stops the noting (the parts before it stay a usable prefix: the index is only a cache).
+        Blocking."""
+        end = rows if whole else rows - 1
+        if not whole:
+            entries = [entry for entry in entries if entry[0] < end]
+        if not self.noting or not entries:
+            return
+        frame = pl.DataFrame(entries, schema=ENTRY, orient="row")
+        frame = frame.with_columns(short=short_keys(pl.when(pl.col("sample") >= 0).then(pl.col("key"))))
+        try:
+            write_atomic(self.folder / f"part-{self._end:012d}-{end:012d}.parquet", frame.write_parquet)
+        except OSError:
+            self.noting = False
+            return
+        self._end = end
+
+
+def _find(ordered: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each value is in the sorted unique array ``ordered``, and whether it is there at all."""
+    import numpy as np
+
+    if not len(ordered):
+        return np.zeros(len(values), dtype=np.intp), np.zeros(len(values), dtype=bool)
+    order = np.argsort(values)  # searched in order: 16 against 78 ms for 65,536 keys in 9M
+    at = np.empty(len(values), dtype=np.intp)
+    at[order] = np.searchsorted(ordered, values[order])
+    np.minimum(at, len(ordered) - 1, out=at)
+    return at, ordered[at] == values

@@ -39,6 +39,7 @@ class PlanCounts:
     todo: int = 0
 
 
+UNRENDERED = "unrendered:"  # stands for the URL in the key of a row that does not render
 EMPTY_PROMPT = 'the prompt renders empty; not sent (empty_prompts = "skip" skips such rows)'
 
 
@@ -122,9 +123,9 @@ class Planner:
             for value in (job_body_template(job), job.endpoint.url, prompt_template(job))
             for names in referenced_names(value).values()
         )
-        self.chat = job.endpoint.format == "chat"
+        self.text_contents = job.endpoint.wire.text_contents
         self.stream_suffix = _stream_suffix(job)
-        self.seeded = job.endpoint.format == "image-hf"
+        self.seeded = job.endpoint.wire.seeds_samples
         self.counts = PlanCounts()
         self.include_shared = False  # export: also yield the rows that dedupe answers with an earlier result
         # emptiness is judged on the prompt part of the rendered body: what would be sent
@@ -134,6 +135,11 @@ class Planner:
         self.token_limit = job.limits.tokens_per_minute
         self.completion_cap = completion_cap(job)
         self.skipped_rows: list[tuple[int, str | None]] = []  # the first few, for the log
+        # a row that does not render fails on its own (a permanent failure, not sent), keyed by the
+        # templates and the row, so a fixed template renders it anew; ``strict`` raises instead: the
+        # check of the first row, before anything is sent
+        self.strict = False
+        self._templates = canonical_json([job_body_template(job), job.endpoint.url, job.endpoint.model])
         # how many identical requests came before each one, in flat memory (spills to disk)
         self.occurrences = occurrences if occurrences is not None else Occurrences()
         self._prefixes: dict[str, bytes] = {}  # method, URL and model, hashed before every body
@@ -148,7 +154,11 @@ class Planner:
             index = counts.rows
             counts.rows += 1
             context = {**row, "row": row} if self.needs_row else row
-            rendered = self._body(context)
+            try:
+                rendered, (url, row_id, model) = self._render(row, context, index)
+            except TemplateError as exc:
+                yield from self._unrendered(row, index, exc)
+                continue
             refused = self._refusal(rendered)
             if refused is not None and self.skip_empty:
                 counts.skipped += 1
@@ -157,7 +167,6 @@ class Planner:
                 if counts.skipped <= 20:
                     self.skipped_rows.append((index, None if self.id_column is None else str(row.get(self.id_column))))
                 continue
-            url, row_id, model = self._where(row, context, rendered, index)
             unseeded = body = canonical_json(rendered)
             for sample in range(self.samples):
                 counts.requests += 1
@@ -180,6 +189,54 @@ class Planner:
                 counts.todo += not shared
                 yield self._request(key, row_id, index, sample, url, body, seed, model, refused)
 
+    def _render(
+        self, row: Mapping[str, Any], context: Mapping[str, Any], index: int
+    ) -> tuple[Any, tuple[str, str | None, str | None]]:
+        """The body, URL, row id and model of one row; ``TemplateError`` if any of them cannot be made."""
+        rendered = self._body(context)
+        where = self._where(row, context, rendered, index)
+        seed = (rendered.get("parameters") or {}).get("seed") if self.seeded and isinstance(rendered, dict) else None
+        if seed is not None:
+            _as_seed(seed, index)  # a seed that is not an integer fails the row, every sample of it
+        return rendered, where
+
+    def _unrendered(self, row: Mapping[str, Any], index: int, error: TemplateError) -> Iterator[Request]:
+        """The requests of a row that does not render: each fails for good, unsent, with the reason.
+        Keyed by the templates and the row's values, so a later run with the same templates does not
+        try again (``--retry-failed`` does) and a fixed template renders the row anew."""
+        if self.strict:
+            raise error
+        counts = self.counts
+        row_id = None if self.id_column is None or row.get(self.id_column) is None else str(row[self.id_column])
+        body = canonical_json([self._templates.decode(), dict(row)])
+        for sample in range(self.samples):
+            counts.requests += 1
+            key, shared, content = self._key(UNRENDERED, body, sample)
+            if self.journal is not None:
+                self.journal.append((index, sample, key, content, shared))
+            short = short_key(key)
+            if shared or short in self.done_keys:
+                counts.shared += shared
+                counts.done += not shared
+                counts.done_failed += not shared and short in self.done_keys.failed
+                continue
+            counts.todo += 1
+            yield self._unsent(key, row_id, index, sample, str(error))
+
+    def _unsent(self, key: str, row_id: str | None, index: int, sample: int, reason: str) -> Request:
+        return Request(
+            key=key,
+            row_id=row_id,
+            row_index=index,
+            sample=sample,
+            method=self.method,
+            url=UNRENDERED,
+            body=b"",
+            model=self.model,
+            seed=None,
+            refused=f"the row does not render: {reason}",
+        )
+
     def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool, int]:
         """The request key, whether dedupe shares it with an identical request planned before, and
         the short digest of the content (what the occurrence index counts)."""
@@ -200,16 +257,22 @@ class Planner:
     def restore(self, rows: int, contents: np.ndarray | Iterable[int]) -> None:
         """Continue after ``rows`` rows planned by an earlier run: ``contents`` are the short digests
         of their requests, in plan order, so occurrence numbers go on exactly as before."""
-        self.occurrences.extend(contents)
+        self.occurrences.seed(contents)
         self.counts.rows = rows
 
     def replan(self, rows: Iterable[tuple[int, Mapping[str, Any], list[tuple[int, str]]]]) -> Iterator[Request]:
         """Requests for rows planned before, whose keys are known: (row index, row, [(sample, key)])."""
         for index, row, keys in rows:
             context = {**row, "row": row} if self.needs_row else row
-            rendered = self._body(context)
+            try:
+                rendered, (url, row_id, model) = self._render(row, context, index)
+            except TemplateError as exc:
+                if self.strict:
+                    raise
+                row_id = None if self.id_column is None or row.get(self.id_column) is None else str(row[self.id_column])
+                yield from (self._unsent(key, row_id, index, sample, str(exc)) for sample, key in keys)
+                continue
             refused = self._refusal(rendered)
-            url, row_id, model = self._where(row, context, rendered, index)
             unseeded = body = canonical_json(rendered)
             for sample, key in keys:
                 seed = None
@@ -223,11 +286,14 @@ class Planner:
         rendered (half the cost of the body); it renders what ``prompt_of`` reads from the body."""
         if self.render_prompt is None:
             return False
-        return _is_empty(self.render_prompt({**row, "row": row} if self.needs_row else row))
+        try:
+            return _is_empty(self.render_prompt({**row, "row": row} if self.needs_row else row))
+        except TemplateError:
+            return False  # not empty: a row that does not render fails on its own when planned
 
     def _body(self, context: Mapping[str, Any]) -> Any:
         rendered = self.render_body(context)
-        if self.chat:
+        if self.text_contents:
             _text_contents(rendered)
         return rendered
 

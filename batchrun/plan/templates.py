@@ -147,6 +147,8 @@ def _guard(fn: Callable[..., Any], where: str) -> Renderer:
             raise TemplateError(f"template {where}: {exc.message}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"template {where}: {exc}") from None
+        except Exception as exc:  # a template that divides by zero, calls a missing method...
+            raise TemplateError(f"template {where}: {type(exc).__name__}: {exc}") from None
         if isinstance(value, jinja2.Undefined):
             name = getattr(value, "_undefined_name", None)
             raise TemplateError(f"template {where}: {name or 'a value'!r} is undefined")

@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from .cli import add_simulate_arguments, run_simulate_command
     from .faults import FaultPlan, Trigger
     from .images import render_image
-    from .server import serve, serve_in_thread
+    from .server import ServerTLS, serve, serve_in_thread
     from .stats import SimStats
 
 _MODULES = {
     "FaultPlan": "faults",
+    "ServerTLS": "server",
     "SimStats": "stats",
     "Simulator": "app",
     "Trigger": "faults",
@@ -38,6 +39,7 @@ _MODULES = {
 
 __all__ = [
     "FaultPlan",
+    "ServerTLS",
     "SimStats",
     "Simulator",
     "Trigger",

@@ -6,20 +6,19 @@ The main CLI adds these arguments to its subparser and calls :func:`run_simulate
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
+from ..durations import parse_duration
 from .faults import FaultPlan
 
 if TYPE_CHECKING:
     from .app import Simulator
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    from .server import ServerTLS
 
 #: (flag, FaultPlan field, help) for the plain fault rates.
 _RATES = (
@@ -44,14 +43,6 @@ ENDPOINTS = (
     "POST /v1/images/generations          OpenAI images (b64_json)",
     "GET  /health  GET /_sim/stats  POST /_sim/reset  GET|POST /_sim/plan",
 )
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``"50ms"``, ``"2s"``, ``"1.5m"``; a bare number is only accepted when it is 0."""
-    match = _DURATION.match(text)
-    if match is None or (match.group(2) is None and float(match.group(1)) != 0):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: give a unit, like 50ms, 2s or 1m")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _rate(text: str) -> float:
@@ -111,6 +102,49 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="advertise keep-alive, then close each connection after its response (as llama-server does)",
     )
+    tls = parser.add_argument_group("HTTPS")
+    tls.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM; needs --tls-key)")
+    tls.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    tls.add_argument("--tls-client-ca", default=None, help="require client certificates signed by this CA (mTLS)")
+    tls.add_argument(
+        "--tls-generate",
+        metavar="FOLDER",
+        default=None,
+        help="serve HTTPS with a new test CA and certificate for localhost/127.0.0.1, written to FOLDER "
+        "(ca.pem: give it to the client as ca_bundle); needs the trustme package",
+    )
+
+
+def tls_from_args(args: argparse.Namespace) -> ServerTLS | None:
+    """The HTTPS settings the options ask for (``ValueError`` when they do not fit together)."""
+    from .server import ServerTLS
+
+    if args.tls_generate:
+        if args.tls_cert or args.tls_key:
+            raise ValueError("give --tls-generate or --tls-cert/--tls-key, not both")
+        return generate_tls(Path(args.tls_generate), client_ca=args.tls_client_ca)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca needs HTTPS: --tls-cert and --tls-key, or --tls-generate")
+    return ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+
+
+def generate_tls(folder: Path, client_ca: str | None = None) -> ServerTLS:
+    """A test CA (``ca.pem``) and a certificate it signs for localhost and 127.0.0.1, in ``folder``."""
+    try:
+        import trustme
+    except ImportError:
+        raise ValueError("--tls-generate needs the trustme package (pip install trustme)") from None
+    from .server import ServerTLS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    return ServerTLS(str(folder / "cert.pem"), str(folder / "key.pem"), client_ca)
 
 
 def plan_from_args(args: argparse.Namespace) -> FaultPlan:
@@ -138,11 +172,17 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
     )
 
 
-async def _serve_until_signal(sim: Simulator, host: str, port: int) -> None:
+async def _serve_until_signal(sim: Simulator, host: str, port: int, tls: ServerTLS | None = None) -> None:
     from .server import serve  # uvicorn: only when serving, not when the main CLI adds these options
 
-    async with serve(sim, host, port) as url:
+    async with serve(sim, host, port, tls) as url:
         print(f"batchrun simulator listening on {url}", flush=True)
+        if tls is not None:
+            print(
+                f"  certificate {tls.cert}" + (f", client certificates from {tls.client_ca}" if tls.client_ca else "")
+            )
+            if Path(tls.cert).with_name("ca.pem").exists():
+                print(f'  trust it with: ca_bundle = "{Path(tls.cert).with_name("ca.pem")}"', flush=True)
         for line in ENDPOINTS:
             print(f"  {line}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
@@ -156,6 +196,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 after a clean stop, 2 for a bad option."""
     try:
         plan = plan_from_args(args)
+        tls = tls_from_args(args)
     except ValueError as exc:
         print(f"batchrun simulate: {exc}", file=sys.stderr)
         return 2
@@ -168,6 +209,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
             Simulator(plan),
             args.host,
             args.port,
+            tls,
             backend="asyncio",
             backend_options=loop_options(),
         )

@@ -6,19 +6,30 @@ import base64
 import html
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from .answers import chat_reply, expected_generated_text, last_user_text
+from .faults import Decision, FaultPlan
 from .images import int_or_none, parse_openai_size, parse_size, render_image, wants_jpeg
 from .incoming import Incoming
-from .responses import BadRequest, FastJSONResponse, chat_completion, chat_stream, json_bytes, truncated
+from .responses import BadRequest, FastJSONResponse, Style, chat_completion, chat_stream, json_bytes, truncated
 
-if TYPE_CHECKING:
-    from .app import Simulator
 
-Handler = Callable[["Simulator", Incoming, dict[str, Any]], Awaitable[Response]]
+class Host(Protocol):
+    """What a handler asks of the simulator (``app.Simulator``, which imports this module)."""
+
+    plan: FaultPlan
+
+    async def admit(self, incoming: Incoming, *, model: str, prompt: str, stream: bool) -> Decision: ...
+
+    def common_fault(self, style: Style, decision: Decision) -> Response | None: ...
+
+    def next_id(self, prefix: str) -> str: ...
+
+
+Handler = Callable[[Host, Incoming, dict[str, Any]], Awaitable[Response]]
 
 IMAGE_MODEL_HINTS = ("diffusion", "flux", "sdxl", "image")
 IMAGE_PARAMETERS = frozenset({"width", "height", "num_inference_steps", "guidance_scale"})
@@ -46,7 +57,7 @@ def _optional_int(body: Mapping[str, Any], *names: str) -> int | None:
     return None
 
 
-async def chat(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
+async def chat(sim: Host, request: Incoming, body: dict[str, Any]) -> Response:
     """OpenAI chat completions, as JSON or as an SSE stream."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
@@ -113,7 +124,7 @@ def _inputs(body: Mapping[str, Any]) -> str:
     return inputs
 
 
-async def hf_models(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
+async def hf_models(sim: Host, request: Incoming, body: dict[str, Any]) -> Response:
     """HF serverless: text generation, or text-to-image for image models (see ``is_image_request``)."""
     model = request.model
     parameters = _parameters(body)
@@ -131,7 +142,7 @@ async def hf_models(sim: Simulator, request: Incoming, body: dict[str, Any]) -> 
     return _ok_json([{"generated_text": text}], decision.outcome, text)
 
 
-async def hf_image(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
+async def hf_image(sim: Host, request: Incoming, body: dict[str, Any]) -> Response:
     """HF text-to-image: the body of a 200 is the image itself."""
     model = request.model
     parameters = _parameters(body)
@@ -157,7 +168,7 @@ async def hf_image(sim: Simulator, request: Incoming, body: dict[str, Any]) -> R
     return Response(data, media_type=f"image/{fmt}")
 
 
-async def openai_images(sim: Simulator, request: Incoming, body: dict[str, Any]) -> Response:
+async def openai_images(sim: Host, request: Incoming, body: dict[str, Any]) -> Response:
     """OpenAI images: ``n`` pictures as base64 (``b64_json``) or data URLs (``response_format="url"``)."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:

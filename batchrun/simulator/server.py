@@ -15,9 +15,11 @@ import contextlib
 import importlib.util
 import queue
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import AsyncIterator, Generator, Iterator
+from dataclasses import dataclass
 
 import anyio
 import uvicorn
@@ -62,7 +64,23 @@ def loop_options() -> dict[str, bool]:
     return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
-def make_server(sim: Simulator, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> EmbeddedServer:
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """HTTPS for the simulator: its certificate and key (PEM files), and, for mutual TLS, the CA
+    whose client certificates it requires (uvicorn's ``ssl_cert_reqs=CERT_REQUIRED``)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def options(self) -> dict[str, object]:
+        required = {"ssl_ca_certs": self.client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED} if self.client_ca else {}
+        return {"ssl_certfile": self.cert, "ssl_keyfile": self.key, **required}
+
+
+def make_server(
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", tls: ServerTLS | None = None
+) -> EmbeddedServer:
     """An embedded uvicorn server for ``sim``, always with the same HTTP protocol (resets reach its
     connections the same way everywhere)."""
     config = uvicorn.Config(
@@ -75,14 +93,15 @@ def make_server(sim: Simulator, host: str = "127.0.0.1", port: int = 0, log_leve
         http="httptools",
         proxy_headers=False,  # a loopback test server: X-Forwarded-For must not rename the client a reset kills
         timeout_graceful_shutdown=2,
+        **(tls.options() if tls else {}),  # type: ignore[arg-type]
     )
     return EmbeddedServer(config)
 
 
 def bound_url(server: uvicorn.Server) -> str:
-    """``http://host:port`` of a started server (the real port when 0 was asked)."""
+    """``http(s)://host:port`` of a started server (the real port when 0 was asked)."""
     host, port = server.servers[0].sockets[0].getsockname()[:2]
-    return f"http://{host}:{port}"
+    return f"{'https' if server.config.is_ssl else 'http'}://{host}:{port}"
 
 
 async def _run(server: uvicorn.Server) -> None:
@@ -93,13 +112,15 @@ async def _run(server: uvicorn.Server) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def serve(
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, tls: ServerTLS | None = None
+) -> AsyncIterator[str]:
     """Serve ``sim`` in the running asyncio loop; yield its base URL; shut down cleanly on exit.
 
     Uvicorn is asyncio-only, so it runs as a plain ``asyncio`` task rather than in a task group: an
     exception from the ``async with`` body then reaches the caller as itself, not in an ExceptionGroup.
     """
-    server = make_server(sim, host, port)
+    server = make_server(sim, host, port, tls=tls)
     detach = sim.attach_killer(_killer(server))
     task = asyncio.get_running_loop().create_task(_run(server), name="batchrun-simulator")
     try:
@@ -123,14 +144,16 @@ async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> Async
 
 
 @contextlib.contextmanager
-def serve_in_thread(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serve_in_thread(
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, tls: ServerTLS | None = None
+) -> Iterator[str]:
     """Serve ``sim`` from a daemon thread with its own event loop; yield its base URL."""
     urls: queue.Queue[str | BaseException] = queue.Queue()
     stop = threading.Event()
 
     async def main() -> None:
         try:
-            async with serve(sim, host, port) as url:
+            async with serve(sim, host, port, tls) as url:
                 urls.put(url)
                 while not stop.is_set():
                     await anyio.sleep(0.02)

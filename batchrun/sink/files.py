@@ -7,12 +7,18 @@ temp files carry the ``.tmp-`` prefix so readers never glob them and the next ru
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+
+
+def write_failure(exc: OSError) -> str:
+    """Why a write failed, for the one line a run ends with: a full disk says so."""
+    return "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
 
 
 def fsync_dir(path: Path) -> None:

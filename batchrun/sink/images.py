@@ -1,24 +1,35 @@
 """Images go to disk, whole, before their manifest row: temp file, fsync, rename; the folders that
-gained a file are synced once per manifest part, before the part (``sync``), not once per image."""
+gained a file are synced once per manifest part, before the part (``sync``), not once per image.
+
+An image found under its final name with no row (a run was killed between the rename and its
+row) is adopted: checked as a fresh answer is, hashed and recorded, and its request is not sent.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
 import hashlib
+import os
 import threading
+import time
 from pathlib import Path
 
-from ..errors import SinkError
-from ..models import Result
-from .files import fsync_dir, write_bytes_atomic
+from ..endpoints.images import EXTENSION_BY_MIME, check_image
+from ..errors import PermanentError, RetryableError, SinkError
+from ..models import Request, Result
+from .files import fsync_dir, write_bytes_atomic, write_failure
 from .layout import image_relpath
+
+MIME_BY_EXTENSION = {ext: mime for mime, ext in EXTENSION_BY_MIME.items()}
 
 
 class ImageStore:
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = output_dir
         self.saved = 0
+        self.adopted = 0  # found on disk with no row, checked, recorded without a request
+        self.discarded = 0  # found on disk, failed the check, removed (the request is sent)
         self._known: set[Path] = set()  # folders written into (and whose parents will be synced)
         self._unsynced: set[Path] = set()  # folders whose new entries may not be durable yet
         self._lock = threading.Lock()  # saves run in many worker threads
@@ -38,7 +49,7 @@ class ImageStore:
                 self._first_use(final.parent)
             write_bytes_atomic(final, data)
         except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            reason = write_failure(exc)
             raise SinkError(f"cannot write {final}: {reason}") from None
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
@@ -46,6 +57,48 @@ class ImageStore:
             self.saved += 1
         stored = dataclasses.replace(parsed, image=None, image_path=relpath, image_sha256=digest, image_bytes=len(data))
         return dataclasses.replace(result, parsed=stored)
+
+    def find(self, key: str) -> Path | None:
+        """The image already on disk under ``key``'s final name, if any: one ``stat`` per image
+        type (~1 µs each when absent), called before each image request is sent."""
+        for mime in EXTENSION_BY_MIME:
+            path = self.output_dir / image_relpath(key, mime)
+            try:
+                os.stat(path)
+            except OSError:
+                continue
+            return path
+        return None
+
+    def adopt(self, request: Request, path: Path) -> Result | None:
+        """The ok result of the image at ``path`` (blocking), checked as a fresh answer is
+        (``check_image``, and of the type its extension names); None, and the file removed, if it fails.
+        ``attempts`` is 0: no request was sent for it."""
+        mime = MIME_BY_EXTENSION[path.suffix[1:]]
+        try:
+            data = path.read_bytes()
+            parsed = check_image(data)
+            if parsed.mime_type != mime:  # not what the store would have named it: not its file
+                raise RetryableError(f"{path.name} holds {parsed.mime_type}")
+        except (OSError, RetryableError, PermanentError):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            with self._lock:
+                self.discarded += 1
+            return None
+        self._first_use(path.parent)
+        with self._lock:
+            self._unsynced.add(path.parent)  # renamed by the run that was killed, maybe never synced
+            self.adopted += 1
+        stored = dataclasses.replace(
+            parsed,
+            image=None,
+            image_path=image_relpath(request.key, mime),
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            image_bytes=len(data),
+        )
+        now = time.time()
+        return Result(request, "ok", attempts=0, started_at=now, finished_at=now, parsed=stored)
 
     def sync(self) -> int:
         """Make every file saved so far durable under its name: fsync each folder that gained an
@@ -72,4 +125,7 @@ class ImageStore:
                 self._known.add(folder)
 
     def __repr__(self) -> str:
-        return f"ImageStore(saved={self.saved}, unsynced_folders={len(self._unsynced)})"
+        return (
+            f"ImageStore(saved={self.saved}, adopted={self.adopted}, discarded={self.discarded}, "
+            f"unsynced_folders={len(self._unsynced)})"
+        )

@@ -1,7 +1,8 @@
 """The manifest: Parquet part files, one row per finished request key, never overwritten.
 
 Part names carry the run id, the shard and a sequence number, so no run, resumed run or shard
-ever overwrites another's file. Readers take the union of all parts and the latest row per key.
+ever overwrites another's file. Readers take the union of all parts and of the crash journal's
+rows not yet folded into a part (``sink/journal.py``), and the latest row per key.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 import polars as pl
 
 from ..errors import InputError
-from ..models import DoneKeys, Result
+from ..models import DoneKeys, Result, short_keys
 from .files import write_atomic
+from .journal import read_records
 
 MANIFEST_DIR = "manifest"
 PART_GLOB = "part-*.parquet"
@@ -142,12 +144,31 @@ def _manifest_errors(folder: Path) -> Iterator[None]:
         raise InputError(f"cannot read the manifest in {folder}: {str(exc).splitlines()[0]}") from None
 
 
-def scan_latest(output_dir: Path) -> pl.LazyFrame | None:
-    """All parts, the latest row per request key; None when nothing was written yet."""
+def journal_frame(output_dir: Path) -> pl.DataFrame | None:
+    """The rows of the crash journals on disk (a run in progress, or killed and not yet followed
+    by another), made by ``manifest_frame`` as the parts' rows are; None when there are none."""
+    frames = [
+        manifest_frame(records.results, endpoint=records.endpoint, run_id=records.run_id)
+        for records in read_records(output_dir)
+    ]
+    return pl.concat(frames) if frames else None
+
+
+def scan_all(output_dir: Path) -> pl.LazyFrame | None:
+    """Every row of every part, then of the journals; None when nothing was written yet."""
     files = part_files(output_dir)
-    if not files:
+    frames = [pl.scan_parquet(files, schema=SCHEMA, missing_columns="insert", extra_columns="ignore")] if files else []
+    journal = journal_frame(output_dir)
+    if journal is not None:
+        frames.append(journal.lazy())
+    return pl.concat(frames) if frames else None
+
+
+def scan_latest(output_dir: Path) -> pl.LazyFrame | None:
+    """All parts and journals, the latest row per request key; None when nothing was written yet."""
+    frame = scan_all(output_dir)
+    if frame is None:
         return None
-    frame = pl.scan_parquet(files, schema=SCHEMA, missing_columns="insert", extra_columns="ignore")
     return frame.sort("finished_at").unique("request_key", keep="last", maintain_order=True)
 
 
@@ -171,21 +192,25 @@ def read_done_keys(output_dir: Path, *, retry_failed: bool = False, files_per_re
 
 
 def read_done(output_dir: Path, *, retry_failed: bool = False, files_per_read: int = 16) -> Done:
-    """The keys not to send again, read a few parts at a time in the order they were written, so
-    that memory holds the answer (8-byte keys) and never the whole manifest."""
+    """The keys not to send again, read a few parts at a time in the order they were written (the
+    journals' rows last), so that memory holds the answer (8-byte keys) and never the whole manifest."""
     failed: set[int] = set()
     ok_columns = [pl.Series("short", [], dtype=pl.UInt64)]
     files = part_files(output_dir)
-    short = pl.col("request_key").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("short")
+    short = short_keys(pl.col("request_key")).alias("short")
     permanent = (pl.col("status") == "failed") & (pl.col("error_kind") == "permanent")
-    for start in range(0, len(files), files_per_read):
-        chunk = files[start : start + files_per_read]
+
+    def sources() -> Iterator[pl.LazyFrame]:
+        for start in range(0, len(files), files_per_read):
+            chunk = files[start : start + files_per_read]
+            yield pl.scan_parquet(chunk, schema=SCHEMA, missing_columns="insert", extra_columns="ignore")
+        journal = journal_frame(output_dir)
+        if journal is not None:
+            yield journal.lazy()
+
+    for source in sources():
         with _manifest_errors(output_dir):
-            frame = (
-                pl.scan_parquet(chunk, schema=SCHEMA, missing_columns="insert", extra_columns="ignore")
-                .select(short, (pl.col("status") == "ok").alias("ok"), permanent.alias("permanent"))
-                .collect()
-            )
+            frame = source.select(short, (pl.col("status") == "ok").alias("ok"), permanent.alias("permanent")).collect()
         ok_columns.append(frame.filter("ok").get_column("short"))
         if not retry_failed:  # a key's last row wins: a retry that failed again, or succeeded
             last = frame.group_by("short", maintain_order=True).agg(pl.col("permanent").last())

@@ -1,8 +1,11 @@
-"""Buffers results and flushes them as manifest parts every N rows or T seconds."""
+"""Buffers results and flushes them as manifest parts every N rows or T seconds.
+
+Each result is in the crash journal (``journal``, written by whoever finished it) before it reaches
+this buffer, so the flush interval bounds the number and size of parts, not what a crash can lose.
+"""
 
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +15,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import SinkError
 from ..models import Result
-from .files import fsync_dir
+from .files import fsync_dir, write_failure
+from .journal import Journal
 from .manifest import MANIFEST_DIR, manifest_frame, part_name, write_part
 
 
@@ -45,6 +49,7 @@ class ManifestWriter:
         self._last_flush = time.monotonic()
         self._folder_synced = False
         self.error: SinkError | None = None
+        self.journal = Journal(output_dir, run_id=run_id, shard=shard, endpoint=endpoint)
 
     def add(self, result: Result) -> None:
         self.buffer.append(result)
@@ -67,6 +72,7 @@ class ManifestWriter:
             frame = manifest_frame(rows, endpoint=self.endpoint, run_id=self.run_id, keep_request=self.keep_request)
             if self.before_part is not None:
                 self.before_part()
+            self.journal.seal()  # what comes next goes to a new segment; this one is fsynced
             if not self._folder_synced:  # the entries of manifest/ and the output folder, once a run
                 self.folder.mkdir(parents=True, exist_ok=True)
                 fsync_dir(self.folder.parent)
@@ -75,13 +81,14 @@ class ManifestWriter:
             write_part(self.folder, part_name(self.run_id, self.shard, self.seq), frame)
         except OSError as exc:
             self.buffer = rows + self.buffer  # keep them for a later try
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            reason = write_failure(exc)
             raise SinkError(f"cannot write the manifest in {self.folder}: {reason}") from None
         except SinkError:
             self.buffer = rows + self.buffer
             raise
         self.seq += 1
         self.written += len(rows)
+        self.journal.recorded(rows)  # the segments whose every result is in a part go
 
     async def consume(
         self,
@@ -113,9 +120,16 @@ class ManifestWriter:
                     if self.due() and self.error is None:
                         await self._flush_reporting(on_error)
         finally:
+            buffered = {r.request.key for r in self.buffer}
+            for stranded in self.journal.unrecorded():  # journaled, then its worker was cancelled
+                if stranded.request.key not in buffered:
+                    self.add(stranded)
+                    if on_result is not None:
+                        on_result(stranded)
             with anyio.move_on_after(60, shield=True):
                 if self.error is None:
                     await self._flush_reporting(on_error)
+            self.journal.close()
 
     async def _flush_reporting(self, on_error: Callable[[SinkError], None] | None) -> None:
         try:

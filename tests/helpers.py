@@ -1,0 +1,79 @@
+"""Helpers the tests import: a scripted endpoint, chat replies, input tables and manifests.
+(Fixtures live in conftest.py, which pytest loads itself; a test imports this module, never conftest.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+
+
+def chat_reply(content: str, *, finish_reason: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+class ScriptedEndpoint:
+    """An ``httpx.MockTransport`` handler: answers each chat request with ``echo: <last message>``,
+    unless ``script`` (consumed in order) or ``by_prompt`` says otherwise. Counts what it got."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.script: list[httpx.Response] = []
+        self.by_prompt: dict[str, list[httpx.Response]] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        body = json.loads(request.content)
+        prompt = self.prompt_of(body)
+        queue = self.by_prompt.get(prompt)
+        if queue:
+            return queue.pop(0)
+        if self.script:
+            return self.script.pop(0)
+        if "messages" in body:
+            return httpx.Response(200, json=chat_reply(f"echo: {prompt}"))
+        return httpx.Response(200, json=[{"generated_text": f"gen: {prompt}"}])
+
+    @staticmethod
+    def prompt_of(body: dict[str, Any]) -> str:
+        if "messages" in body:
+            return str(body["messages"][-1]["content"])
+        return str(body.get("inputs"))
+
+    @property
+    def count(self) -> int:
+        return len(self.requests)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self)
+
+
+JobWriter = Callable[..., Path]
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    frame = pl.DataFrame(rows)
+    if path.suffix == ".csv":
+        frame.write_csv(path)
+    elif path.suffix in (".jsonl", ".ndjson"):
+        frame.write_ndjson(path)
+    else:
+        frame.write_parquet(path)
+
+
+def questions(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": f"q{i}", "question": f"what is {i}?"} for i in range(start, start + n)]
+
+
+def read_manifest(out: Path) -> pl.DataFrame:
+    return pl.read_parquet(sorted((out / "manifest").glob("part-*.parquet")))
