@@ -21,13 +21,13 @@ from .dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
-from .dispatch.pool import HANDOFF, Pool
+from .dispatch.pool import HANDOFF, Call, Pool
 from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
 from .errors import ExitCode, JobError
 from .export import remember_job
 from .log import event
-from .models import Result
+from .models import Request, Result
 from .plan.feed import produce
 from .plan.occurrences import Occurrences
 from .plan.shape import completion_cap
@@ -116,7 +116,7 @@ async def run_job(
         async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
             caller = _caller(job, sender, sleep)
             progress.notes = caller.describe
-            call = recording(caller, store, writer.journal, images=caller.adapter.decodes_images)
+            call = _in_flight(caller, recording(caller, store, writer.journal, images=caller.adapter.decodes_images))
             # half as many workers again as requests in flight: the caller's gate holds the limit, and
             # a worker waiting out a retry (a 429's Retry-After, a 500's backoff) leaves its slot to
             # another; with 2 % 429s and 5 % 500s, 32 workers spent a third of the run waiting
@@ -175,6 +175,16 @@ async def run_job(
         output=str(job.output_dir),
         causes=progress.failures.causes(),
     )
+
+
+def _in_flight(caller: Caller, call: Call) -> Call:
+    """Each request holds its place in flight from its first send until its result is recorded."""
+
+    async def gated(request: Request) -> Result:
+        async with caller.slot():
+            return await call(request)
+
+    return gated
 
 
 def _sender(job: Job, transport: httpx.AsyncBaseTransport | None) -> Sender:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import anyio
@@ -227,25 +227,42 @@ class AdaptiveConcurrency:
 
 
 class _Slot:
-    """One request's place in flight. Its own borrower of the gate: a task may hold only one token
-    of a ``CapacityLimiter`` as itself."""
+    """One request's place in flight, from its first send until its result is recorded, given up
+    while it waits out a retry. Its own borrower of the gate: a task may hold only one token of a
+    ``CapacityLimiter`` as itself."""
 
-    __slots__ = ("limit",)
+    __slots__ = ("held", "limit")
 
     def __init__(self, limit: AdaptiveConcurrency) -> None:
         self.limit = limit
+        self.held = False
 
     async def __aenter__(self) -> float:
-        gate = self.limit.gate
-        try:  # no task switch when there is room (acquire() always yields once)
-            gate.acquire_on_behalf_of_nowait(self)
-        except anyio.WouldBlock:
-            await gate.acquire_on_behalf_of(self)
-        self.limit.in_flight += 1
+        await self._take()
         return self.limit._clock()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.limit.in_flight -= 1
-        self.limit.gate.release_on_behalf_of(self)
+        self._give()
+
+    async def away(self, sleep: Callable[[float], Awaitable[None]], seconds: float) -> None:
+        """Sleep ``seconds`` without the place (a retry's wait), then take it back."""
+        self._give()
+        await sleep(seconds)
+        await self._take()
+
+    async def _take(self) -> None:
+        gate = self.limit.gate
+        try:  # no task switch when there is room (acquire() always yields once)
+            gate.acquire_on_behalf_of_nowait(self)
+        except anyio.WouldBlock:
+            await gate.acquire_on_behalf_of(self)
+        self.held = True
+        self.limit.in_flight += 1
+
+    def _give(self) -> None:
+        if self.held:
+            self.held = False
+            self.limit.in_flight -= 1
+            self.limit.gate.release_on_behalf_of(self)

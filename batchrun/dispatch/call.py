@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
+from contextvars import ContextVar
 from types import TracebackType
 from typing import cast
 
@@ -15,7 +17,7 @@ from ..endpoints.base import Adapter, StreamingAdapter, classify
 from ..errors import FatalError, PermanentError, RequestError, RetryableError
 from ..log import event
 from ..models import Parsed, Request, Result, estimated_tokens
-from .adaptive import AdaptiveConcurrency, AdaptiveRate
+from .adaptive import AdaptiveConcurrency, AdaptiveRate, _Slot
 from .client import Sender
 from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenBudget, duration
@@ -24,6 +26,8 @@ from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
 from .tls import ProxyRefused, TLSFailure, refused_by_page
 
+#: The place in flight of the request this task is working on (set by ``Caller.slot``).
+_SLOT: ContextVar[_Slot] = ContextVar("batchrun_slot")
 SAY_EVERY_S = 10.0  # the in-flight limit's changes are logged at most this often
 
 
@@ -113,8 +117,8 @@ class Caller:
             except RetryableError as first:
                 if self.policy.max_attempts == 1:
                     raise
-                await self.sleep(self.policy.wait_after(first, 1))
-                async for attempt in self.policy.retrying(self.sleep, already=1):
+                await self._retry_wait(self.policy.wait_after(first, 1))
+                async for attempt in self.policy.retrying(self._retry_wait, already=1):
                     with attempt:
                         attempts += 1
                         self.retries += 1
@@ -137,11 +141,7 @@ class Caller:
         if self.tokens is not None:
             await self.tokens.take(estimated_tokens(request.body, self.completion_tokens))
         try:
-            if self.concurrency is None:
-                parsed, latency = await self._send(request)
-            else:
-                async with self.concurrency.slot() as slot_at:  # the in-flight limit, then the rate
-                    parsed, latency = await self._send(request, slot_at)
+            parsed, latency = await self._send(request)
         except FatalError as exc:
             self.fatal = self.fatal or exc
             raise
@@ -153,7 +153,25 @@ class Caller:
         self.health.succeeded()
         return parsed, latency
 
-    async def _send(self, request: Request, slot_at: float = 0.0) -> tuple[Parsed, float]:
+    def slot(self) -> _Slot | nullcontext[float]:
+        """``async with caller.slot():`` around a request and the recording of its result: its place
+        in flight (``limits.concurrency`` at most, fewer while the endpoint is overloaded). Given up
+        while the request waits out a retry; held until the result is recorded, so that a killed run
+        sends again at most ``concurrency`` requests."""
+        if self.concurrency is None:
+            return nullcontext(0.0)
+        slot = self.concurrency.slot()
+        _SLOT.set(slot)
+        return slot
+
+    async def _retry_wait(self, seconds: float) -> None:
+        slot = _SLOT.get(None)
+        if slot is None or not slot.held:
+            await self.sleep(seconds)
+        else:
+            await slot.away(self.sleep, seconds)
+
+    async def _send(self, request: Request) -> tuple[Parsed, float]:
         while True:
             await self.cooldown.wait(self.sleep)
             paused = self.cooldown.pauses
@@ -166,10 +184,10 @@ class Caller:
             raise self.fatal
         self.attempts += 1
         started = time.perf_counter()
-        parsed = await self._exchange(request, started, sent_at, slot_at)
+        parsed = await self._exchange(request, started, sent_at)
         return parsed, (time.perf_counter() - started) * 1000
 
-    async def _exchange(self, request: Request, started: float, sent_at: float, slot_at: float) -> Parsed:
+    async def _exchange(self, request: Request, started: float, sent_at: float) -> Parsed:
         with transport_errors(request.url):
             response = await self.sender.send(request.method, request.url, request.body)
             try:
@@ -180,7 +198,7 @@ class Caller:
                     if refused := refused_by_page(response.status_code, content):
                         raise refused
                     error = classify(response.status_code, response.headers, content)
-                    self._pushed_back(request, error, content, sent_at, slot_at)
+                    self._pushed_back(request, error, content, sent_at)
                     raise error
                 self.rate.on_success()
                 if self.concurrency is not None:
@@ -196,9 +214,7 @@ class Caller:
             finally:
                 await response.aclose()
 
-    def _pushed_back(
-        self, request: Request, error: RequestError, content: bytes, sent_at: float, slot_at: float
-    ) -> None:
+    def _pushed_back(self, request: Request, error: RequestError, content: bytes, sent_at: float) -> None:
         """Act on what a refusal says about the endpoint's limits (see ``pushback``): an exhausted
         quota stops the job; too many in flight lowers the in-flight limit; a rate limit, when
         sustained, cuts the rate and pauses every worker for its ``Retry-After``."""
@@ -215,7 +231,7 @@ class Caller:
                 reason=pushback.cause,
             ) from None
         if pushback.kind is Kind.OVERLOAD:
-            if self.concurrency is not None and self.concurrency.on_overload(slot_at):
+            if self.concurrency is not None and self.concurrency.on_overload(sent_at):
                 now = time.monotonic()
                 if now - self._said_overload >= SAY_EVERY_S:  # one burst lowers it 40 times: said once
                     self._said_overload = now
