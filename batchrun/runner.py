@@ -189,5 +189,5 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         completion_tokens=completion_cap(job),
         cooldown=CoolDown(),
         sleep=sleep,
-        secrets=[job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else [],
+        secrets=job.endpoint.secrets(),
     )

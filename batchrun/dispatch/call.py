@@ -64,6 +64,17 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+def scrub(exc: RequestError, secrets: Sequence[str]) -> None:
+    """Take the secrets out of an error before anything reads it: a server may echo a header back
+    in its error page, and the message goes to the manifest, the log and the summary."""
+    if secrets:
+        exc.message = redact(exc.message, secrets)
+        exc.args = (exc.message,)
+        exc.reason = None if exc.reason is None else redact(exc.reason, secrets)
+        exc.answer = None if exc.answer is None else redact(exc.answer, secrets)
+        exc.raw = None if exc.raw is None else redact(exc.raw, secrets)
+
+
 class Caller:
     """Sends one request until it succeeds, fails for good, or the endpoint refuses us (raises
     ``FatalError``, which stops the job)."""
@@ -136,6 +147,7 @@ class Caller:
         try:
             parsed = await self._exchange(request, started, sent_at)
         except RequestError as exc:
+            scrub(exc, self.secrets)
             if fatal := self.health.failed(exc):
                 raise fatal from None
             raise
