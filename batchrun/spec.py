@@ -6,6 +6,7 @@ and the reason on one line.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import tomllib
@@ -175,10 +176,12 @@ class Endpoint:
         """Every secret value the run holds, for redaction: never in an error, log or manifest."""
         values = [self.api_key, *self.secret_headers.values(), self.network.proxy, self.network.client_key_password]
         found = [v.get_secret_value() for v in values if v is not None]
-        if self.network.proxy is not None:  # its password alone too: a page may echo it
-            password = urllib.parse.urlsplit(self.network.proxy.get_secret_value()).password
-            if password:
-                found += [password, urllib.parse.unquote(password)]
+        if self.network.proxy is not None:  # its password alone and as sent (Basic): a page may echo it
+            parsed = urllib.parse.urlsplit(self.network.proxy.get_secret_value())
+            if parsed.password:
+                user, password = urllib.parse.unquote(parsed.username or ""), urllib.parse.unquote(parsed.password)
+                basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+                found += [parsed.password, password, basic]
         return [value for value in found if value]
 
     @property

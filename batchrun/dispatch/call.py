@@ -58,9 +58,14 @@ class transport_errors:  # used as a function: ``with transport_errors(url):``
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` without the secrets, nor the start of one where an excerpt cut it (4+ characters)."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
+            for cut in range(min(len(secret) - 1, len(text)), 3, -1):
+                if text.endswith(secret[:cut]):
+                    text = text[:-cut] + "***"
+                    break
     return text
 
 
