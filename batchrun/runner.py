@@ -33,7 +33,7 @@ from .plan.occurrences import Occurrences
 from .plan.shape import completion_cap
 from .prepare import make_adapter, open_input, open_plan
 from .progress import Progress
-from .sink.files import remove_temp_files
+from .sink.files import make_folder, remove_temp_files
 from .sink.fold import fold_journals
 from .sink.images import ImageStore
 from .sink.lock import OutputLock
@@ -84,7 +84,7 @@ async def run_job(
     table, total_rows = await anyio.to_thread.run_sync(open_input, job)
     run_id = new_run_id()
     try:
-        job.output_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(job.output_dir)
     except OSError as exc:
         raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
     with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
