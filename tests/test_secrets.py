@@ -10,14 +10,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import polars as pl
 import pytest
-from helpers import JobWriter, questions, read_manifest, write_table
+from helpers import JobWriter, chat_reply, questions, read_manifest, write_table
 
 from batchrun.cli import main
 from batchrun.dispatch.call import redact
 from batchrun.errors import ExitCode
+from batchrun.runner import run_job
 from batchrun.simulator import FaultPlan, Trigger, create_app, serve_in_thread
 from batchrun.spec import load_job
 
@@ -137,3 +139,23 @@ def test_a_headers_env_variable_unset_is_exit_2_for_run_and_fine_for_plan(
     assert main(["run", str(path)]) == ExitCode.BAD_JOB
     err = capsys.readouterr().err
     assert "endpoint.headers_env.X-Api-Key" in err and "MY_KEY_VAR is not set" in err
+
+
+@pytest.mark.anyio
+async def test_an_ok_answer_that_repeats_the_token_keeps_it_blanked(
+    write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_TOKEN", TOKEN)
+
+    def handler(request: httpx.Request) -> httpx.Response:  # a server that tells what it got
+        return httpx.Response(200, json=chat_reply(f"you said {request.headers['authorization']}"))
+
+    path = write_job(
+        rows=questions(3), endpoint='base_url = "http://llm.test"\nmodel = "m"\napi_key_env = "TEST_TOKEN"'
+    )
+    path.write_text(path.read_text() + "\n[sink]\nkeep_raw_response = true\n")
+    summary = await run_job(load_job(path), transport=httpx.MockTransport(handler), quiet=True)
+    assert summary.ok == 3
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["response_text"].to_list() == ["you said Bearer ***"] * 3
+    assert all(TOKEN not in raw and "Bearer ***" in raw for raw in manifest["raw_response"].to_list())

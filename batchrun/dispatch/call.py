@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import cast
 
@@ -137,8 +138,19 @@ class Caller:
             started_at=started,
             finished_at=time.time(),
             latency_ms=latency,
-            parsed=parsed,
+            parsed=self._clean(parsed) if self.secrets else parsed,
             http_status=200,
+        )
+
+    def _clean(self, parsed: Parsed) -> Parsed:
+        """An answer that repeats a secret (a server echoing the request) keeps it blanked out."""
+        text, raw = parsed.text, parsed.raw
+        if not any(secret in value for value in (text, raw) if value for secret in self.secrets):
+            return parsed
+        return replace(
+            parsed,
+            text=None if text is None else redact(text, self.secrets),
+            raw=None if raw is None else redact(raw, self.secrets),
         )
 
     async def _attempt(self, request: Request) -> tuple[Parsed, float]:
