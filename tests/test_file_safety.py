@@ -113,3 +113,36 @@ def test_export_never_writes_over_or_into_the_input(
     # elsewhere is fine
     assert main(["export", str(path), "--to", str(tmp_path / "results.parquet")]) == 0
     assert pl.read_parquet(tmp_path / "results.parquet").height == 5
+
+
+@pytest.mark.parametrize("name", ["manifest", "journal", "images", ".batchrun-job"])
+def test_a_folder_planted_as_a_link_in_the_output_folder_is_refused(
+    name: str, write_job: JobWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / name).symlink_to(elsewhere)
+    path = sim_job(write_job)
+    assert main(["run", str(path)]) == ExitCode.BAD_JOB
+    assert "symbolic link" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_an_image_folder_planted_as_a_link_is_not_written_through(tmp_path: Path) -> None:
+    from batchrun.sink.images import ImageStore
+    from batchrun.sink.layout import image_relpath
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    relpath = Path(image_relpath("ab" * 16, "image/png"))
+    (tmp_path / relpath.parent.parent).mkdir(parents=True)
+    (tmp_path / relpath.parent).symlink_to(elsewhere)
+    store = ImageStore(tmp_path)
+    from batchrun.models import Parsed, Request, Result
+
+    request = Request("ab" * 16, None, 0, 0, "POST", "http://x", b"{}", None)
+    result = Result(request, "ok", 1, 0.0, 0.0, parsed=Parsed(image=b"\x89PNG", mime_type="image/png"))
+    with pytest.raises(SinkError, match="symbolic link"):
+        store.save(result)
+    assert list(elsewhere.iterdir()) == []

@@ -17,15 +17,24 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..errors import JobError
+
 TMP_PREFIX = ".tmp-"
 FILE_MODE = 0o664  # less the umask: 0o644 under the usual 022, group-writable under 002
 FOLDER_MODE = 0o775
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
-def make_folder(path: Path) -> None:
+def make_folder(path: Path, within: Path | None = None) -> None:
     """``mkdir -p`` whose new folders are never world-writable (``Path.mkdir`` gives 0o777 less the
-    umask: with a umask of 0, anyone could add a link to a folder of results)."""
+    umask: with a umask of 0, anyone could add a link to a folder of results). With ``within``, no
+    folder below it on the way to ``path`` may be a symbolic link (``ELOOP``)."""
+    if within is not None:
+        for folder in (path, *path.parents):
+            if folder == within:
+                break
+            if folder.is_symlink():
+                raise OSError(errno.ELOOP, "a symbolic link in the output folder: refused, not followed")
     missing = []
     while not path.is_dir():
         missing.append(path)
@@ -38,6 +47,17 @@ def make_folder(path: Path) -> None:
         except FileExistsError:
             if not folder.is_dir():
                 raise
+
+
+def refuse_links(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse (exit 2) a symbolic link planted in the output folder under a name batchrun writes
+    into: following it would put results, or the journal, wherever the link points."""
+
+    for name in names:
+        if (folder / name).is_symlink():
+            raise JobError(
+                f"{folder / name} is a symbolic link: refused (batchrun does not follow links in its output folder)"
+            )
 
 
 def create_new(path: Path, flags: int = 0) -> int:

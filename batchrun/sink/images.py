@@ -120,7 +120,7 @@ class ImageStore:
         find the folder made before its parents are marked."""
         with self._lock:
             if folder not in self._known:
-                make_folder(folder)
+                make_folder(folder, within=self.output_dir)
                 self._unsynced.update((folder.parent, folder.parent.parent))
                 self._known.add(folder)
 
