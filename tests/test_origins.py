@@ -83,9 +83,10 @@ def test_a_first_row_naming_another_origin_is_exit_2_before_anything_is_sent(
     monkeypatch.setenv("TEST_TOKEN", TOKEN)
     before = a.stats.total + b.stats.total
     path = templated_job(write_job, [host(url_b), host(url_a), host(url_a)], [url_a])
-    assert main(["run", str(path)]) == ExitCode.BAD_JOB
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "row 0" in err[0] and url_b in err[0], err
+    for command in ("plan", "run"):
+        assert main([command, str(path)]) == ExitCode.BAD_JOB
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "row 0" in err[0] and url_b in err[0], err
     assert a.stats.total + b.stats.total == before
     assert not (tmp_path / "out" / "manifest").exists()
 
