@@ -157,6 +157,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"requests         {counts.requests}" + (f" ({counts.shared} shared by dedupe)" if counts.shared else ""))
         print(f"already done     {counts.done}" + (f" ({counts.done_failed} failed)" if counts.done_failed else ""))
         print(f"to do            {counts.todo}")
+        if counts.off_limits:
+            print(f"refused          {counts.off_limits} (never sent; the first: {counts.first_off_limits})")
         if stale:
             print(f"stale results    {stale} (from an older version of the job; not reused)")
         return 0

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from .owner import JOB_POINTER, check_owner, claim, read_owner
 from .plan.occurrences import Occurrences
 from .plan.planner import Planner
 from .plan.reader import Table, plain
+from .plan.sources import input_files, is_glob
 from .sink.files import write_atomic
 from .sink.layout import IMAGES_DIR
 from .sink.manifest import scan_latest
@@ -105,6 +108,8 @@ def export_table(job: Job, destination: Path) -> int:
     write = writers.get(destination.suffix)
     if write is None:
         raise JobError(f"export to .parquet, .csv or .jsonl, not {destination.suffix or 'no extension'}")
+    if clash := _input_clash(job, destination):
+        raise JobError(clash)
     frame = results(job)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +117,23 @@ def export_table(job: Job, destination: Path) -> int:
     except OSError as exc:
         raise JobError(f"cannot write {destination}: {exc.strerror or exc}") from None
     return frame.height
+
+
+def _input_clash(job: Job, destination: Path) -> str | None:
+    """Why ``destination`` must not be written: it is the input table (after links, or a hard link
+    to it), or it would join the input (a file in the input folder, a name the input's glob takes)."""
+    target = destination.resolve()
+    for name in input_files(job.input):
+        found = Path(name)
+        if found.resolve() == target or (target.exists() and found.exists() and os.path.samefile(found, target)):
+            return f"export --to {destination}: that is the job's input table ({name}); write the results elsewhere"
+    source = Path(job.input)
+    joins = (source.is_dir() and target.parent == source.resolve()) or (
+        is_glob(job.input) and fnmatch.fnmatch(str(target), str(Path(job.input).resolve()))
+    )
+    if joins:
+        return f"export --to {destination}: the next run would read it as input ({job.input}); write it elsewhere"
+    return None
 
 
 def _write_csv(frame: pl.DataFrame, path: Path) -> None:

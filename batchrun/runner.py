@@ -28,16 +28,20 @@ from .errors import ExitCode, JobError
 from .export import remember_job
 from .log import event
 from .models import Request, Result
+from .owner import JOB_POINTER
 from .plan.feed import produce
+from .plan.keyindex import INDEX_DIR
 from .plan.occurrences import Occurrences
 from .plan.shape import completion_cap
 from .prepare import make_adapter, open_input, open_plan
 from .progress import Progress
-from .sink.files import remove_temp_files
+from .sink.files import make_folder, refuse_links, remove_temp_files
 from .sink.fold import fold_journals
 from .sink.images import ImageStore
+from .sink.journal import JOURNAL_DIR
+from .sink.layout import IMAGES_DIR
 from .sink.lock import OutputLock
-from .sink.manifest import part_files
+from .sink.manifest import MANIFEST_DIR, part_files
 from .sink.recording import recording
 from .sink.writer import ManifestWriter
 from .spec import Job
@@ -84,10 +88,11 @@ async def run_job(
     table, total_rows = await anyio.to_thread.run_sync(open_input, job)
     run_id = new_run_id()
     try:
-        job.output_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(job.output_dir)
     except OSError as exc:
         raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
     with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
+        refuse_links(job.output_dir, (MANIFEST_DIR, JOURNAL_DIR, IMAGES_DIR, INDEX_DIR, JOB_POINTER))
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
         await anyio.to_thread.run_sync(fold_journals, job.output_dir)  # a killed run's last results
         await anyio.to_thread.run_sync(remember_job, job)
@@ -204,5 +209,5 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         completion_tokens=completion_cap(job),
         cooldown=CoolDown(),
         sleep=sleep,
-        secrets=[job.endpoint.api_key.get_secret_value()] if job.endpoint.api_key else [],
+        secrets=job.endpoint.secrets(),
     )

@@ -6,6 +6,7 @@ and the reason on one line.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import tomllib
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .endpoints.format import WireFormat
 from .endpoints.registry import wire_format
 from .errors import SpecError
+from .origins import OriginError, OriginPolicy, allowed_origin, policy_for
 from .owner import moved_default
 from .presets import PRESETS, Auth
 
@@ -42,6 +44,8 @@ class EndpointSection(_Strict):
     stream_usage: bool = True  # ask for usage in the stream (stream_options.include_usage)
     response_path: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header -> variable holding a secret value
+    allowed_origins: list[str] = Field(default_factory=list)  # where credentials may go (docs/security.md)
     name: str | None = None
     # networks (README "Networks"): paths are relative to the job file
     ca_bundle: str | None = None  # a PEM file or a folder of hashed certificates
@@ -148,7 +152,8 @@ class Network:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """An endpoint with its preset applied; ``api_key`` never prints."""
+    """An endpoint with its preset applied; ``api_key`` and ``secret_headers`` never print.
+    ``origins``: where its requests (and credentials) may go."""
 
     name: str
     preset: str
@@ -164,6 +169,20 @@ class Endpoint:
     response_path: str | None
     simulated: bool = False
     network: Network = field(default_factory=lambda: Network())
+    secret_headers: dict[str, SecretStr] = field(default_factory=dict)
+    origins: OriginPolicy = field(default_factory=lambda: OriginPolicy(frozenset()))
+
+    def secrets(self) -> list[str]:
+        """Every secret value the run holds, for redaction: never in an error, log or manifest."""
+        values = [self.api_key, *self.secret_headers.values(), self.network.proxy, self.network.client_key_password]
+        found = [v.get_secret_value() for v in values if v is not None]
+        if self.network.proxy is not None:  # its password alone and as sent (Basic): a page may echo it
+            parsed = urllib.parse.urlsplit(self.network.proxy.get_secret_value())
+            if parsed.password:
+                user, password = urllib.parse.unquote(parsed.username or ""), urllib.parse.unquote(parsed.password)
+                basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+                found += [parsed.password, password, basic]
+        return [value for value in found if value]
 
     @property
     def wire(self) -> WireFormat:
@@ -281,6 +300,14 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
         url_template = url_template.replace("{model}", model)
     if not re.match(r"^https?://", url_template):
         raise SpecError(where, "endpoint.url", f"not an http(s) URL: {url_template!r}")
+    try:
+        listed = frozenset(allowed_origin(text) for text in ep.allowed_origins)
+    except OriginError as exc:
+        raise SpecError(where, "endpoint.allowed_origins", str(exc)) from None
+    try:
+        origins = policy_for(url_template, listed)
+    except OriginError as exc:
+        raise SpecError(where, "endpoint.url" if ep.url is not None else "endpoint.base_url", str(exc)) from None
 
     key_env = ep.api_key_env if ep.api_key_env is not None else preset.api_key_env
     auth: Auth = ep.auth or ("bearer" if ep.api_key_env and preset.auth == "none" else preset.auth)
@@ -299,6 +326,14 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
             )
     if auth == "header" and not ep.auth_header:
         raise SpecError(where, "endpoint.auth_header", "auth = 'header' needs the header's name")
+    secret_headers: dict[str, SecretStr] = {}
+    for header, variable in ep.headers_env.items():
+        if header.lower() in {h.lower() for h in ep.headers}:
+            raise SpecError(where, f"endpoint.headers_env.{header}", "also in endpoint.headers: give it once")
+        if env.get(variable):
+            secret_headers[header] = SecretStr(env[variable])
+        elif needs_key:
+            raise SpecError(where, f"endpoint.headers_env.{header}", f"environment variable {variable} is not set")
     endpoint = Endpoint(
         name=ep.name or preset.name,
         preset=preset.name,
@@ -314,6 +349,8 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
         response_path=ep.response_path if ep.response_path is not None else preset.response_path,
         simulated=simulated,
         network=Network() if simulated else _network(ep, url_template, where, env),
+        secret_headers=secret_headers,
+        origins=origins,
     )
     wire.check_endpoint(endpoint, where)
     return endpoint

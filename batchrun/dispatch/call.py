@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from contextvars import ContextVar
+from dataclasses import replace
 from types import TracebackType
 from typing import cast
 
@@ -65,10 +66,26 @@ class transport_errors:  # used as a function: ``with transport_errors(url):``
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` without the secrets, nor the start of one where an excerpt cut it (4+ characters)."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
+            for cut in range(min(len(secret) - 1, len(text)), 3, -1):
+                if text.endswith(secret[:cut]):
+                    text = text[:-cut] + "***"
+                    break
     return text
+
+
+def scrub(exc: RequestError, secrets: Sequence[str]) -> None:
+    """Take the secrets out of an error before anything reads it: a server may echo a header back
+    in its error page, and the message goes to the manifest, the log and the summary."""
+    if secrets:
+        exc.message = redact(exc.message, secrets)
+        exc.args = (exc.message,)
+        exc.reason = None if exc.reason is None else redact(exc.reason, secrets)
+        exc.answer = None if exc.answer is None else redact(exc.answer, secrets)
+        exc.raw = None if exc.raw is None else redact(exc.raw, secrets)
 
 
 class Caller:
@@ -132,8 +149,19 @@ class Caller:
             started_at=started,
             finished_at=time.time(),
             latency_ms=latency,
-            parsed=parsed,
+            parsed=self._clean(parsed) if self.secrets else parsed,
             http_status=200,
+        )
+
+    def _clean(self, parsed: Parsed) -> Parsed:
+        """An answer that repeats a secret (a server echoing the request) keeps it blanked out."""
+        text, raw = parsed.text, parsed.raw
+        if not any(secret in value for value in (text, raw) if value for secret in self.secrets):
+            return parsed
+        return replace(
+            parsed,
+            text=None if text is None else redact(text, self.secrets),
+            raw=None if raw is None else redact(raw, self.secrets),
         )
 
     async def _attempt(self, request: Request) -> tuple[Parsed, float]:
@@ -143,9 +171,11 @@ class Caller:
         try:
             parsed, latency = await self._send(request)
         except FatalError as exc:
+            scrub(exc, self.secrets)  # a 401 page may echo the token back
             self.fatal = self.fatal or exc
             raise
         except RequestError as exc:
+            scrub(exc, self.secrets)
             if fatal := self.health.failed(exc):
                 self.fatal = self.fatal or fatal
                 raise fatal from None

@@ -15,7 +15,9 @@ from types import TracebackType
 
 import httpx
 
+from ..errors import PermanentError
 from ..log import event
+from ..origins import OriginPolicy
 from ..spec import Endpoint
 
 USER_AGENT = "batchrun/0.1"
@@ -23,12 +25,13 @@ USER_AGENT = "batchrun/0.1"
 
 def auth_headers(endpoint: Endpoint) -> dict[str, str]:
     """Credentials live only in the sender's headers, never in a Request, a repr or a file."""
+    headers = {name: value.get_secret_value() for name, value in endpoint.secret_headers.items()}
     if endpoint.api_key is None or endpoint.auth == "none":
-        return {}
+        return headers
     secret = endpoint.api_key.get_secret_value()
     if endpoint.auth == "bearer":
-        return {"Authorization": f"Bearer {secret}"}
-    return {endpoint.auth_header: secret}
+        return {**headers, "Authorization": f"Bearer {secret}"}
+    return {**headers, endpoint.auth_header: secret}
 
 
 def default_headers(endpoint: Endpoint) -> dict[str, str]:
@@ -64,8 +67,15 @@ class Sender:
 
     The timeout's read part bounds the silence between two chunks, not the whole answer."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, headers: dict[str, str], timeout_s: float) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        headers: dict[str, str],
+        timeout_s: float,
+        origins: OriginPolicy | None = None,
+    ) -> None:
         self.transport = transport
+        self.origins = origins  # the last check before the credentials go out (the planner's is first)
         self._headers = httpx.Headers(headers).raw
         self._has_host = "host" in httpx.Headers(headers)
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0))
@@ -76,6 +86,8 @@ class Sender:
         """The parsed URL and the headers every request to it carries (Host first, as httpx puts it)."""
         target = self._targets.get(url)
         if target is None:
+            if self.origins is not None and (refusal := self.origins.refusal(url)) is not None:
+                raise PermanentError(refusal)  # never sent: the planner refuses these first
             if len(self._targets) > 1024:  # URL templates over rows: do not keep them all
                 self._targets.clear()
             parsed = httpx.URL(url)
@@ -128,4 +140,4 @@ def make_sender(
             )
         context = None if plain else ssl_context(network)  # once a run: loading a CA bundle costs ~25 ms
         transport = NetworkTransport(concurrency, proxy=proxy, tls=not plain, context=context)
-    return Sender(transport, default_headers(endpoint), timeout_s)
+    return Sender(transport, default_headers(endpoint), timeout_s, endpoint.origins)

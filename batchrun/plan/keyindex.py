@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..models import DoneKeys, short_keys, sorted_unique
-from ..sink.files import write_atomic
+from ..sink.files import make_folder, write_atomic
 from ..spec import Job
 from .planner import PlanCounts, canonical_json
 from .shape import job_body_template, prompt_template
@@ -147,7 +147,7 @@ class PlanIndex:
         """Begin a new index for this fingerprint, dropping any other."""
         try:
             shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder.mkdir(parents=True)
+            make_folder(self.folder)
             write_atomic(self.folder / "fingerprint", lambda tmp: tmp.write_text(self.fingerprint + "\n"))
         except OSError:
             self.noting = False

@@ -37,9 +37,12 @@ class PlanCounts:
     done_failed: int = 0  # of which failed for good in an earlier run
     skipped: int = 0  # rows with an empty prompt, when the job says to skip them
     todo: int = 0
+    off_limits: int = 0  # requests refused, unsent: their URL's origin is not one the job allows
+    first_off_limits: str | None = None  # the first of them: its row and why
 
 
 UNRENDERED = "unrendered:"  # stands for the URL in the key of a row that does not render
+OFF_LIMITS = "off-limits:"  # before the allowed origins and the URL, in the key of a refused request
 EMPTY_PROMPT = 'the prompt renders empty; not sent (empty_prompts = "skip" skips such rows)'
 
 
@@ -118,6 +121,8 @@ class Planner:
         self.done_keys = done_keys if done_keys is not None else DoneKeys()
         self.render_body = compile_template(job_body_template(job), "request")
         self.render_url = compile_template(job.endpoint.url, "endpoint.url")
+        # a URL whose origin comes from the row is checked per row (a literal one was, in spec)
+        self.origins = None if job.endpoint.origins.fixed else job.endpoint.origins
         self.needs_row = any(
             "row" in names
             for value in (job_body_template(job), job.endpoint.url, prompt_template(job))
@@ -168,6 +173,9 @@ class Planner:
                     self.skipped_rows.append((index, None if self.id_column is None else str(row.get(self.id_column))))
                 continue
             unseeded = body = canonical_json(rendered)
+            if self.origins is not None and (off := self.origins.refusal(url)) is not None:
+                yield from self._off_limits(index, row_id, url, model, body, off)
+                continue
             for sample in range(self.samples):
                 counts.requests += 1
                 seed = None
@@ -223,6 +231,37 @@ class Planner:
             counts.todo += 1
             yield self._unsent(key, row_id, index, sample, str(error))
 
+    def _off_limits(
+        self, index: int, row_id: str | None, url: str, model: str | None, body: bytes, reason: str
+    ) -> Iterator[Request]:
+        """The requests of a row whose URL goes where the job did not say: each fails for good,
+        unsent. Keyed with the allowed origins, so a later run that allows the origin sends them."""
+        assert self.origins is not None
+        counts = self.counts
+        pseudo = f"{OFF_LIMITS}{self.origins.fingerprint()} {url}"
+        for sample in range(self.samples):
+            counts.requests += 1
+            key, shared, content = self._key(pseudo, body, sample)
+            if self.journal is not None:
+                self.journal.append((index, sample, key, content, shared))
+            short = short_key(key)
+            if shared or short in self.done_keys:
+                counts.shared += shared
+                counts.done += not shared
+                counts.done_failed += not shared and short in self.done_keys.failed
+                continue
+            counts.todo += 1
+            yield self._refused(key, row_id, index, sample, url, model, reason)
+
+    def _refused(
+        self, key: str, row_id: str | None, index: int, sample: int, url: str, model: str | None, reason: str
+    ) -> Request:
+        counts = self.counts
+        counts.off_limits += 1
+        if counts.first_off_limits is None:
+            counts.first_off_limits = f"row {index}: {reason}"
+        return Request(key, row_id, index, sample, self.method, url, b"", model, refused=reason)
+
     def _unsent(self, key: str, row_id: str | None, index: int, sample: int, reason: str) -> Request:
         return Request(
             key=key,
@@ -273,6 +312,9 @@ class Planner:
                 yield from (self._unsent(key, row_id, index, sample, str(exc)) for sample, key in keys)
                 continue
             refused = self._refusal(rendered)
+            if self.origins is not None and (off := self.origins.refusal(url)) is not None:
+                yield from (self._refused(key, row_id, index, sample, url, model, off) for sample, key in keys)
+                continue
             unseeded = body = canonical_json(rendered)
             for sample, key in keys:
                 seed = None

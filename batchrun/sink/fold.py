@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .files import fsync_dir
+from .files import fsync_dir, make_folder
 from .journal import JOURNAL_DIR, Segment, read_records, segments
 from .manifest import MANIFEST_DIR, SCHEMA, manifest_frame, part_name, write_part
 
@@ -66,7 +66,7 @@ def _fold_run(output_dir: Path, run_id: str, shard: str, frame: pl.DataFrame) ->
         frame = frame.filter(~pl.col("request_key").is_in(missing))
     if frame.height:
         if not folder.is_dir():  # killed before its first part
-            folder.mkdir(parents=True)
+            make_folder(folder)
             fsync_dir(output_dir)
         seq = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in parts), default=-1)
         write_part(folder, part_name(run_id, shard, seq), frame)

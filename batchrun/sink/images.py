@@ -18,7 +18,7 @@ from pathlib import Path
 from ..endpoints.images import EXTENSION_BY_MIME, check_image
 from ..errors import PermanentError, RetryableError, SinkError
 from ..models import Request, Result
-from .files import fsync_dir, write_bytes_atomic, write_failure
+from .files import fsync_dir, make_folder, write_bytes_atomic, write_failure
 from .layout import image_relpath
 
 MIME_BY_EXTENSION = {ext: mime for mime, ext in EXTENSION_BY_MIME.items()}
@@ -120,7 +120,7 @@ class ImageStore:
         find the folder made before its parents are marked."""
         with self._lock:
             if folder not in self._known:
-                folder.mkdir(parents=True, exist_ok=True)
+                make_folder(folder, within=self.output_dir)
                 self._unsynced.update((folder.parent, folder.parent.parent))
                 self._known.add(folder)
 

@@ -33,7 +33,7 @@ import orjson
 
 from ..errors import SinkError
 from ..models import Parsed, Request, Result
-from .files import fsync_dir
+from .files import create_new, fsync_dir, make_folder
 
 JOURNAL_DIR = "journal"
 JOURNAL_GLOB = "journal-*.jsonl"
@@ -195,8 +195,8 @@ class Journal:
             self.written += len(results)
 
     def _open(self) -> int:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path(self.seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        make_folder(self.folder)
+        fd = create_new(self.path(self.seq), os.O_APPEND)  # a new segment: never a planted link
         try:
             header = {"format": _FORMAT, "run_id": self.run_id, "shard": self.shard, "endpoint": self.endpoint}
             _write_all(fd, orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))

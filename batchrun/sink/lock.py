@@ -3,6 +3,7 @@ so a killed run never leaves a stale lock behind."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -11,7 +12,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import OutputLockedError
+from ..errors import JobError, OutputLockedError
+from .files import FILE_MODE
 
 LOCK_NAME = ".batchrun.lock"
 
@@ -23,7 +25,12 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a planted one would have us truncate and write its target
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise JobError(f"{self.path} is a symbolic link: refused (remove it; batchrun makes its own)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

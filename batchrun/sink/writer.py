@@ -15,7 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import SinkError
 from ..models import Result
-from .files import fsync_dir, write_failure
+from .files import fsync_dir, make_folder, write_failure
 from .journal import Journal
 from .manifest import MANIFEST_DIR, manifest_frame, part_name, write_part
 
@@ -74,7 +74,7 @@ class ManifestWriter:
                 self.before_part()
             self.journal.seal()  # what comes next goes to a new segment; this one is fsynced
             if not self._folder_synced:  # the entries of manifest/ and the output folder, once a run
-                self.folder.mkdir(parents=True, exist_ok=True)
+                make_folder(self.folder)
                 fsync_dir(self.folder.parent)
                 fsync_dir(self.folder.parent.parent)
                 self._folder_synced = True
