@@ -30,6 +30,7 @@ class Request:
     seed: int | None = None
     # why it is not sent, found while planning (mid-run): the row fails for good, with this message
     refused: str | None = None
+    endpoint: str | None = None  # its endpoint's name, when the job has several
 
 
 def estimated_tokens(body: bytes, completion_cap: int) -> float:

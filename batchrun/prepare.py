@@ -39,11 +39,14 @@ def open_input(job: Job) -> tuple[Table, int]:
             'set empty_prompts = "skip" in the job to skip them'
         )
     first = next(table.batches(1))
-    planner.strict = True  # the first row is the templates' check: one that does not render is exit 2
-    for request in planner.plan(first[:1]):
-        if request.refused is not None:
-            raise InputError(f"input {job.input}: row {request.row_index}: {request.refused}")
-    make_adapter(job)
+    for lane in job.lanes():
+        planner = Planner(lane, occurrences=Occurrences(1))
+        planner.strict = True  # the first row is the templates' check: one that does not render is exit 2
+        for request in planner.plan(first[:1]):
+            if request.refused is not None:
+                at = f" (endpoint {lane.endpoint.name})" if job.several else ""
+                raise InputError(f"input {job.input}: row {request.row_index}{at}: {request.refused}")
+        make_adapter(lane)
     return table, stats.rows
 
 
@@ -55,17 +58,32 @@ def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: b
 
 
 async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
-    """Dry run: what a run would send now. Reads the input and the manifest, sends nothing."""
+    """Dry run: what a run would send now (every endpoint's, summed). Reads the input and the
+    manifest, sends nothing."""
     table, rows = await anyio.to_thread.run_sync(open_input, job)
-    occurrences = Occurrences(rows * job.request.samples)
+    total, stale = PlanCounts(), 0
+    for at, lane in enumerate(job.lanes()):
+        occurrences = Occurrences(rows * job.request.samples)
 
-    def count() -> tuple[PlanCounts, int]:
-        feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
-        for start, frame in feed.slices(table, BATCH_ROWS):
-            for _ in feed.requests(start, frame):
-                pass
-            feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
-        return feed.planner.counts, feed.stale
+        def count(lane: Job = lane, occurrences: Occurrences = occurrences) -> tuple[PlanCounts, int]:
+            feed = open_plan(lane, occurrences, retry_failed=retry_failed, note=False)
+            for start, frame in feed.slices(table, BATCH_ROWS):
+                for _ in feed.requests(start, frame):
+                    pass
+                feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
+            return feed.planner.counts, feed.stale
 
-    with occurrences:
-        return await anyio.to_thread.run_sync(count)
+        with occurrences:
+            counts, lane_stale = await anyio.to_thread.run_sync(count)
+        if at == 0:  # every endpoint reads the same done keys: stale ones are those none asks for
+            stale = lane_stale + counts.done
+        add_counts(total, counts, rows=at == 0)
+    return total, max(0, stale - total.done)
+
+
+def add_counts(total: PlanCounts, counts: PlanCounts, *, rows: bool) -> None:
+    """Add one endpoint's plan to the job's: the rows are every endpoint's, counted once."""
+    if rows:
+        total.rows = counts.rows
+    for name in ("requests", "shared", "done", "done_failed", "skipped", "todo"):
+        setattr(total, name, getattr(total, name) + getattr(counts, name))

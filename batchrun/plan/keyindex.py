@@ -112,6 +112,8 @@ class PlanIndex:
         """The index if it matches this job and input; else, with ``note``, a new one. Never fails:
         at worst there is no index, and every row is planned (blocking: call it in a thread)."""
         folder = job.output_dir / INDEX_DIR
+        if job.several:  # each endpoint plans the rows on its own: no one index of them (a cache)
+            return cls(folder, "", noting=False)
         try:
             index = cls(folder, fingerprint(job), noting=note)
         except OSError:

@@ -81,7 +81,7 @@ def manifest_frame(
         "request_key": [q.key for q in requests],
         "row_id": [q.row_id for q in requests],
         "row_index": [q.row_index for q in requests],
-        "endpoint": [endpoint] * len(results),
+        "endpoint": [q.endpoint or endpoint for q in requests],
         "model": [q.model for q in requests],
         "sample": [q.sample for q in requests],
         "seed": [q.seed for q in requests],

@@ -1,0 +1,197 @@
+"""Evaluation jobs (issue 16): the same rows against several endpoints, each its own lane."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from helpers import questions, read_manifest, write_table
+
+from batchrun.cli import main
+from batchrun.errors import ExitCode
+from batchrun.runner import RunSummary, run_job
+from batchrun.simulator import FaultPlan, Simulator, create_app, expected_chat_text
+from batchrun.spec import load_job
+
+pytestmark = pytest.mark.anyio
+
+
+class Hosts(httpx.AsyncBaseTransport):
+    """One in-process simulator per host name: two endpoints that fail each in its own way."""
+
+    def __init__(self, sims: dict[str, Simulator]) -> None:
+        self.transports = {host: httpx.ASGITransport(app=sim) for host, sim in sims.items()}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.transports[request.url.host].handle_async_request(request)
+
+
+def endpoint_toml(name: str, host: str, model: str, extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""
+        [[endpoints]]
+        name = "{name}"
+        preset = "openai-compatible"
+        base_url = "http://{host}"
+        model = "{model}"
+        """
+    ) + textwrap.dedent(extra)
+
+
+def write_eval(tmp_path: Path, endpoints: list[str], *, rows: int = 12, top: str = "", request: str = "") -> Path:
+    write_table(tmp_path / "input.parquet", questions(rows))
+    job = tmp_path / "job.toml"
+    job.write_text(
+        textwrap.dedent(
+            f"""
+            name = "ev"
+            input = "input.parquet"
+            output = "out"
+            id_column = "id"
+            {top}
+            [request]
+            prompt = "{{{{ question }}}}"
+            {request}
+            [limits]
+            concurrency = 3
+            max_attempts = 2
+            max_retry_wait_s = 0.05
+            timeout_s = 10
+            """
+        )
+        + "".join(endpoints)
+    )
+    return job
+
+
+async def run(job: Path, sims: dict[str, Simulator]) -> RunSummary:
+    return await run_job(load_job(job), transport=Hosts(sims), quiet=True)
+
+
+async def test_every_row_goes_to_every_endpoint_with_its_own_params(tmp_path: Path) -> None:
+    sims = {"a.test": create_app(), "b.test": create_app()}
+    job = write_eval(
+        tmp_path,
+        [
+            endpoint_toml("small", "a.test", "m-small"),
+            endpoint_toml(
+                "big", "b.test", "m-big", "params = { max_tokens = 3 }\n[endpoints.limits]\nconcurrency = 1\n"
+            ),
+        ],
+        request="params = { max_tokens = 50, temperature = 0 }",
+    )
+    summary = await run(job, sims)
+    assert summary.exit_code == ExitCode.OK
+    assert (sims["a.test"].stats.total, sims["b.test"].stats.total) == (12, 12)
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.height == 24
+    assert manifest.group_by("endpoint").len().sort("endpoint").rows() == [("big", 12), ("small", 12)]
+    assert set(manifest.filter(pl.col("endpoint") == "small")["model"]) == {"m-small"}
+    row = manifest.filter((pl.col("endpoint") == "small") & (pl.col("row_id") == "q3")).row(0, named=True)
+    assert row["response_text"] == expected_chat_text("m-small", [{"role": "user", "content": "what is 3?"}])
+    big = manifest.filter(pl.col("endpoint") == "big")
+    assert big["completion_tokens"].max() == 3 and set(big["finish_reason"]) == {"length"}  # its own max_tokens
+    assert manifest.filter(pl.col("endpoint") == "small")["completion_tokens"].max() > 3
+
+    again = await run(job, sims)
+    assert again.exit_code == ExitCode.OK
+    assert (sims["a.test"].stats.total, sims["b.test"].stats.total) == (12, 12)
+
+
+async def test_adding_an_endpoint_sends_only_its_requests_and_keeps_the_single_keys(tmp_path: Path) -> None:
+    """A job of one ``[endpoint]`` grown into two ``[[endpoints]]``: the first one's keys are the
+    single endpoint's (its answers are reused), only the new endpoint's requests go out; removing
+    it again leaves its results in the manifest."""
+    sims = {"a.test": create_app(), "b.test": create_app()}
+    write_table(tmp_path / "input.parquet", questions(8))
+    single = tmp_path / "single.toml"
+    single.write_text(
+        'name = "ev"\ninput = "input.parquet"\noutput = "out"\n[request]\nprompt = "{{ question }}"\n'
+        '[endpoint]\npreset = "openai-compatible"\nbase_url = "http://a.test"\nmodel = "m-small"\n'
+    )
+    assert (await run(single, sims)).exit_code == ExitCode.OK
+    keys = set(read_manifest(tmp_path / "out")["request_key"])
+    job = write_eval(
+        tmp_path, [endpoint_toml("small", "a.test", "m-small"), endpoint_toml("big", "b.test", "m-big")], rows=8
+    )
+    job.write_text(job.read_text().replace('id_column = "id"', ""))
+    assert (await run(job, sims)).exit_code == ExitCode.OK
+    assert (sims["a.test"].stats.total, sims["b.test"].stats.total) == (8, 8)
+    manifest = read_manifest(tmp_path / "out")
+    assert keys <= set(manifest["request_key"]) and manifest["request_key"].n_unique() == 16
+    assert (await run(single, sims)).exit_code == ExitCode.OK
+    assert sims["a.test"].stats.total == 8 and read_manifest(tmp_path / "out")["request_key"].n_unique() == 16
+
+
+async def test_a_fatal_answer_stops_only_its_endpoint(tmp_path: Path) -> None:
+    sims = {"a.test": create_app(), "b.test": create_app(FaultPlan(require_token="right"))}
+    job = write_eval(
+        tmp_path,
+        [endpoint_toml("good", "a.test", "m"), endpoint_toml("locked", "b.test", "m", 'api_key_env = "WRONG"\n')],
+        rows=40,
+    )
+    summary = await run_job(load_job(job, env={"WRONG": "nope"}), transport=Hosts(sims), quiet=True)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    assert summary.fatal is not None and summary.fatal.startswith("locked (http://b.test/v1/chat/completions) answered")
+    assert "good" not in summary.fatal
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.filter(pl.col("endpoint") == "good").height == 40
+    assert set(manifest.filter(pl.col("endpoint") == "good")["status"]) == {"ok"}
+    assert manifest.filter(pl.col("endpoint") == "locked").height == 0  # fatal: nothing recorded, all to do
+    assert sims["b.test"].stats.total <= 3  # at most its concurrency
+
+
+async def test_a_429_storm_on_one_endpoint_leaves_the_other_alone(tmp_path: Path) -> None:
+    sims = {"a.test": create_app(), "b.test": create_app(FaultPlan(rate_429=1.0, retry_after_s=0.01))}
+    job = write_eval(tmp_path, [endpoint_toml("calm", "a.test", "m"), endpoint_toml("stormy", "b.test", "m")])
+    summary = await run(job, sims)
+    assert summary.exit_code == ExitCode.FAILED_ROWS
+    manifest = read_manifest(tmp_path / "out")
+    calm = manifest.filter(pl.col("endpoint") == "calm")
+    assert calm.height == 12 and set(calm["status"]) == {"ok"} and set(calm["attempts"]) == {1}
+    stormy = manifest.filter(pl.col("endpoint") == "stormy")
+    assert set(stormy["error_kind"]) == {"retryable_exhausted"} and set(stormy["http_status"]) == {429}
+    assert sims["a.test"].stats.total == 12 and sims["b.test"].stats.total == 24
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "message"),
+    [
+        (
+            [endpoint_toml("a", "a.test", "m1"), endpoint_toml("a", "b.test", "m2")],
+            "endpoints[1].name: 'a' is also the name of endpoints[0]",
+        ),
+        ([endpoint_toml("a.b", "a.test", "m1")], "endpoints[0].name: 'a.b': use letters, digits"),
+        (
+            [endpoint_toml("a", "a.test", "m1"), endpoint_toml("b", "a.test", "m1")],
+            "endpoints[1]: 'b' sends what 'a' sends",
+        ),
+        (
+            [endpoint_toml("a", "a.test", "m1"), '[endpoint]\npreset = "openai-compatible"\nbase_url = "http://x"\n'],
+            "endpoints: give [endpoint] or [[endpoints]], not both",
+        ),
+        ([endpoint_toml("a", "a.test", "")], "endpoints[0].model: a chat endpoint needs a model name"),
+        (
+            [endpoint_toml("a", "a.test", "m", "[endpoints.limits]\nconcurrency = 0\n")],
+            "endpoints.0.limits.concurrency",
+        ),
+    ],
+)
+def test_bad_endpoints_exit_2_with_one_line(
+    tmp_path: Path, endpoints: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_eval(tmp_path, endpoints)
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_counts_every_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_eval(tmp_path, [endpoint_toml("a", "a.test", "m1"), endpoint_toml("b", "b.test", "m2")], rows=5)
+    assert main(["plan", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "rows read        5" in out and "requests         10" in out and "to do            10" in out
