@@ -86,7 +86,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     export.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="imagefolder metadata")
 
-    for command_parser in (run, plan, export):
+    status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
+    status.add_argument("target", help="an output folder written by a run, or the job file")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+    for command_parser in (run, plan, export, status):
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     sub.add_parser("presets", help="list the endpoint presets")
@@ -128,6 +132,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .simulator import run_simulate_command
 
         return run_simulate_command(args)
+    if args.command == "status":
+        from .export import job_for
+        from .status import read_status
+
+        found = read_status(job_for(args.target))
+        print(found.as_json() if args.json else found.text())
+        return 0
     if args.command == "export":
         from .export import export_imagefolder, export_table, job_for
 

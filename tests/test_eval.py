@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -195,3 +196,26 @@ def test_plan_counts_every_endpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["plan", str(job)]) == 0
     out = capsys.readouterr().out
     assert "rows read        5" in out and "requests         10" in out and "to do            10" in out
+
+
+async def test_status_answers_per_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sims = {"a.test": create_app(), "b.test": create_app(FaultPlan(rate_429=1.0, retry_after_s=0.01))}
+    job = write_eval(tmp_path, [endpoint_toml("calm", "a.test", "m"), endpoint_toml("stormy", "b.test", "m")], rows=10)
+    await run(job, sims)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "out"), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    calm, stormy = found["endpoints"]["calm"], found["endpoints"]["stormy"]
+    assert (calm["ok"], calm["failed"], calm["left"]) == (10, 0, 0)
+    assert (stormy["ok"], stormy["failed"], stormy["permanent"], stormy["left"]) == (0, 10, 0, 10)
+    assert 0 <= calm["latency_ms"]["p50"] <= calm["latency_ms"]["p95"] <= calm["latency_ms"]["p99"]
+    assert stormy["latency_ms"]["p50"] is None
+    assert calm["prompt_tokens"] > 0 and calm["completion_tokens"] > 0 and stormy["completion_tokens"] == 0
+    [error] = stormy["errors"]
+    assert (error["kind"], error["http_status"], error["count"]) == ("retryable_exhausted", 429, 10)
+    assert error["example"]
+
+    assert main(["status", str(job)]) == 0
+    text = capsys.readouterr().out
+    assert "calm: 10 ok, 0 failed" in text and "stormy: 0 ok, 10 failed (0 for good)" in text
+    assert "     10 retryable_exhausted 429: " in text
