@@ -24,6 +24,17 @@ from .runner import run_job
 from .spec import load_job
 
 EXIT_CODES_HELP = exit_codes_help()
+LIMIT_HELP = "only the first N rows (a smoke test; what it sends counts toward the whole job later)"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of rows, at least 1, not {text!r}")
+    return value
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -71,11 +82,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="stop taking new requests after this long (e.g. 50m), then exit 4: resumable",
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object a line")
+    run.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
     plan.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     plan.add_argument("--retry-failed", action="store_true")
+    plan.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
 
     export = sub.add_parser("export", help="join results back to the input: a results file or an imagefolder")
     export.add_argument("target", help="an output folder written by a run, or the job file")
@@ -85,6 +98,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--imagefolder", action="store_true", help="write images/metadata.<fmt> for datasets' imagefolder loader"
     )
     export.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="imagefolder metadata")
+    export.add_argument(
+        "--wide", action="store_true", help="one row per input row x sample, each endpoint's results side by side"
+    )
 
     status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
     status.add_argument("target", help="an output folder written by a run, or the job file")
@@ -147,13 +163,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             path, n = export_imagefolder(job, args.format)
             print(f"wrote {path}: {n} images; load with datasets.load_dataset('imagefolder', data_dir='{path.parent}')")
         else:
-            n = export_table(job, Path(args.to))
+            n = export_table(job, Path(args.to), wide=args.wide)
             print(f"wrote {args.to}: {n} rows")
         return 0
     job = load_job(args.job, output=args.output, needs_key=args.command == "run")  # plan sends nothing
     if args.command == "plan":
         check_owner(job)
-        counts, stale = anyio.run(lambda: plan_job(job, retry_failed=args.retry_failed), backend="asyncio")
+        counts, stale = anyio.run(
+            lambda: plan_job(job, retry_failed=args.retry_failed, limit=args.limit), backend="asyncio"
+        )
         print(f"job {job.name}: {job.input} -> {job.output_dir}")
         print(f"rows read        {counts.rows}")
         print(f"requests         {counts.requests}" + (f" ({counts.shared} shared by dedupe)" if counts.shared else ""))
@@ -176,6 +194,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 grace_s=args.grace,
                 max_runtime_s=args.max_runtime,
                 handle_signals=True,
+                limit=args.limit,
             ),
             backend="asyncio",
         )

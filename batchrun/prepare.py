@@ -50,14 +50,17 @@ def open_input(job: Job) -> tuple[Table, int]:
     return table, stats.rows
 
 
-def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> Feed:
+def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool, limit: int | None = None) -> Feed:
     """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
-    call it in a thread)."""
+    call it in a thread). ``limit``: only the first rows, keyed as the whole job keys them, so
+    what a smoke test sends counts toward the full job later."""
     done = read_done(job.output_dir, retry_failed=retry_failed)
-    return Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note)
+    feed = Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note)
+    feed.limit = limit
+    return feed
 
 
-async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
+async def plan_job(job: Job, *, retry_failed: bool = False, limit: int | None = None) -> tuple[PlanCounts, int]:
     """Dry run: what a run would send now (every endpoint's, summed). Reads the input and the
     manifest, sends nothing."""
     table, rows = await anyio.to_thread.run_sync(open_input, job)
@@ -66,7 +69,7 @@ async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts,
         occurrences = Occurrences(rows * job.request.samples)
 
         def count(lane: Job = lane, occurrences: Occurrences = occurrences) -> tuple[PlanCounts, int]:
-            feed = open_plan(lane, occurrences, retry_failed=retry_failed, note=False)
+            feed = open_plan(lane, occurrences, retry_failed=retry_failed, note=False, limit=limit)
             for start, frame in feed.slices(table, BATCH_ROWS):
                 for _ in feed.requests(start, frame):
                     pass

@@ -103,10 +103,13 @@ async def run_job(
     grace_s: float = 30.0,
     max_runtime_s: float | None = None,
     handle_signals: bool = False,
+    limit: int | None = None,
 ) -> RunSummary:
     """Run ``job`` to the end, or until a signal, the deadline or a fatal error stops it."""
     started = time.monotonic()
     table, total_rows = await anyio.to_thread.run_sync(open_input, job)
+    if limit is not None:
+        total_rows = min(total_rows, limit)
     run_id = new_run_id()
     try:
         job.output_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,7 @@ async def run_job(
         for lane in lanes:
             occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
             stack.callback(occurrences.close)
-            opened = partial(open_plan, lane, occurrences, retry_failed=retry_failed, note=True)
+            opened = partial(open_plan, lane, occurrences, retry_failed=retry_failed, note=True, limit=limit)
             feeds.append(await anyio.to_thread.run_sync(opened))
         counts = _summed(PlanCounts(), feeds) if job.several else feeds[0].planner.counts
         progress = Progress(

@@ -219,3 +219,46 @@ async def test_status_answers_per_endpoint(tmp_path: Path, capsys: pytest.Captur
     text = capsys.readouterr().out
     assert "calm: 10 ok, 0 failed" in text and "stormy: 0 ok, 10 failed (0 for good)" in text
     assert "     10 retryable_exhausted 429: " in text
+
+
+def simulated_eval(tmp_path: Path, rows: int) -> Path:
+    write_table(tmp_path / "input.csv", questions(rows))
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'name = "ev"\ninput = "input.csv"\noutput = "out"\nid_column = "id"\n'
+        '[request]\nprompt = "{{ question }}"\nparams = { max_tokens = 50 }\n'
+        '[[endpoints]]\nname = "small"\npreset = "simulator"\nmodel = "m-small"\n'
+        '[[endpoints]]\nname = "big"\npreset = "simulator"\nmodel = "m-big"\nparams = { max_tokens = 3 }\n'
+    )
+    return job
+
+
+def test_limit_then_whole_job_then_wide_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The smoke test first (``--limit``), then the whole job sends only the rest; the wide export
+    puts both endpoints' answers side by side, one row per input row."""
+    job = simulated_eval(tmp_path, 9)
+    assert main(["plan", str(job), "--limit", "4"]) == 0
+    assert "requests         8" in capsys.readouterr().out
+    assert main(["run", str(job), "--limit", "4", "-q"]) == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.height == 8 and sorted(set(manifest["row_index"])) == [0, 1, 2, 3]
+    capsys.readouterr()
+    assert main(["plan", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "already done     8" in out and "to do            10" in out
+    assert main(["run", str(job), "-q"]) == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.height == 18 and manifest["request_key"].n_unique() == 18
+
+    wide = tmp_path / "wide.parquet"
+    assert main(["export", str(tmp_path / "out"), "--to", str(wide), "--wide"]) == 0
+    frame = pl.read_parquet(wide)
+    assert frame.height == 9
+    assert frame["id"].to_list() == [f"q{i}" for i in range(9)]
+    assert set(frame["small.status"]) == {"ok"} and set(frame["big.status"]) == {"ok"}
+    assert frame["small.response_text"][2] == expected_chat_text("m-small", [{"role": "user", "content": "what is 2?"}])
+    assert set(frame["big.finish_reason"]) == {"length"} and "big.latency_ms" in frame.columns
+    long = tmp_path / "long.csv"
+    assert main(["export", str(job), "--to", str(long)]) == 0
+    frame = pl.read_csv(long)
+    assert frame.height == 18 and frame.group_by("endpoint").len().sort("endpoint").rows() == [("big", 9), ("small", 9)]
