@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import sys
 import traceback
@@ -18,13 +19,23 @@ from .errors import BatchrunError, ExitCode, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
-from .prepare import plan_job
+from .prepare import Estimate, plan_job
 from .presets import PRESETS
 from .runner import run_job
 from .spec import load_job
 
 EXIT_CODES_HELP = exit_codes_help()
 LIMIT_HELP = "only the first N rows (a smoke test; what it sends counts toward the whole job later)"
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"an amount in USD, 0 or more, not {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -83,6 +94,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object a line")
     run.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
+    run.add_argument(
+        "--max-cost",
+        type=_usd,
+        metavar="USD",
+        help="stop taking requests before the spend could pass USD (requests in flight at their worst case); exit 4",
+    )
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
@@ -169,8 +186,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     job = load_job(args.job, output=args.output, needs_key=args.command == "run")  # plan sends nothing
     if args.command == "plan":
         check_owner(job)
+        estimate = Estimate()
         counts, stale = anyio.run(
-            lambda: plan_job(job, retry_failed=args.retry_failed, limit=args.limit), backend="asyncio"
+            lambda: plan_job(job, retry_failed=args.retry_failed, limit=args.limit, estimate=estimate),
+            backend="asyncio",
         )
         print(f"job {job.name}: {job.input} -> {job.output_dir}")
         print(f"rows read        {counts.rows}")
@@ -179,7 +198,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"to do            {counts.todo}")
         if stale:
             print(f"stale results    {stale} (from an older version of the job; not reused)")
+        if counts.todo:
+            answers = (
+                "open (no max_tokens)" if estimate.completion_tokens is None else f"{estimate.completion_tokens:,.0f}"
+            )
+            print(f"tokens to send   ~{estimate.prompt_tokens:,.0f} in prompts, at most {answers} in answers")
+        if estimate.cost_usd is not None and counts.todo:
+            print(f"cost at most     ${estimate.cost_usd:,.4f}")
         return 0
+    if args.max_cost is not None:
+        job = dataclasses.replace(job, max_cost=args.max_cost)
     interactive = {"auto": None, "bar": True, "lines": False}[args.progress]
     configure_logging(args.log_format)
     if args.log_format == "json":

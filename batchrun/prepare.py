@@ -3,16 +3,19 @@ done keys and the plan index; and ``plan``, the dry run, which stops there."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import anyio
 
+from .cost import worst_case
 from .endpoints.base import Adapter
 from .errors import InputError
-from .models import DoneKeys
+from .models import DoneKeys, Request
 from .plan.feed import BATCH_ROWS, Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
 from .plan.reader import Table
-from .plan.shape import check_columns, prompt_columns
+from .plan.shape import check_columns, completion_cap, prompt_columns
 from .sink.manifest import read_done
 from .spec import Job
 
@@ -60,9 +63,32 @@ def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: b
     return feed
 
 
-async def plan_job(job: Job, *, retry_failed: bool = False, limit: int | None = None) -> tuple[PlanCounts, int]:
+@dataclass(slots=True)
+class Estimate:
+    """What the requests left to do would take: prompt tokens (body bytes / 4), answer tokens at
+    most (``max_tokens``; None when a job without it leaves them open), and at most what they cost
+    (None when no endpoint has a price; without ``max_tokens``, each answer is counted at
+    ``cost.WORST_OUTPUT_TOKENS``)."""
+
+    prompt_tokens: float = 0.0
+    completion_tokens: float | None = 0.0
+    cost_usd: float | None = None
+
+    def add(self, request: Request, lane: Job) -> None:
+        if request.refused is not None:
+            return
+        cap = completion_cap(lane)
+        self.prompt_tokens += len(request.body) / 4
+        self.completion_tokens = None if self.completion_tokens is None or not cap else self.completion_tokens + cap
+        if lane.endpoint.price is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + worst_case(request, lane.endpoint.price, cap)
+
+
+async def plan_job(
+    job: Job, *, retry_failed: bool = False, limit: int | None = None, estimate: Estimate | None = None
+) -> tuple[PlanCounts, int]:
     """Dry run: what a run would send now (every endpoint's, summed). Reads the input and the
-    manifest, sends nothing."""
+    manifest, sends nothing; ``estimate`` is filled in with the tokens and cost of what is left."""
     table, rows = await anyio.to_thread.run_sync(open_input, job)
     total, stale = PlanCounts(), 0
     for at, lane in enumerate(job.lanes()):
@@ -71,8 +97,9 @@ async def plan_job(job: Job, *, retry_failed: bool = False, limit: int | None = 
         def count(lane: Job = lane, occurrences: Occurrences = occurrences) -> tuple[PlanCounts, int]:
             feed = open_plan(lane, occurrences, retry_failed=retry_failed, note=False, limit=limit)
             for start, frame in feed.slices(table, BATCH_ROWS):
-                for _ in feed.requests(start, frame):
-                    pass
+                for request in feed.requests(start, frame):
+                    if estimate is not None:
+                        estimate.add(request, lane)
                 feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
             return feed.planner.counts, feed.stale
 

@@ -17,6 +17,7 @@ from typing import TextIO
 import anyio
 import httpx
 
+from .cost import Budget, priced
 from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
@@ -150,7 +151,16 @@ async def run_job(
             for lane in lanes:
                 sender = await senders.enter_async_context(_sender(lane, _lane_transport(lane, transport, simulator)))
                 callers.append(_caller(lane, sender, sleep))
-            calls = [recording(c, store, writer.journal, images=c.adapter.decodes_images) for c in callers]
+            budget = Budget(job.max_cost, lambda: pools.stop(f"the budget of ${job.max_cost:g} is reached", grace_s))
+            calls = [
+                recording(
+                    priced(c, lane.endpoint.price, completion_cap(lane), budget),
+                    store,
+                    writer.journal,
+                    images=c.adapter.decodes_images,
+                )
+                for c, lane in zip(callers, lanes, strict=True)
+            ]
             pools = Lanes(
                 [lane.endpoint.name for lane in lanes],
                 [Pool(call, lane.limits.concurrency) for call, lane in zip(calls, lanes, strict=True)],
@@ -222,11 +232,17 @@ async def run_job(
         fatal=fatal,
         stopped=None if fatal else pools.stopped or next((p.stopped for p in pools.pools if p.stopped), None),
         exit_code=code,
-        notes=progress.notes(),
+        notes="; ".join(note for note in (progress.notes(), _spend(job, budget)) if note),
         job=job.name,
         output=str(job.output_dir),
         causes=progress.failures.causes(),
     )
+
+
+def _spend(job: Job, budget: Budget) -> str:
+    """The spend, for the summary line, when the job prices its endpoints or has a budget."""
+    priced = job.max_cost is not None or any(e.price is not None for e in job.endpoints or (job.endpoint,))
+    return budget.describe() if priced else ""
 
 
 def _stale(feeds: list[Feed], counts: PlanCounts) -> int:

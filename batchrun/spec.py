@@ -30,6 +30,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PriceSection(_Strict):
+    """USD: per million prompt and answer tokens, per request, per image."""
+
+    input_per_million: float = Field(default=0.0, ge=0)
+    output_per_million: float = Field(default=0.0, ge=0)
+    per_request: float = Field(default=0.0, ge=0)
+    per_image: float = Field(default=0.0, ge=0)
+
+
 class EndpointSection(_Strict):
     preset: str
     base_url: str | None = None
@@ -50,6 +59,7 @@ class EndpointSection(_Strict):
     client_key: str | None = None
     client_key_password_env: str | None = None
     proxy: str | None = None
+    price: PriceSection | None = None
 
 
 class EndpointLimits(_Strict):
@@ -132,6 +142,7 @@ class JobFile(_Strict):
     output: str | None = None
     dedupe: bool = False
     empty_prompts: Literal["error", "skip"] = "error"
+    max_cost: float | None = Field(default=None, ge=0)  # USD: stop before the spend could pass it
     endpoint: EndpointSection | None = None
     endpoints: list[EndpointEntry] | None = None
     request: RequestSection = Field(default_factory=RequestSection)
@@ -185,6 +196,7 @@ class Endpoint:
     # one of several (``[[endpoints]]``): what it overrides of the job's [request] params and [limits]
     params: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    price: PriceSection | None = None
 
     @property
     def wire(self) -> WireFormat:
@@ -207,6 +219,7 @@ class Job:
     sink: OutputSection
     input_options: InputOptions = field(default_factory=InputOptions)
     endpoints: tuple[Endpoint, ...] = ()  # every endpoint, ``endpoint`` the one this view is for
+    max_cost: float | None = None  # USD
 
     @property
     def several(self) -> bool:
@@ -289,6 +302,7 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key:
         sink=jf.sink,
         input_options=InputOptions(format=jf.input.format, separator=jf.input.separator, schema=dict(jf.input.columns)),
         endpoints=endpoints,
+        max_cost=jf.max_cost,
     )
 
 
@@ -414,6 +428,7 @@ def _resolve_one(ep: EndpointSection, where: str, env: Any, needs_key: bool) -> 
         response_path=ep.response_path if ep.response_path is not None else preset.response_path,
         simulated=simulated,
         network=Network() if simulated else _network(ep, url_template, where, env),
+        price=ep.price,
     )
     wire.check_endpoint(endpoint, where)
     return endpoint

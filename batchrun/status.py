@@ -31,6 +31,8 @@ COLUMNS = [
     "completion_tokens",
     "started_at",
     "finished_at",
+    "cost_usd",
+    "cost_estimated",
 ]
 EXAMPLE_CHARS = 160
 
@@ -61,7 +63,11 @@ class Status:
             lines.append(
                 f"  tokens in {e['prompt_tokens']:,}  out {e['completion_tokens']:,}"
                 f"   {_n(e['requests_per_s'], 2)} requests/s"
-                + (f"   cost ${e['cost_usd']:.4f}" if e["cost_usd"] is not None else "")
+                + (
+                    f"   cost {'~' if e['cost_estimated'] else ''}${e['cost_usd']:.4f}"
+                    if e["cost_usd"] is not None
+                    else ""
+                )
             )
             for error in e["errors"][:5]:
                 status = f" {error['http_status']}" if error["http_status"] is not None else ""
@@ -95,6 +101,8 @@ def read_status(job: Job) -> Status:
             pl.col("completion_tokens").sum(),
             pl.col("started_at").min().alias("first"),
             pl.col("finished_at").max().alias("last"),
+            pl.when(pl.col("cost_usd").is_not_null().any()).then(pl.col("cost_usd").sum()).alias("cost_usd"),
+            pl.col("cost_estimated").any().alias("cost_estimated"),
         )
         .sort("endpoint")
     )
@@ -118,7 +126,8 @@ def read_status(job: Job) -> Status:
             "prompt_tokens": row["prompt_tokens"] or 0,
             "completion_tokens": row["completion_tokens"] or 0,
             "requests_per_s": (row["ok"] + row["failed"]) / span if span > 0 else None,
-            "cost_usd": None,
+            "cost_usd": row["cost_usd"],
+            "cost_estimated": bool(row["cost_estimated"]),
             "errors": [],
             "left": None if expected is None else max(0, expected - done),
         }
@@ -148,6 +157,7 @@ def _nothing(expected: int) -> dict[str, Any]:
         "completion_tokens": 0,
         "requests_per_s": None,
         "cost_usd": None,
+        "cost_estimated": False,
         "errors": [],
         "left": expected,
     }

@@ -262,3 +262,84 @@ def test_limit_then_whole_job_then_wide_export(tmp_path: Path, capsys: pytest.Ca
     assert main(["export", str(job), "--to", str(long)]) == 0
     frame = pl.read_csv(long)
     assert frame.height == 18 and frame.group_by("endpoint").len().sort("endpoint").rows() == [("big", 9), ("small", 9)]
+
+
+PRICE = "price = { input_per_million = 1000.0, output_per_million = 4000.0, per_request = 0.001 }\n"
+
+
+async def test_cost_from_usage_or_estimated_and_status_sums_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sims = {"a.test": create_app(), "b.test": create_app()}
+    job = write_eval(
+        tmp_path,
+        [
+            endpoint_toml("usage", "a.test", "m", PRICE),
+            endpoint_toml("silent", "b.test", "m", PRICE + "stream = true\nstream_usage = false\n"),
+        ],
+        rows=6,
+        request="params = { max_tokens = 20 }",
+    )
+    assert (await run(job, sims)).exit_code == ExitCode.OK
+    manifest = read_manifest(tmp_path / "out")
+    usage = manifest.filter(pl.col("endpoint") == "usage")
+    expected = 0.001 + (usage["prompt_tokens"] * 1000.0 + usage["completion_tokens"] * 4000.0) / 1e6
+    assert usage["cost_usd"].to_list() == pytest.approx(expected.to_list())
+    assert set(usage["cost_estimated"]) == {False}
+    silent = manifest.filter(pl.col("endpoint") == "silent")
+    assert silent["prompt_tokens"].null_count() == 6 and set(silent["cost_estimated"]) == {True}
+    # no usage: the prompt from the body's bytes / 4 (a few dozen tokens here), the answer at max_tokens
+    assert all(0.001 + 20 * 4000.0 / 1e6 < c < 0.001 + (200 * 1000.0 + 20 * 4000.0) / 1e6 for c in silent["cost_usd"])
+    capsys.readouterr()
+    assert main(["status", str(job), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["endpoints"]
+    assert found["usage"]["cost_usd"] == pytest.approx(sum(expected))
+    assert found["silent"]["cost_estimated"] is True and found["usage"]["cost_estimated"] is False
+
+
+async def test_the_budget_stops_before_the_spend_passes_it(tmp_path: Path) -> None:
+    """Each request may cost up to ~$0.09 (20 answer tokens at $4000/M and its prompt): a $0.5
+    budget stops the run with rows left (exit 4), the spend under it; the rest go out later."""
+    sims = {"a.test": create_app()}
+    job = write_eval(
+        tmp_path, [endpoint_toml("only", "a.test", "m", PRICE)], rows=20, request="params = { max_tokens = 20 }"
+    )
+    text = job.read_text().replace('id_column = "id"', 'id_column = "id"\nmax_cost = 0.5')
+    job.write_text(text)
+    summary = await run(job, sims)
+    assert summary.exit_code == ExitCode.INCOMPLETE
+    manifest = read_manifest(tmp_path / "out")
+    assert 0 < manifest.height < 20 and manifest["cost_usd"].sum() <= 0.5
+    assert sims["a.test"].stats.total == manifest.height  # nothing sent that was not recorded
+    assert "budget" in summary.line() and "of the $0.5 budget" in summary.line()
+    job.write_text(text.replace("max_cost = 0.5", "max_cost = 100"))
+    assert (await run(job, sims)).exit_code == ExitCode.OK
+    assert read_manifest(tmp_path / "out").height == 20 and sims["a.test"].stats.total == 20
+
+
+def test_plan_estimates_tokens_and_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_eval(
+        tmp_path, [endpoint_toml("a", "a.test", "m", PRICE)], rows=10, request="params = { max_tokens = 20 }"
+    )
+    assert main(["plan", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "at most 200 in answers" in out and "cost at most     $" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("price = { input_per_million = -1 }\n", "input_per_million: Input should be greater than or equal to 0"),
+        ("", "max_cost: Input should be greater than or equal to 0"),
+    ],
+)
+def test_negative_price_or_budget_exit_2(
+    tmp_path: Path, change: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_eval(tmp_path, [endpoint_toml("a", "a.test", "m", change)], top="" if change else "max_cost = -1")
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(job), "--max-cost", "-2"])
+    assert exited.value.code == 2 and "--max-cost: an amount in USD, 0 or more" in capsys.readouterr().err
