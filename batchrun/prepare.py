@@ -29,7 +29,8 @@ def open_input(job: Job) -> tuple[Table, int]:
     so does a prompt that renders empty (unless the job skips those) or a first request that
     ``tokens_per_minute`` could never let through."""
     table = Table(job.input, job.input_options)
-    check_columns(job, table.columns)
+    for lane in job.lanes():
+        check_columns(lane, table.columns)
     planner = Planner(job, occurrences=Occurrences(1))
     refuse = job.empty_prompts == "error"
     columns = prompt_columns(job, table.columns) if refuse else set()

@@ -228,8 +228,8 @@ class Job:
 
     def lanes(self) -> list[Job]:
         """The job as each endpoint sees it: that endpoint, its params over ``[request] params``,
-        its limits over ``[limits]``. A job of one endpoint is its own only lane."""
-        if not self.several:
+        its limits over ``[limits]``. A job of one endpoint with nothing of its own is its own lane."""
+        if not self.several and not (self.endpoint.params or self.endpoint.limits):
             return [self]
         return [
             replace(

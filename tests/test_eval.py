@@ -343,3 +343,12 @@ def test_negative_price_or_budget_exit_2(
     with pytest.raises(SystemExit) as exited:
         main(["run", str(job), "--max-cost", "-2"])
     assert exited.value.code == 2 and "--max-cost: an amount in USD, 0 or more" in capsys.readouterr().err
+
+
+async def test_one_endpoint_of_its_own_keeps_its_params_and_limits(tmp_path: Path) -> None:
+    sims = {"a.test": create_app()}
+    job = write_eval(tmp_path, [endpoint_toml("only", "a.test", "m", "params = { max_tokens = 3 }\n")], rows=4)
+    assert load_job(job).lanes()[0].request.params == {"max_tokens": 3}
+    assert (await run(job, sims)).exit_code == ExitCode.OK
+    manifest = read_manifest(tmp_path / "out")
+    assert set(manifest["completion_tokens"]) == {3} and set(manifest["endpoint"]) == {"only"}
