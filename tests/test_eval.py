@@ -249,6 +249,11 @@ def test_limit_then_whole_job_then_wide_export(tmp_path: Path, capsys: pytest.Ca
     assert main(["run", str(job), "-q"]) == 0
     manifest = read_manifest(tmp_path / "out")
     assert manifest.height == 18 and manifest["request_key"].n_unique() == 18
+    assert all((tmp_path / "out" / "plan-index" / name / "fingerprint").is_file() for name in ("small", "big"))
+    capsys.readouterr()
+    assert main(["plan", str(job)]) == 0  # through each endpoint's plan index
+    out = capsys.readouterr().out
+    assert "already done     18" in out and "to do            0" in out and "stale" not in out
 
     wide = tmp_path / "wide.parquet"
     assert main(["export", str(tmp_path / "out"), "--to", str(wide), "--wide"]) == 0
