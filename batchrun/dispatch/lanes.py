@@ -79,6 +79,8 @@ class LaneTally:
         parts = []
         for name, rate in zip(names, rates, strict=True):
             ok, failed = self.ok.get(name, 0), self.failed.get(name, 0)
+            if not (ok or failed or rate):
+                continue  # nothing to say (a finished job: nothing sent)
             per_s = (ok + failed) / elapsed_s if elapsed_s > 0 else 0.0
             part = f"{name} {ok} ok" + (f" {failed} failed" if failed else "") + f" {per_s:.1f}/s"
             parts.append(part + (f" ({rate})" if rate else ""))
