@@ -21,6 +21,7 @@ from .log import event
 from .owner import check_owner
 from .prepare import Estimate, plan_job
 from .presets import PRESETS
+from .report.last_run import note_last_run
 from .runner import run_job
 from .spec import load_job
 
@@ -123,7 +124,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     status.add_argument("target", help="an output folder written by a run, or the job file")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
-    for command_parser in (run, plan, export, status):
+    report = sub.add_parser("report", help="write one HTML page that shows a run (needs batchrun[report])")
+    report.add_argument("target", help="an output folder written by a run")
+    report.add_argument("-o", "--output", metavar="FILE", help="the page (default: OUTPUT/report.html)")
+
+    for command_parser in (run, plan, export, status, report):
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     sub.add_parser("presets", help="list the endpoint presets")
@@ -183,6 +188,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             n = export_table(job, Path(args.to), wide=args.wide)
             print(f"wrote {args.to}: {n} rows")
         return 0
+    if args.command == "report":
+        from .report.command import report_command
+
+        return report_command(args.target, args.output)
     job = load_job(args.job, output=args.output, needs_key=args.command == "run")  # plan sends nothing
     if args.command == "plan":
         check_owner(job)
@@ -226,6 +235,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ),
             backend="asyncio",
         )
+    note_last_run(job.output_dir, summary.fields())
     if args.log_format == "json":
         event(summary.line(), **summary.fields())
     else:

@@ -1,25 +1,54 @@
-"""Adaptive request rate (AIMD): halve the rate when the endpoint answers 429, raise it slowly
-while requests succeed, never above the job's ``requests_per_minute``.
+"""Adaptive limits: the request rate and the number of requests in flight, each found from what
+the endpoint accepts, never above what the job allows.
 
-Without a configured rate the first 429 sets one from the offered load of the last second;
-once the rate climbs well past what is actually sent, the limiter steps aside again.
+**Rate.** After sustained 429s the next send rate is the rate of *successful answers* over the
+last few seconds (what the endpoint actually accepted), not a fraction of the ceiling or of the
+offered load: halving from thousands a second takes nine cuts, and a gateway that counts refused
+requests in its window refuses all of them meanwhile. From there it rises additively while
+requests succeed, never above ``requests_per_minute``. A few 429s among many successes are not a
+limit (a shared endpoint's other users, a blip): they cost the refused request its own wait, not a
+lasting cut nor a pause of every worker. Without a configured rate, once the rate climbs well past
+what is actually sent, the limiter steps aside again.
+
+**Concurrency.** An overload answer (TGI's ``Model is overloaded``: too many in flight) lowers the
+in-flight limit to at most what was still in flight when it came back (the server was holding that
+many) and by a tenth; each success raises it by ``0.5 / limit`` (one every two rounds of requests),
+never above ``limits.concurrency``. Workers pass a gate (an ``anyio.CapacityLimiter`` whose size follows
+the limit) before sending; nobody polls.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+import anyio
 
 from .limits import SmoothRate
 
 MIN_PER_MINUTE = 6.0  # one request every 10 s: the floor of any cut
-CUT = 0.5
+CUT = 0.5  # when nothing was accepted lately to measure
 RAISE_FRACTION = 0.05  # of the rate at the last cut, per second of success
 HOLD_S = 2.0  # no raise this soon after a cut
 SETTLE_S = 1.0  # 429s for requests sent this soon after a cut do not cut again
 WINDOW_S = 2.0  # the offered load is measured over this long
+ACCEPTED_WINDOW_S = 3.0  # answers (accepted and refused) are counted over this long
 MIN_SPAN_S = 0.05
+#: Refusals are sustained, so a limit, when at least this share of the recent answers are 429s
+#: (and at least ``SUSTAINED_MIN`` of them), or when nothing succeeded lately. 2 % of 429s from a
+#: server with room to spare stays well below; a rate window that is exceeded refuses far more.
+SUSTAINED_SHARE = 0.1
+SUSTAINED_MIN = 3
+
+#: On an overload answer the limit goes to what else was in flight (what the server held), and at
+#: least this much lower once per round; each success adds ``CONCURRENCY_RAISE / limit`` (one more in
+#: flight every two rounds). Against a server of 8 it sits at 8, trying 9 about once in 17 answers:
+#: a quarter off and one per round cost a fifth of the capacity (in flight 6.75..8), half a round
+#: per step doubled the refusals.
+CONCURRENCY_CUT = 0.9
+CONCURRENCY_RAISE = 0.5
 
 
 class AdaptiveRate:
@@ -27,12 +56,17 @@ class AdaptiveRate:
         self.ceiling = ceiling_per_minute
         self.per_minute = ceiling_per_minute  # None: unlimited
         self.cuts = 0
+        self.throttled = 0  # 429s seen, sustained or not
         self._clock = clock
         self._limiter: SmoothRate | None = SmoothRate(ceiling_per_minute) if ceiling_per_minute else None
         self._last_cut = -1e9
         self._last_raise = clock()
+        self._started = clock()
         self._step = 0.0
         self._sent: deque[float] = deque()  # send times within the last WINDOW_S
+        self._ok: deque[float] = deque()  # successful answers within the last ACCEPTED_WINDOW_S
+        self._refused: deque[float] = deque()  # 429s within the last ACCEPTED_WINDOW_S
+        self._why = ""
 
     async def acquire(self) -> float:
         """Wait for a slot; returns the send time, to tell later which rate a 429 answered."""
@@ -53,24 +87,50 @@ class AdaptiveRate:
         span = max(self._clock() - self._sent[0], MIN_SPAN_S)
         return 60.0 * len(self._sent) / span
 
+    def accepted_per_minute(self) -> float | None:
+        """Successful answers per minute over the last three seconds (at least one second counted);
+        None when none came."""
+        now = self._trim()
+        if not self._ok:
+            return None
+        span = max(1.0, min(ACCEPTED_WINDOW_S, now - self._started))
+        return 60.0 * len(self._ok) / span
+
+    def sustained(self) -> bool:
+        """Are the recent 429s a limit (many, or nothing gets through), not the odd one?"""
+        self._trim()
+        refused, ok = len(self._refused), len(self._ok)
+        if not refused:
+            return False
+        return ok == 0 or (refused >= SUSTAINED_MIN and refused >= SUSTAINED_SHARE * (refused + ok))
+
     def on_throttled(self, sent_at: float) -> bool:
-        """A 429 for a request sent at ``sent_at``: cut, unless that request left before the last
+        """A 429 for a request sent at ``sent_at``. Counted; when the refusals are sustained, the
+        rate is cut to what the endpoint accepted lately, unless that request left before the last
         cut had time to show (a burst of 429s from many workers is one cut, not thirty: the server
         still counts what came before the cut for a while). True when it cut."""
         now = self._clock()
-        if sent_at <= self._last_cut + SETTLE_S:
+        self.throttled += 1
+        self._refused.append(now)
+        if not self.sustained() or sent_at <= self._last_cut + SETTLE_S:
             return False
         current = self.per_minute if self.per_minute is not None else self.offered_per_minute()
-        self._set(max(MIN_PER_MINUTE, current * CUT))
+        accepted = self.accepted_per_minute()
+        if accepted is None:
+            target, self._why = current * CUT, "nothing accepted lately"
+        else:
+            target, self._why = min(current, accepted), f"accepted {accepted / 60:.1f}/s"
+        self._set(max(MIN_PER_MINUTE, target))
         self._step = max(MIN_PER_MINUTE, (self.per_minute or 0) * RAISE_FRACTION)
         self._last_cut = now
         self.cuts += 1
         return True
 
     def on_success(self) -> None:
+        now = self._clock()
+        self._ok.append(now)
         if self.per_minute is None or self.per_minute == self.ceiling:
             return
-        now = self._clock()
         if now - self._last_cut < HOLD_S or now - self._last_raise < 1.0:
             return
         self._last_raise = now
@@ -82,6 +142,13 @@ class AdaptiveRate:
         else:
             self._set(raised)
 
+    def _trim(self) -> float:
+        now = self._clock()
+        for times in (self._ok, self._refused):
+            while times and now - times[0] > ACCEPTED_WINDOW_S:
+                times.popleft()
+        return now
+
     def _set(self, per_minute: float | None) -> None:
         if per_minute != self.per_minute:
             self.per_minute = per_minute
@@ -91,7 +158,111 @@ class AdaptiveRate:
         if not self.cuts:
             return ""
         rate = "unlimited" if self.per_minute is None else f"{self.per_minute:.0f}/min"
-        return f"adaptive rate {rate} after {self.cuts} cut(s) on 429"
+        why = f", last on {self._why}" if self._why else ""
+        return f"adaptive rate {rate} after {self.cuts} cut(s) on 429{why}"
 
     def __repr__(self) -> str:
         return f"AdaptiveRate(per_minute={self.per_minute}, ceiling={self.ceiling}, cuts={self.cuts})"
+
+
+class AdaptiveConcurrency:
+    """The in-flight limit (AIMD on overload answers); ``async with limit.slot()`` around one exchange."""
+
+    def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ceiling = ceiling
+        self.limit = float(ceiling)
+        self.cuts = 0
+        self.lowest = ceiling
+        self._clock = clock
+        self._gate: anyio.CapacityLimiter | None = None
+        self._last_cut = -1e9
+        self.in_flight = 0
+
+    @property
+    def gate(self) -> anyio.CapacityLimiter:
+        if self._gate is None:  # made inside the event loop, at the first request
+            self._gate = anyio.CapacityLimiter(max(1, int(self.limit)))
+        return self._gate
+
+    def slot(self) -> _Slot:
+        """``async with limit.slot() as sent_at:`` around one exchange: waits for room; ``sent_at``
+        tells later which limit an overload answer was for."""
+        return _Slot(self)
+
+    def on_overload(self, sent_at: float) -> bool:
+        """The endpoint refused a request sent at ``sent_at`` for having too many in flight. The
+        others still in flight are what it holds: the limit goes to at most that, and, once per
+        round (not for every refusal of one burst), down by a tenth. True when it changed."""
+        holding = max(1, self.in_flight - 1)  # the refused request still holds its slot
+        target = min(self.limit, float(holding))
+        if sent_at > self._last_cut:
+            target = min(target, self.limit * CONCURRENCY_CUT)
+            self._last_cut = self._clock()
+            self.cuts += 1
+        target = max(1.0, target)
+        if target >= self.limit:
+            return False
+        self.limit = target
+        self.lowest = min(self.lowest, int(target))
+        self._resize()
+        return True
+
+    def on_success(self) -> None:
+        if self.limit < self.ceiling:
+            self.limit = min(float(self.ceiling), self.limit + CONCURRENCY_RAISE / self.limit)
+            self._resize()
+
+    def _resize(self) -> None:
+        size = max(1, int(self.limit))
+        if self._gate is not None and self._gate.total_tokens != size:
+            self._gate.total_tokens = size
+
+    def describe(self) -> str:
+        if not self.cuts:
+            return ""
+        return f"in flight at most {int(self.limit)} of {self.ceiling} (lowered {self.cuts}x on overload answers)"
+
+    def __repr__(self) -> str:
+        return f"AdaptiveConcurrency(limit={self.limit:.2f}, ceiling={self.ceiling}, cuts={self.cuts})"
+
+
+class _Slot:
+    """One request's place in flight, from its first send until its result is recorded, given up
+    while it waits out a retry. Its own borrower of the gate: a task may hold only one token of a
+    ``CapacityLimiter`` as itself."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: AdaptiveConcurrency) -> None:
+        self.limit = limit
+        self.held = False
+
+    async def __aenter__(self) -> float:
+        await self._take()
+        return self.limit._clock()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._give()
+
+    async def away(self, sleep: Callable[[float], Awaitable[None]], seconds: float) -> None:
+        """Sleep ``seconds`` without the place (a retry's wait), then take it back."""
+        self._give()
+        await sleep(seconds)
+        await self._take()
+
+    async def _take(self) -> None:
+        gate = self.limit.gate
+        try:  # no task switch when there is room (acquire() always yields once)
+            gate.acquire_on_behalf_of_nowait(self)
+        except anyio.WouldBlock:
+            await gate.acquire_on_behalf_of(self)
+        self.held = True
+        self.limit.in_flight += 1
+
+    def _give(self) -> None:
+        if self.held:
+            self.held = False
+            self.limit.in_flight -= 1
+            self.limit.gate.release_on_behalf_of(self)

@@ -5,23 +5,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
+from contextvars import ContextVar
 from types import TracebackType
 from typing import cast
 
 import anyio
 import httpx
 
-from ..endpoints.base import Adapter, StreamingAdapter, classify, exhausted_quota_wait
+from ..endpoints.base import Adapter, StreamingAdapter, classify
 from ..errors import FatalError, PermanentError, RequestError, RetryableError
 from ..log import event
 from ..models import Parsed, Request, Result, estimated_tokens
-from .adaptive import AdaptiveRate
+from .adaptive import AdaptiveConcurrency, AdaptiveRate, _Slot
 from .client import Sender
 from .health import EndpointHealth
-from .limits import CoolDown, Sleep, TokenBudget
+from .limits import CoolDown, Sleep, TokenBudget, duration
+from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
 from .tls import ProxyRefused, TLSFailure, refused_by_page
+
+#: The place in flight of the request this task is working on (set by ``Caller.slot``).
+_SLOT: ContextVar[_Slot] = ContextVar("batchrun_slot")
+SAY_EVERY_S = 10.0  # the in-flight limit's changes are logged at most this often
 
 
 class transport_errors:  # used as a function: ``with transport_errors(url):``
@@ -75,6 +82,7 @@ class Caller:
         *,
         policy: RetryPolicy,
         rate: AdaptiveRate | None = None,
+        concurrency: AdaptiveConcurrency | None = None,
         tokens: TokenBudget | None = None,
         completion_tokens: int = 0,
         health: EndpointHealth | None = None,
@@ -86,6 +94,7 @@ class Caller:
         self.adapter = adapter
         self.policy = policy
         self.rate = rate or AdaptiveRate(None)
+        self.concurrency = concurrency
         self.health = health or EndpointHealth()
         self.tokens = tokens
         self.completion_tokens = completion_tokens  # the cap, for the tokens-per-minute estimate
@@ -94,6 +103,8 @@ class Caller:
         self.secrets = tuple(secrets)
         self.attempts = 0  # every HTTP request sent, retries included
         self.retries = 0  # attempts after a request's first: the progress line shows them
+        self.fatal: FatalError | None = None  # once set, nothing more is sent
+        self._said_overload = -SAY_EVERY_S
 
     async def __call__(self, request: Request) -> Result:
         started = time.time()
@@ -106,8 +117,8 @@ class Caller:
             except RetryableError as first:
                 if self.policy.max_attempts == 1:
                     raise
-                await self.sleep(self.policy.wait_after(first, 1))
-                async for attempt in self.policy.retrying(self.sleep, already=1):
+                await self._retry_wait(self.policy.wait_after(first, 1))
+                async for attempt in self.policy.retrying(self._retry_wait, already=1):
                     with attempt:
                         attempts += 1
                         self.retries += 1
@@ -126,40 +137,72 @@ class Caller:
         )
 
     async def _attempt(self, request: Request) -> tuple[Parsed, float]:
-        """One HTTP exchange, after the cool-down and the limiter; returns the answer and its latency."""
-        await self.cooldown.wait(self.sleep)
+        """One HTTP exchange, after the limits and the cool-down; returns the answer and its latency."""
         if self.tokens is not None:
             await self.tokens.take(estimated_tokens(request.body, self.completion_tokens))
-        sent_at = await self.rate.acquire()
-        self.attempts += 1
-        started = time.perf_counter()
         try:
-            parsed = await self._exchange(request, started, sent_at)
+            parsed, latency = await self._send(request)
+        except FatalError as exc:
+            self.fatal = self.fatal or exc
+            raise
         except RequestError as exc:
             if fatal := self.health.failed(exc):
+                self.fatal = self.fatal or fatal
                 raise fatal from None
             raise
         self.health.succeeded()
+        return parsed, latency
+
+    def slot(self) -> _Slot | nullcontext[float]:
+        """``async with caller.slot():`` around a request and the recording of its result: its place
+        in flight (``limits.concurrency`` at most, fewer while the endpoint is overloaded). Given up
+        while the request waits out a retry; held until the result is recorded, so that a killed run
+        sends again at most ``concurrency`` requests."""
+        if self.concurrency is None:
+            return nullcontext(0.0)
+        slot = self.concurrency.slot()
+        _SLOT.set(slot)
+        return slot
+
+    async def _retry_wait(self, seconds: float) -> None:
+        slot = _SLOT.get(None)
+        if slot is None or not slot.held:
+            await self.sleep(seconds)
+        else:
+            await slot.away(self.sleep, seconds)
+
+    async def _send(self, request: Request) -> tuple[Parsed, float]:
+        while True:
+            await self.cooldown.wait(self.sleep)
+            paused = self.cooldown.pauses
+            sent_at = await self.rate.acquire()
+            if self.cooldown.pauses == paused or not self.cooldown.remaining():
+                break
+            # a pause began while this request waited for its slot (at a cut rate, up to seconds):
+            # wait it out, then take a new slot, so that no one sends during it nor all at its end
+        if self.fatal is not None:  # a slot freed by the fatal answer, before the pool stopped
+            raise self.fatal
+        self.attempts += 1
+        started = time.perf_counter()
+        parsed = await self._exchange(request, started, sent_at)
         return parsed, (time.perf_counter() - started) * 1000
 
     async def _exchange(self, request: Request, started: float, sent_at: float) -> Parsed:
         with transport_errors(request.url):
             response = await self.sender.send(request.method, request.url, request.body)
             try:
-                quota_wait = exhausted_quota_wait(response.headers)
-                if quota_wait:
-                    self.cooldown.pause(min(quota_wait, self.policy.max_wait))
+                if window := exhausted_window(response.headers):
+                    self._pause(*window)
                 if not response.is_success:
-                    body = await response.aread()
-                    if refused := refused_by_page(response.status_code, body):
+                    content = await response.aread()
+                    if refused := refused_by_page(response.status_code, content):
                         raise refused
-                    error = classify(response.status_code, response.headers, body)
-                    if error.http_status == 429 and self.rate.on_throttled(sent_at):
-                        event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
-                    if error.http_status in (429, 503) and error.retry_after:
-                        self.cooldown.pause(min(error.retry_after, self.policy.max_wait))
+                    error = classify(response.status_code, response.headers, content)
+                    self._pushed_back(request, error, content, sent_at)
                     raise error
                 self.rate.on_success()
+                if self.concurrency is not None:
+                    self.concurrency.on_success()
                 if self.adapter.streaming and is_event_stream(response):
                     assembler = cast(StreamingAdapter, self.adapter).new_stream()
                     return await read_event_stream(response, assembler, started)
@@ -170,6 +213,55 @@ class Caller:
                 return self.adapter.parse(response.headers, body)
             finally:
                 await response.aclose()
+
+    def _pushed_back(self, request: Request, error: RequestError, content: bytes, sent_at: float) -> None:
+        """Act on what a refusal says about the endpoint's limits (see ``pushback``): an exhausted
+        quota stops the job; too many in flight lowers the in-flight limit; a rate limit, when
+        sustained, cuts the rate and pauses every worker for its ``Retry-After``."""
+        status = error.http_status or 0
+        pushback = read_pushback(status, content)
+        if pushback is None:
+            if status == 503 and error.retry_after:
+                self._pause(error.retry_after, f"HTTP 503, Retry-After {error.retry_after:g}s")
+            return
+        if pushback.kind is Kind.QUOTA:
+            raise FatalError(
+                f"quota exhausted (HTTP {status}): {redact(pushback.cause, self.secrets)}",
+                http_status=status,
+                reason=pushback.cause,
+            ) from None
+        if pushback.kind is Kind.OVERLOAD:
+            if self.concurrency is not None and self.concurrency.on_overload(sent_at):
+                now = time.monotonic()
+                if now - self._said_overload >= SAY_EVERY_S:  # one burst lowers it 40 times: said once
+                    self._said_overload = now
+                    event(f"overloaded answer from the endpoint: {self.concurrency.describe()}", level=logging.WARNING)
+            if error.retry_after and status == 503:
+                self._pause(error.retry_after, "overloaded (HTTP 503)")
+            return
+        if self.rate.on_throttled(sent_at):
+            event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
+        if error.retry_after and self.rate.sustained():
+            self._pause(error.retry_after, f"HTTP {status}, Retry-After {error.retry_after:g}s")
+
+    def _pause(self, seconds: float, reason: str) -> None:
+        """The shared cool-down (at most ``max_retry_wait_s``); a long one is said once in the log,
+        with its reason."""
+        seconds = min(seconds, self.policy.max_wait)
+        if self.cooldown.pause(seconds, reason) and seconds >= 10:
+            event(f"every worker paused for {duration(seconds)}: {reason}", level=logging.WARNING)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests on the wire now (not those waiting out a retry)."""
+        return self.concurrency.in_flight if self.concurrency is not None else 0
+
+    def describe(self) -> str:
+        """The adaptive limits and any pause, for the progress line and the summary."""
+        parts = [self.cooldown.describe(), self.rate.describe()]
+        if self.concurrency is not None:
+            parts.append(self.concurrency.describe())
+        return "; ".join(p for p in parts if p)
 
     def _failed(self, request: Request, exc: RequestError, attempts: int, started: float) -> Result:
         return Result(

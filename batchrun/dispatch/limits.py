@@ -79,6 +79,15 @@ class TokenBudget:
             remaining -= amount
 
 
+def duration(seconds: float) -> str:
+    """``358.2`` -> ``"5m58s"``; under a minute, ``"1.5s"``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
 class CoolDown:
     """When the endpoint says "too many requests, retry after t", every worker waits until then,
     not only the one that was told; a hundred workers must not hammer an overloaded server."""
@@ -87,15 +96,27 @@ class CoolDown:
         self._clock = clock
         self._until = 0.0
         self.pauses = 0
+        self.reason = ""  # why the pause now running was taken, for the progress line
 
-    def pause(self, seconds: float) -> None:
+    def pause(self, seconds: float, reason: str = "") -> bool:
+        """Pause every worker for ``seconds`` (from now); True when that extends the pause."""
         until = self._clock() + seconds
         if until > self._until:
             self._until = until
             self.pauses += 1
+            self.reason = reason
+            return True
+        return False
 
     def remaining(self) -> float:
         return max(0.0, self._until - self._clock())
+
+    def describe(self) -> str:
+        """ "paused 5m58s: x-ratelimit-remaining-tokens 0, reset 6m0s" while paused, else ""."""
+        left = self.remaining()
+        if left <= 0:
+            return ""
+        return f"paused {duration(left)}: {self.reason}" if self.reason else f"paused {duration(left)}"
 
     async def wait(self, sleep: Sleep) -> None:
         """Sleep out the pause; again if another 429 extended it meanwhile."""

@@ -38,11 +38,16 @@ class Unsent(Exception):
 
 
 class Pool:
-    """Runs ``call`` over everything ``produce`` sends, with ``concurrency`` requests in flight."""
+    """Runs ``call`` over everything ``produce`` sends, with ``concurrency`` requests in flight.
 
-    def __init__(self, call: Call, concurrency: int) -> None:
+    ``workers`` (default: ``concurrency``) may be more, when ``call`` itself holds the in-flight
+    limit (the caller's adaptive gate): then a worker waiting out a retry does not keep a request
+    from being sent."""
+
+    def __init__(self, call: Call, concurrency: int, workers: int | None = None) -> None:
         self.call = call
         self.concurrency = concurrency
+        self.workers = max(concurrency, workers or concurrency)
         self.fatal: FatalError | None = None
         self.error: BatchrunError | None = None  # the intake or the sink failed
         self.stopped: str | None = None  # why the run stopped taking work early
@@ -54,13 +59,13 @@ class Pool:
         self._drained = False
 
     async def run(self, produce: Producer, results: MemoryObjectSendStream[Result]) -> None:
-        batches = max(1, self.concurrency * 2 // HANDOFF)
+        batches = max(1, self.workers * 2 // HANDOFF)
         send, receive = anyio.create_memory_object_stream[list[Request]](batches)
         async with anyio.create_task_group() as tg:
             self._work = tg.cancel_scope
             tg.start_soon(self._feed, produce, send)
             async with receive, results:
-                for _ in range(self.concurrency):
+                for _ in range(self.workers):
                     tg.start_soon(self._worker, receive.clone(), results.clone())
 
     def stop(self, reason: str, grace: float) -> None:

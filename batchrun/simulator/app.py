@@ -150,7 +150,11 @@ class Simulator:
             if endpoint is not None:
                 if self.plan.close_after_response:
                     send = self._closing(scope, send)
-                await endpoint(scope, receive, send)
+                self.state.in_flight += 1
+                try:
+                    await endpoint(scope, receive, send)
+                finally:
+                    self.state.in_flight -= 1
                 return
         await self.app(scope, receive, send)
 

@@ -70,6 +70,26 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-after", type=parse_duration, default=1.0, help="Retry-After sent with 429s")
     parser.add_argument("--max-rps", type=float, default=None, help="answer 429 above this many requests/s")
     parser.add_argument(
+        "--count-refused",
+        action="store_true",
+        help="with --max-rps: refused requests count in the window too (as many gateways do)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="answer TGI's 429 'Model is overloaded' above this many requests in flight",
+    )
+    parser.add_argument(
+        "--queue-after",
+        type=int,
+        default=None,
+        help="above this many requests in flight, latency grows with them (a server that queues)",
+    )
+    parser.add_argument(
+        "--quota", choices=("openai", "hf"), default=None, help="answer every request as an account with no quota left"
+    )
+    parser.add_argument(
         "--estimated-time",
         type=parse_duration,
         default=2.0,
@@ -140,6 +160,10 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
         chunk_delay_ms=args.chunk_delay * 1000,
         retry_after_s=args.retry_after,
         max_rps=args.max_rps,
+        max_rps_counts_refused=args.count_refused,
+        max_concurrent=args.max_concurrent,
+        queue_after=args.queue_after,
+        quota=args.quota,
         estimated_time_s=args.estimated_time,
         require_token=args.token,
         close_after_response=args.close_after_response,

@@ -7,9 +7,17 @@ For each request the simulator asks :func:`decide`, which looks, in this order, 
 2. ``script`` -> the next scripted outcome, consumed (``["500", "500"]`` fails the next two requests);
 3. ``triggers`` -> the first :class:`Trigger` whose ``match`` is in the prompt text (order-free forcing,
    safe with concurrent workers);
-4. ``max_rps`` -> ``"429"`` when more than ``max_rps`` requests were let in during the last second
-   (requests turned away by this rule do not count against the window);
-5. the ``rate_*`` fields -> one draw from ``random.Random(seed)`` over the kinds that fit the request.
+4. ``quota`` -> ``"quota_openai"`` (429 ``insufficient_quota``) or ``"quota_hf"`` (402, monthly
+   credits) on every request: an account with nothing left;
+5. ``max_concurrent`` -> ``"overloaded"`` (TGI's 429 ``Model is overloaded``, no ``Retry-After``, at
+   once) when more than ``max_concurrent`` requests are in flight, this one included;
+6. ``max_rps`` -> ``"429"`` when more than ``max_rps`` requests were let in during the last second
+   (requests turned away by this rule count against the window only with ``max_rps_counts_refused``,
+   as many gateways do);
+7. the ``rate_*`` fields -> one draw from ``random.Random(seed)`` over the kinds that fit the request.
+
+``queue_after``: a server that queues instead of refusing (vLLM, Ollama, llama.cpp): above
+``queue_after`` requests in flight, latency grows in proportion to them.
 
 Outcomes that do not fit a request are adapted (:func:`adapt`): on a non-streaming request
 ``stream_cut`` becomes ``truncated`` and ``midstream_error`` becomes ``500``; on a streaming one
@@ -39,7 +47,10 @@ RATE_FIELDS: tuple[tuple[str, str], ...] = (
     ("wrong_shape", "rate_wrong_shape"),
 )
 #: Outcomes a plan can force (script or trigger).
-FORCIBLE = frozenset({OK, "400", "401", "403"} | {kind for kind, _ in RATE_FIELDS})
+QUOTA_OUTCOMES = {"openai": "quota_openai", "hf": "quota_hf"}
+FORCIBLE = frozenset(
+    {OK, "400", "401", "403", "overloaded", *QUOTA_OUTCOMES.values()} | {kind for kind, _ in RATE_FIELDS}
+)
 STREAM_ONLY = frozenset({"stream_cut", "midstream_error"})
 
 
@@ -64,6 +75,10 @@ class FaultPlan:
     rate_429: float = 0.0
     retry_after_s: float | None = 1.0
     max_rps: float | None = None
+    max_rps_counts_refused: bool = False
+    max_concurrent: int | None = None
+    queue_after: int | None = None
+    quota: str | None = None  # "openai" | "hf"
     rate_500: float = 0.0
     rate_502: float = 0.0
     rate_503: float = 0.0
@@ -100,6 +115,11 @@ class FaultPlan:
                 total += value if f.name != "latency_tail_rate" else 0.0
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault rates sum to {total:g}, more than 1")
+        if self.quota is not None and self.quota not in QUOTA_OUTCOMES:
+            raise ValueError(f"unknown quota {self.quota!r}; known: {sorted(QUOTA_OUTCOMES)}")
+        for name in ("max_concurrent", "queue_after"):
+            if (value := getattr(self, name)) is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         for outcome in [*self.script, *(t.outcome for t in self.triggers)]:
             if outcome not in FORCIBLE:
                 raise ValueError(f"unknown outcome {outcome!r}; known: {sorted(FORCIBLE)}")
@@ -121,6 +141,7 @@ class FaultState:
     rng: random.Random = field(default_factory=random.Random)
     seeded_with: int | None = None
     window: deque[float] = field(default_factory=deque)
+    in_flight: int = 0  # requests being answered now (the simulator counts them)
 
     def rng_for(self, seed: int) -> random.Random:
         """The random stream for ``seed``, restarted when the plan's seed changes."""
@@ -164,7 +185,10 @@ def _rps_wait(plan: FaultPlan, state: FaultState, now: float) -> float | None:
     while state.window and state.window[0] <= now - 1.0:
         state.window.popleft()
     if len(state.window) >= plan.max_rps:
-        return max(state.window[0] + 1.0 - now, 0.001)
+        wait = max(state.window[0] + 1.0 - now, 0.001)
+        if plan.max_rps_counts_refused:
+            state.window.append(now)
+        return wait
     state.window.append(now)
     return None
 
@@ -184,12 +208,18 @@ def decide(plan: FaultPlan, state: FaultState, *, now: float, prompt: str, strea
     """Choose the outcome of one request (see the module docstring for the order of the rules)."""
     rng = state.rng_for(plan.seed)
     delay = _delay(plan, rng)
+    if plan.queue_after is not None and state.in_flight > plan.queue_after:
+        delay *= state.in_flight / plan.queue_after  # a queue: each waits for the ones ahead
     if not authorized:
         return Decision("401", delay)
     forced = _forced(plan, prompt)
     if forced is not None:
         outcome = adapt(forced, stream=stream)
         return Decision(outcome, delay, plan.retry_after_s if outcome == "429" else None)
+    if plan.quota is not None:
+        return Decision(QUOTA_OUTCOMES[plan.quota])
+    if plan.max_concurrent is not None and state.in_flight > plan.max_concurrent:
+        return Decision("overloaded")  # TGI refuses at once, before any work
     wait = _rps_wait(plan, state, now)
     if wait is not None:
         return Decision("429", delay, wait)

@@ -51,6 +51,28 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
     "502": (502, "Bad gateway (simulated)", "server_error", "bad_gateway"),
     "503": (503, "Service unavailable (simulated)", "server_error", "service_unavailable"),
     "loading": (503, "Model is loading", "server_error", "model_loading"),
+    # the bodies of these three are the real servers', whatever the route (see dispatch/pushback.py)
+    "overloaded": (429, "Model is overloaded", "", ""),
+    "quota_openai": (429, "", "insufficient_quota", "insufficient_quota"),
+    "quota_hf": (402, "", "", ""),
+}
+#: The real bodies: TGI's router refusing above --max-concurrent-requests, OpenAI with no credit
+#: left, HF Inference Providers with the month's credits spent.
+_VERBATIM: dict[str, dict[str, Any]] = {
+    "overloaded": {"error": "Model is overloaded", "error_type": "overloaded"},
+    "quota_openai": {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and billing details. For more "
+            "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    },
+    "quota_hf": {
+        "error": "You have exceeded your monthly included credits for Inference Providers. Subscribe to PRO to get "
+        "20x more monthly included credits."
+    },
 }
 HTML_BODY = b"<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Oops</h1></body></html>\n"
 
@@ -83,6 +105,8 @@ def fault_response(
 ) -> FastJSONResponse:
     """The error response for an HTTP-status outcome (``"401"``, ``"429"``, ``"loading"``, ...)."""
     status, message, type_, code = _ERRORS[outcome]
+    if outcome in _VERBATIM:
+        return FastJSONResponse(_VERBATIM[outcome], status_code=status)
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
     if outcome == "429" and retry_after_s is not None:

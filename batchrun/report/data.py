@@ -1,0 +1,348 @@
+"""What the page shows, read from the manifest: aggregates over every row, samples for the tables.
+
+The manifest is read with ``scan_latest`` (parts and crash journals, the latest row per key).
+Prompts are not in the manifest unless ``keep_request``: a sampled row's prompt is the job's
+prompt template rendered from its input row (read back by ``row_index``, as export joins it), or,
+when the job file or the input is gone, the user message of the kept request body. Only the
+sampled rows are rendered, so a 1M-row run costs one pass over the input, not a replan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..errors import BatchrunError, InputError
+from ..models import short_keys
+from ..sink.manifest import scan_all
+from .last_run import LAST_RUN
+
+SAMPLE_ROWS = 2_000  # rows in the answers table: ~2 MB of text at most, searchable in the page
+SAMPLE_IMAGES = 240  # thumbnails in the contact sheet: ~5 MB of JPEG at 256 px
+TIME_BINS = 60  # points on the over-time charts
+MIN_BIN_S = 0.1  # a two-second run: 20 points, not 60 of one or two requests each
+HISTOGRAM_BINS = 30  # about this many bars, of a round width, up to the 99th percentile
+
+_SHORT = short_keys(pl.col("request_key")).alias("short")
+_COLUMNS = [
+    "row_id",
+    "row_index",
+    "endpoint",
+    "sample",
+    "seed",
+    "status",
+    "error_kind",
+    "http_status",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "image_path",
+    "latency_ms",
+    "ttft_ms",
+    "started_at",
+    "finished_at",
+    "run_id",
+]
+_TEXTS = ["response_text", "request_body"]  # read for the sampled rows only: at 1M rows they are most of the memory
+
+
+@dataclass
+class Report:
+    output_dir: Path
+    rows: int  # distinct input rows with a result
+    requests: int
+    by_endpoint: pl.DataFrame  # endpoint, requests, ok, failed, tokens, latency quantiles
+    wall_s: float
+    started: str
+    finished: str
+    last_exit: str
+    throughput: pl.DataFrame  # minute bin, endpoint, status, count, per_s
+    latency: pl.DataFrame  # histogram: endpoint, lo, hi, count (every ok row up to p99)
+    ttft: pl.DataFrame  # the same for time to first token
+    errors_over_time: pl.DataFrame  # bin, kind, count
+    errors: pl.DataFrame  # kind, http_status, count, example, row
+    answers: pl.DataFrame  # row, prompt, one answer column per endpoint
+    images: pl.DataFrame  # row, sample, seed, endpoint, prompt, image_path
+    is_image: bool
+    cost: str
+    notes: list[str] = field(default_factory=list)
+
+
+def load(output_dir: Path) -> Report:
+    every = scan_all(output_dir)
+    if every is None:
+        raise InputError(f"no results in {output_dir} yet: run the job first")
+    with _manifest_errors(output_dir):
+        frame = every.select(_SHORT, *_COLUMNS).collect()
+    return build(output_dir, latest(frame))
+
+
+def latest(frame: pl.DataFrame) -> pl.DataFrame:
+    """The latest row per key, as ``scan_latest`` picks it, by the 8-byte short key; sorted only when
+    a key repeats (a retried or resumed run): the sort and unique of 1M rows cost ~500 MiB at peak."""
+    if frame["short"].n_unique() == frame.height:
+        return frame
+    return frame.sort("finished_at").unique("short", keep="last", maintain_order=True)
+
+
+@contextlib.contextmanager
+def _manifest_errors(output_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"cannot read the manifest in {output_dir}: {str(exc).splitlines()[0]}") from None
+
+
+def _texts(output_dir: Path, keys: pl.Series) -> pl.DataFrame:
+    """The answers and kept bodies of ``keys`` (short keys), the latest row of each."""
+    every = scan_all(output_dir)
+    assert every is not None
+    with _manifest_errors(output_dir):
+        return (
+            every.select(_SHORT, "finished_at", *_TEXTS)
+            .filter(pl.col("short").is_in(keys.implode()))
+            .sort("finished_at")
+            .unique("short", keep="last")
+            .select("short", *_TEXTS)
+            .collect()
+        )
+
+
+def build(output_dir: Path, frame: pl.DataFrame) -> Report:
+    notes: list[str] = []
+    started, finished = frame["started_at"].min(), frame["finished_at"].max()
+    wall_s = (
+        (finished - started).total_seconds()
+        if isinstance(started, datetime) and isinstance(finished, datetime)
+        else 0.0
+    )
+    ok = pl.col("status") == "ok"
+    tokens = pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)
+    by_endpoint = (
+        frame.group_by("endpoint")
+        .agg(
+            pl.len().alias("requests"),
+            ok.sum().alias("ok"),
+            (~ok).sum().alias("failed"),
+            tokens.sum().alias("tokens"),
+            pl.col("latency_ms").filter(ok).median().alias("p50_ms"),
+            pl.col("latency_ms").filter(ok).quantile(0.95).alias("p95_ms"),
+            pl.col("ttft_ms").filter(ok).median().alias("ttft_p50_ms"),
+        )
+        .sort("endpoint")
+    )
+    span = max(wall_s, 1.0)
+    bin_s = max(span / TIME_BINS, MIN_BIN_S)
+    every = f"{int(bin_s * 1_000_000)}us"
+    # each aggregate selects its few columns first: a filter or sort of the whole frame copies every column
+    timed = (
+        frame.select("finished_at", "endpoint", "status", "error_kind")
+        .filter(pl.col("finished_at").is_not_null())
+        .sort("finished_at")
+    )
+    binned = timed.group_by_dynamic("finished_at", every=every, group_by=["endpoint", "status"]).agg(
+        pl.len().alias("count")
+    )
+    until = (pl.col("finished_at") + pl.duration(microseconds=int(bin_s * 1_000_000))).alias("until")
+    throughput = binned.with_columns((pl.col("count") / bin_s).alias("per_s"), until)
+    errors_over_time = (
+        timed.filter(~ok)
+        .with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
+        .group_by_dynamic("finished_at", every=every, group_by="kind")
+        .agg(pl.len().alias("count"))
+        .with_columns(until)
+    )
+    answered = frame.select("endpoint", "status", "latency_ms", "ttft_ms").filter(ok)
+    latency = histogram(answered, "latency_ms")
+    ttft = histogram(answered, "ttft_ms")
+    errors = (
+        frame.filter(~ok)
+        .group_by(pl.col("error_kind").fill_null("unknown").alias("kind"), "http_status")
+        .agg(
+            pl.len().alias("count"),
+            pl.col("error").first().alias("example"),
+            pl.col("row_id").first().alias("row_id"),
+            pl.col("row_index").first().alias("row_index"),
+        )
+        .sort("count", descending=True)
+    )
+    rows = frame["row_index"].n_unique()
+    is_image = frame["image_path"].is_not_null().any()
+    chosen = _sample_rows(frame, SAMPLE_ROWS)
+    sampled = frame.filter(pl.col("row_index").is_in(chosen.implode()))
+    sampled = sampled.join(_texts(output_dir, sampled["short"]), on="short", how="left")
+    prompts = _Prompts(output_dir, sampled)
+    answers = _answers(sampled, prompts) if not is_image else pl.DataFrame()
+    images = _images(frame, prompts) if is_image else pl.DataFrame()
+    if prompts.missing:
+        notes.append(prompts.missing)
+    return Report(
+        output_dir=output_dir,
+        rows=rows,
+        requests=frame.height,
+        by_endpoint=by_endpoint,
+        wall_s=wall_s,
+        started=str(started)[:19] if started is not None else "-",
+        finished=str(finished)[:19] if finished is not None else "-",
+        last_exit=_last_exit(output_dir),
+        throughput=throughput,
+        latency=latency,
+        ttft=ttft,
+        errors_over_time=errors_over_time,
+        errors=errors,
+        answers=answers,
+        images=images,
+        is_image=bool(is_image),
+        cost="not recorded (the manifest has no prices)",
+        notes=notes,
+    )
+
+
+def histogram(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Bars of a round width (1, 2 or 5 times a power of ten) per endpoint, over every value up to
+    the 99th percentile, so the slowest 1 % do not squeeze the rest into one bar (p95 is in the table)."""
+    values = frame.filter(pl.col(column).is_not_null())
+    cut = values[column].quantile(0.99) if values.height else None
+    if cut is None:
+        return pl.DataFrame(schema={"endpoint": pl.String, "lo": pl.Float64, "hi": pl.Float64, "count": pl.UInt32})
+    width = _round_step(max(float(cut), 1e-3) / HISTOGRAM_BINS)
+    lo = (pl.col(column) / width).floor() * width
+    return (
+        values.filter(pl.col(column) <= cut)
+        .group_by("endpoint", lo.alias("lo"))
+        .agg(pl.len().alias("count"))
+        .with_columns((pl.col("lo") + width).alias("hi"))
+        .sort("endpoint", "lo")
+    )
+
+
+def _round_step(raw: float) -> float:
+    power = 10 ** math.floor(math.log10(raw))
+    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
+
+
+def _sample_rows(frame: pl.DataFrame, limit: int) -> pl.Series:
+    """The first ``limit`` input rows (in input order): a reader finds row 12 where row 12 is."""
+    return frame["row_index"].unique().sort().head(limit)
+
+
+def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
+    """One line per sampled (row, sample), one answer column per endpoint (side by side)."""
+    answer = (
+        pl.when(pl.col("status") == "ok")
+        .then(pl.col("response_text"))
+        .otherwise(pl.lit("[failed: ") + pl.col("error").fill_null("") + pl.lit("]"))
+    )
+    wide = (
+        picked.with_columns(answer.alias("answer"))
+        .pivot(on="endpoint", index=["row_index", "sample"], values="answer", aggregate_function="first")
+        .sort("row_index", "sample")
+    )
+    ids = picked.group_by("row_index").agg(pl.col("row_id").first())
+    wide = wide.join(ids, on="row_index", how="left")
+    return wide.with_columns(prompts.column(wide["row_index"]))
+
+
+def _images(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
+    chosen = _sample_rows(frame.filter(pl.col("image_path").is_not_null()), SAMPLE_IMAGES)
+    picked = (
+        frame.filter(pl.col("row_index").is_in(chosen.implode()) & pl.col("image_path").is_not_null())
+        .sort("row_index", "endpoint", "sample")
+        .head(SAMPLE_IMAGES)
+    )
+    return picked.select("row_index", "row_id", "sample", "seed", "endpoint", "image_path").with_columns(
+        prompts.column(picked["row_index"])
+    )
+
+
+class _Prompts:
+    """The prompt text of sampled rows: the job's prompt template over the input row, else the
+    kept body (of the rows in ``sampled``, which has the manifest's texts)."""
+
+    def __init__(self, output_dir: Path, sampled: pl.DataFrame) -> None:
+        self.output_dir = output_dir
+        self.missing = ""
+        self._by_row: dict[int, str] | None = None
+        self.sampled = sampled
+
+    def column(self, row_index: pl.Series) -> pl.Series:
+        if self._by_row is None:
+            self._by_row = self._read(set(row_index.to_list()))
+            if not self._by_row:
+                self._by_row = _from_bodies(self.sampled)
+                if not self._by_row and not self.missing:
+                    self.missing = "prompts not shown: the job's input could not be read and no request body was kept"
+        by_row = self._by_row
+        return pl.Series("prompt", [by_row.get(i) for i in row_index.to_list()], dtype=pl.String)
+
+    def _read(self, wanted: set[int]) -> dict[int, str]:
+        from ..export import job_for
+        from ..plan.reader import Table
+        from ..plan.shape import prompt_template
+        from ..plan.templates import compile_template
+
+        try:
+            job = job_for(str(self.output_dir))
+            template = prompt_template(job)
+            if template is None:
+                return {}
+            render = compile_template(template, "prompt")
+            found: dict[int, str] = {}
+            start = 0
+            last = max(wanted) if wanted else -1
+            for chunk in Table(job.input, job.input_options).frames(65_536):
+                if start > last:
+                    break
+                local = [i - start for i in sorted(wanted) if start <= i < start + chunk.height]
+                for i, row in zip(local, chunk[local].to_dicts(), strict=True):
+                    value = render({**row, "row": row})
+                    found[start + i] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                start += chunk.height
+            return found
+        except (BatchrunError, OSError) as exc:
+            self.missing = f"prompts from the request bodies: the job's input could not be read ({exc})"
+            return {}
+
+
+def _from_bodies(frame: pl.DataFrame) -> dict[int, str]:
+    found: dict[int, str] = {}
+    kept = frame.filter(pl.col("request_body").is_not_null()).unique("row_index").head(SAMPLE_ROWS)
+    for index, body in kept.select("row_index", "request_body").iter_rows():
+        try:
+            found[index] = _prompt_in(json.loads(body))
+        except ValueError:
+            continue
+    return found
+
+
+def _prompt_in(body: Any) -> str:
+    """The last user message of a chat body, or an image body's ``prompt``/``inputs``."""
+    if isinstance(body, dict):
+        for message in reversed(body.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        for name in ("prompt", "inputs"):
+            if isinstance(body.get(name), str):
+                return str(body[name])
+    return json.dumps(body, ensure_ascii=False)
+
+
+def _last_exit(output_dir: Path) -> str:
+    """The exit status of the last run, when the run left its summary; else not known."""
+    path = output_dir / LAST_RUN
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "not recorded"
+    if isinstance(data, dict) and "exit_code" in data:
+        return f"{data['exit_code']}: {data.get('exit_meaning', '')}".rstrip(": ")
+    return "not recorded"
