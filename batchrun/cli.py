@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import sys
 import traceback
@@ -18,13 +19,34 @@ from .errors import BatchrunError, ExitCode, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
-from .prepare import plan_job
+from .prepare import Estimate, plan_job
 from .presets import PRESETS
 from .report.last_run import note_last_run
 from .runner import run_job
 from .spec import load_job
 
 EXIT_CODES_HELP = exit_codes_help()
+LIMIT_HELP = "only the first N rows (a smoke test; what it sends counts toward the whole job later)"
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"an amount in USD, 0 or more, not {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of rows, at least 1, not {text!r}")
+    return value
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -72,11 +94,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="stop taking new requests after this long (e.g. 50m), then exit 4: resumable",
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object a line")
+    run.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
+    run.add_argument(
+        "--max-cost",
+        type=_usd,
+        metavar="USD",
+        help="stop taking requests before the spend could pass USD (requests in flight at their worst case); exit 4",
+    )
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
     plan.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     plan.add_argument("--retry-failed", action="store_true")
+    plan.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
 
     export = sub.add_parser("export", help="join results back to the input: a results file or an imagefolder")
     export.add_argument("target", help="an output folder written by a run, or the job file")
@@ -86,12 +116,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--imagefolder", action="store_true", help="write images/metadata.<fmt> for datasets' imagefolder loader"
     )
     export.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="imagefolder metadata")
+    export.add_argument(
+        "--wide", action="store_true", help="one row per input row x sample, each endpoint's results side by side"
+    )
+
+    status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
+    status.add_argument("target", help="an output folder written by a run, or the job file")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
     report = sub.add_parser("report", help="write one HTML page that shows a run (needs batchrun[report])")
     report.add_argument("target", help="an output folder written by a run")
     report.add_argument("-o", "--output", metavar="FILE", help="the page (default: OUTPUT/report.html)")
 
-    for command_parser in (run, plan, export, report):
+    for command_parser in (run, plan, export, status, report):
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     sub.add_parser("presets", help="list the endpoint presets")
@@ -133,6 +170,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .simulator import run_simulate_command
 
         return run_simulate_command(args)
+    if args.command == "status":
+        from .export import job_for
+        from .status import read_status
+
+        found = read_status(job_for(args.target))
+        print(found.as_json() if args.json else found.text())
+        return 0
     if args.command == "export":
         from .export import export_imagefolder, export_table, job_for
 
@@ -141,7 +185,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             path, n = export_imagefolder(job, args.format)
             print(f"wrote {path}: {n} images; load with datasets.load_dataset('imagefolder', data_dir='{path.parent}')")
         else:
-            n = export_table(job, Path(args.to))
+            n = export_table(job, Path(args.to), wide=args.wide)
             print(f"wrote {args.to}: {n} rows")
         return 0
     if args.command == "report":
@@ -151,7 +195,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     job = load_job(args.job, output=args.output, needs_key=args.command == "run")  # plan sends nothing
     if args.command == "plan":
         check_owner(job)
-        counts, stale = anyio.run(lambda: plan_job(job, retry_failed=args.retry_failed), backend="asyncio")
+        estimate = Estimate()
+        counts, stale = anyio.run(
+            lambda: plan_job(job, retry_failed=args.retry_failed, limit=args.limit, estimate=estimate),
+            backend="asyncio",
+        )
         print(f"job {job.name}: {job.input} -> {job.output_dir}")
         print(f"rows read        {counts.rows}")
         print(f"requests         {counts.requests}" + (f" ({counts.shared} shared by dedupe)" if counts.shared else ""))
@@ -161,7 +209,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"refused          {counts.off_limits} (never sent; the first: {counts.first_off_limits})")
         if stale:
             print(f"stale results    {stale} (from an older version of the job; not reused)")
+        if counts.todo:
+            answers = (
+                "open (no max_tokens)" if estimate.completion_tokens is None else f"{estimate.completion_tokens:,.0f}"
+            )
+            print(f"tokens to send   ~{estimate.prompt_tokens:,.0f} in prompts, at most {answers} in answers")
+        if estimate.cost_usd is not None and counts.todo:
+            print(f"cost at most     ${estimate.cost_usd:,.4f}")
         return 0
+    if args.max_cost is not None:
+        job = dataclasses.replace(job, max_cost=args.max_cost)
     interactive = {"auto": None, "bar": True, "lines": False}[args.progress]
     configure_logging(args.log_format)
     if args.log_format == "json":
@@ -176,6 +233,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 grace_s=args.grace,
                 max_runtime_s=args.max_runtime,
                 handle_signals=True,
+                limit=args.limit,
             ),
             backend="asyncio",
         )

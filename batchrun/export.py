@@ -71,6 +71,8 @@ def keyed_input(job: Job) -> pl.DataFrame:
     planner = Planner(job, occurrences=Occurrences(expected))
     planner.include_shared = True
     keys: list[str] = []
+    samples: list[int] = []
+    row_indices: list[int] = []
     frames: list[pl.DataFrame] = []
     with planner.occurrences:
         for frame in table.frames(65_536):
@@ -78,26 +80,55 @@ def keyed_input(job: Job) -> pl.DataFrame:
             start = planner.counts.rows
             for request in planner.plan(frame.to_dicts()):
                 keys.append(request.key)
+                samples.append(request.sample)
+                row_indices.append(request.row_index)
                 indices.append(request.row_index - start)
             frames.append(frame.select(pl.all().gather(indices)))
             if planner.occurrences.flush_due:
                 planner.occurrences.flush()
     rows = plain(pl.concat(frames, how="vertical_relaxed")) if frames else pl.DataFrame()
-    return rows.with_columns(pl.Series("request_key", keys, dtype=pl.String))
+    return rows.with_columns(
+        pl.Series("request_key", keys, dtype=pl.String),
+        pl.Series(ROW, row_indices, dtype=pl.Int64),
+        pl.Series(SAMPLE, samples, dtype=pl.Int32),
+    )
 
 
-def results(job: Job) -> pl.DataFrame:
-    """Input rows (one per request) with the latest result of each; rows not yet done have nulls."""
+ROW, SAMPLE = "_batchrun_row", "_batchrun_sample"  # where a request sits in the input: for joins, never exported
+
+
+def results(job: Job, *, wide: bool = False) -> pl.DataFrame:
+    """Input rows (one per request) with the latest result of each; rows not yet done have nulls.
+    With several endpoints, one row per request and an ``endpoint`` column (long), or with
+    ``wide`` one row per input row x sample and each endpoint's results side by side
+    (``<endpoint>.status``, ...)."""
     latest = scan_latest(job.output_dir)
     if latest is None:
         raise InputError(f"no results in {job.output_dir} yet: run the job first")
     done = latest.select(RESULT_COLUMNS).collect()
-    inputs = keyed_input(job)
-    clash = [c for c in RESULT_COLUMNS if c in inputs.columns and c != "request_key"]
-    return inputs.rename({c: f"input_{c}" for c in clash}).join(done, on="request_key", how="left")
+    lanes = job.lanes()
+    first = keyed_input(lanes[0])
+    clash = [c for c in [*RESULT_COLUMNS, "endpoint"] if c in first.columns and c != "request_key"]
+    first = first.rename({c: f"input_{c}" for c in clash})
+    if wide:
+        frame = first.drop("request_key")
+        for lane, inputs in zip(lanes, [first, *(keyed_input(lane) for lane in lanes[1:])], strict=True):
+            name = lane.endpoint.name
+            answers = inputs.select(ROW, SAMPLE, "request_key").join(done.drop("sample"), on="request_key", how="left")
+            answers = answers.rename({c: f"{name}.{c}" for c in answers.columns if c not in (ROW, SAMPLE)})
+            frame = frame.join(answers, on=[ROW, SAMPLE], how="left", maintain_order="left")
+        return frame.drop(ROW).rename({SAMPLE: "sample"})
+    parts = []
+    for lane in lanes:
+        inputs = first if lane is lanes[0] else keyed_input(lane).rename({c: f"input_{c}" for c in clash})
+        part = inputs.drop(ROW, SAMPLE).join(done, on="request_key", how="left", maintain_order="left")
+        if job.several:
+            part = part.insert_column(inputs.width - 2, pl.lit(lane.endpoint.name).alias("endpoint"))
+        parts.append(part)
+    return pl.concat(parts, how="vertical_relaxed")
 
 
-def export_table(job: Job, destination: Path) -> int:
+def export_table(job: Job, destination: Path, *, wide: bool = False) -> int:
     """Write the results file; its folder is made if missing. JSONL and Parquet keep list and
     struct columns as they are; CSV, which has no such type, gets them as JSON text."""
     writers: dict[str, Any] = {
@@ -110,7 +141,7 @@ def export_table(job: Job, destination: Path) -> int:
         raise JobError(f"export to .parquet, .csv or .jsonl, not {destination.suffix or 'no extension'}")
     if clash := _input_clash(job, destination):
         raise JobError(clash)
-    frame = results(job)
+    frame = results(job, wide=wide)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(destination, lambda tmp: write(frame, tmp))

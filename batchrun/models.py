@@ -30,6 +30,7 @@ class Request:
     seed: int | None = None
     # why it is not sent, found while planning (mid-run): the row fails for good, with this message
     refused: str | None = None
+    endpoint: str | None = None  # its endpoint's name, when the job has several
 
 
 def estimated_tokens(body: bytes, completion_cap: int) -> float:
@@ -71,6 +72,8 @@ class Result:
     error_kind: str | None = None
     http_status: int | None = None
     error: str | None = None
+    cost_usd: float | None = None  # from the endpoint's price (batchrun/cost.py)
+    cost_estimated: bool | None = None  # the server reported no usage: priced from an estimate
 
 
 SHORT_KEY_HEX = 16  # hex digits of a request key in its short form: 64 bits

@@ -3,16 +3,19 @@ done keys and the plan index; and ``plan``, the dry run, which stops there."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import anyio
 
+from .cost import worst_case
 from .endpoints.base import Adapter
 from .errors import InputError
-from .models import DoneKeys
+from .models import DoneKeys, Request
 from .plan.feed import BATCH_ROWS, Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
 from .plan.reader import Table
-from .plan.shape import check_columns, prompt_columns
+from .plan.shape import check_columns, completion_cap, prompt_columns
 from .sink.manifest import read_done
 from .spec import Job
 
@@ -26,7 +29,8 @@ def open_input(job: Job) -> tuple[Table, int]:
     so does a prompt that renders empty (unless the job skips those) or a first request that
     ``tokens_per_minute`` could never let through."""
     table = Table(job.input, job.input_options)
-    check_columns(job, table.columns)
+    for lane in job.lanes():
+        check_columns(lane, table.columns)
     planner = Planner(job, occurrences=Occurrences(1))
     refuse = job.empty_prompts == "error"
     columns = prompt_columns(job, table.columns) if refuse else set()
@@ -39,33 +43,79 @@ def open_input(job: Job) -> tuple[Table, int]:
             'set empty_prompts = "skip" in the job to skip them'
         )
     first = next(table.batches(1))
-    planner.strict = True  # the first row is the templates' check: one that does not render is exit 2
-    for request in planner.plan(first[:1]):
-        if request.refused is not None:
-            raise InputError(f"input {job.input}: row {request.row_index}: {request.refused}")
-    make_adapter(job)
+    for lane in job.lanes():
+        planner = Planner(lane, occurrences=Occurrences(1))
+        planner.strict = True  # the first row is the templates' check: one that does not render is exit 2
+        for request in planner.plan(first[:1]):
+            if request.refused is not None:
+                at = f" (endpoint {lane.endpoint.name})" if job.several else ""
+                raise InputError(f"input {job.input}: row {request.row_index}{at}: {request.refused}")
+        make_adapter(lane)
     return table, stats.rows
 
 
-def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool) -> Feed:
+def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: bool, limit: int | None = None) -> Feed:
     """The manifest's done keys, a planner that leaves them out, and the plan index (blocking:
-    call it in a thread)."""
+    call it in a thread). ``limit``: only the first rows, keyed as the whole job keys them, so
+    what a smoke test sends counts toward the full job later."""
     done = read_done(job.output_dir, retry_failed=retry_failed)
-    return Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note)
+    feed = Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note)
+    feed.limit = limit
+    return feed
 
 
-async def plan_job(job: Job, *, retry_failed: bool = False) -> tuple[PlanCounts, int]:
-    """Dry run: what a run would send now. Reads the input and the manifest, sends nothing."""
+@dataclass(slots=True)
+class Estimate:
+    """What the requests left to do would take: prompt tokens (body bytes / 4), answer tokens at
+    most (``max_tokens``; None when a job without it leaves them open), and at most what they cost
+    (None when no endpoint has a price; without ``max_tokens``, each answer is counted at
+    ``cost.WORST_OUTPUT_TOKENS``)."""
+
+    prompt_tokens: float = 0.0
+    completion_tokens: float | None = 0.0
+    cost_usd: float | None = None
+
+    def add(self, request: Request, lane: Job) -> None:
+        if request.refused is not None:
+            return
+        cap = completion_cap(lane)
+        self.prompt_tokens += len(request.body) / 4
+        self.completion_tokens = None if self.completion_tokens is None or not cap else self.completion_tokens + cap
+        if lane.endpoint.price is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + worst_case(request, lane.endpoint.price, cap)
+
+
+async def plan_job(
+    job: Job, *, retry_failed: bool = False, limit: int | None = None, estimate: Estimate | None = None
+) -> tuple[PlanCounts, int]:
+    """Dry run: what a run would send now (every endpoint's, summed). Reads the input and the
+    manifest, sends nothing; ``estimate`` is filled in with the tokens and cost of what is left."""
     table, rows = await anyio.to_thread.run_sync(open_input, job)
-    occurrences = Occurrences(rows * job.request.samples)
+    total, stale = PlanCounts(), 0
+    for at, lane in enumerate(job.lanes()):
+        occurrences = Occurrences(rows * job.request.samples)
 
-    def count() -> tuple[PlanCounts, int]:
-        feed = open_plan(job, occurrences, retry_failed=retry_failed, note=False)
-        for start, frame in feed.slices(table, BATCH_ROWS):
-            for _ in feed.requests(start, frame):
-                pass
-            feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
-        return feed.planner.counts, feed.stale
+        def count(lane: Job = lane, occurrences: Occurrences = occurrences) -> tuple[PlanCounts, int]:
+            feed = open_plan(lane, occurrences, retry_failed=retry_failed, note=False, limit=limit)
+            for start, frame in feed.slices(table, BATCH_ROWS):
+                for request in feed.requests(start, frame):
+                    if estimate is not None:
+                        estimate.add(request, lane)
+                feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
+            return feed.planner.counts, feed.stale
 
-    with occurrences:
-        return await anyio.to_thread.run_sync(count)
+        with occurrences:
+            counts, lane_stale = await anyio.to_thread.run_sync(count)
+        if at == 0:  # every endpoint reads the same done keys: stale ones are those none asks for
+            stale = lane_stale + counts.done
+        add_counts(total, counts, rows=at == 0)
+    return total, max(0, stale - total.done)
+
+
+def add_counts(total: PlanCounts, counts: PlanCounts, *, rows: bool) -> None:
+    """Add one endpoint's plan to the job's: the rows are every endpoint's, counted once."""
+    if rows:
+        total.rows = counts.rows
+    for name in ("requests", "shared", "done", "done_failed", "skipped", "todo", "off_limits"):
+        setattr(total, name, getattr(total, name) + getattr(counts, name))
+    total.first_off_limits = total.first_off_limits or counts.first_off_limits

@@ -17,9 +17,11 @@ from typing import TextIO
 import anyio
 import httpx
 
+from .cost import Budget, priced
 from .dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
+from .dispatch.lanes import Lanes, LaneTally
 from .dispatch.limits import CoolDown, Sleep, TokenBudget
 from .dispatch.pool import HANDOFF, Call, Pool
 from .dispatch.retry import RetryPolicy
@@ -29,11 +31,12 @@ from .export import remember_job
 from .log import event
 from .models import Request, Result
 from .owner import JOB_POINTER
-from .plan.feed import produce
+from .plan.feed import Feed, produce
 from .plan.keyindex import INDEX_DIR
 from .plan.occurrences import Occurrences
+from .plan.planner import PlanCounts
 from .plan.shape import completion_cap
-from .prepare import make_adapter, open_input, open_plan
+from .prepare import add_counts, make_adapter, open_input, open_plan
 from .progress import Progress
 from .sink.files import make_folder, refuse_links, remove_temp_files
 from .sink.fold import fold_journals
@@ -56,18 +59,41 @@ def new_run_id() -> str:
 
 
 @contextlib.asynccontextmanager
-async def _endpoint_transport(
-    job: Job, transport: httpx.AsyncBaseTransport | None
-) -> AsyncIterator[httpx.AsyncBaseTransport | None]:
-    """The built-in simulator is served on a loopback port for the run's duration."""
-    if transport is not None or not job.endpoint.simulated:
-        yield transport
+async def _simulator(job: Job, transport: httpx.AsyncBaseTransport | None) -> AsyncIterator[str | None]:
+    """The built-in simulator is served on a loopback port for the run's duration (one for every
+    simulated endpoint of the job); yields its address."""
+    if transport is not None or not any(endpoint.simulated for endpoint in job.endpoints or (job.endpoint,)):
+        yield None
         return
-    from .dispatch.network import NetworkTransport
     from .simulator import create_app, serve
 
     async with serve(create_app()) as base_url:
-        yield RedirectTransport(NetworkTransport(job.limits.concurrency, tls=False), base_url)
+        yield base_url
+
+
+def _lane_transport(
+    lane: Job, transport: httpx.AsyncBaseTransport | None, simulator: str | None
+) -> httpx.AsyncBaseTransport | None:
+    if transport is not None or simulator is None or not lane.endpoint.simulated:
+        return transport
+    from .dispatch.network import NetworkTransport
+
+    return RedirectTransport(NetworkTransport(lane.limits.concurrency, tls=False), simulator)
+
+
+def _summed(total: PlanCounts, feeds: list[Feed]) -> PlanCounts:
+    """Every endpoint's plan counts added into ``total`` (the progress line reads it)."""
+    for name in ("rows", "requests", "shared", "done", "done_failed", "skipped", "todo"):
+        setattr(total, name, 0)
+    for at, feed in enumerate(feeds):
+        add_counts(total, feed.planner.counts, rows=at == 0)
+    return total
+
+
+async def _keep_summed(total: PlanCounts, feeds: list[Feed]) -> None:
+    while True:
+        _summed(total, feeds)
+        await anyio.sleep(0.25)
 
 
 async def run_job(
@@ -82,10 +108,13 @@ async def run_job(
     grace_s: float = 30.0,
     max_runtime_s: float | None = None,
     handle_signals: bool = False,
+    limit: int | None = None,
 ) -> RunSummary:
     """Run ``job`` to the end, or until a signal, the deadline or a fatal error stops it."""
     started = time.monotonic()
     table, total_rows = await anyio.to_thread.run_sync(open_input, job)
+    if limit is not None:
+        total_rows = min(total_rows, limit)
     run_id = new_run_id()
     try:
         make_folder(job.output_dir)
@@ -96,13 +125,17 @@ async def run_job(
         await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
         await anyio.to_thread.run_sync(fold_journals, job.output_dir)  # a killed run's last results
         await anyio.to_thread.run_sync(remember_job, job)
-        occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
-        stack.callback(occurrences.close)
-        feed = await anyio.to_thread.run_sync(lambda: open_plan(job, occurrences, retry_failed=retry_failed, note=True))
-        planner = feed.planner
+        lanes = job.lanes()
+        feeds = []
+        for lane in lanes:
+            occurrences = Occurrences(total_rows * job.request.samples, folder=job.output_dir)
+            stack.callback(occurrences.close)
+            opened = partial(open_plan, lane, occurrences, retry_failed=retry_failed, note=True, limit=limit)
+            feeds.append(await anyio.to_thread.run_sync(opened))
+        counts = _summed(PlanCounts(), feeds) if job.several else feeds[0].planner.counts
         progress = Progress(
-            total_rows * job.request.samples,
-            plan=planner.counts,
+            total_rows * job.request.samples * len(lanes),
+            plan=counts,
             stream=progress_stream,
             interactive=interactive,
             quiet=quiet,
@@ -118,33 +151,71 @@ async def run_job(
             keep_request=job.sink.keep_request,
         )
 
-        async with _endpoint_transport(job, transport) as chosen, _sender(job, chosen) as sender:
-            caller = _caller(job, sender, sleep)
-            progress.notes = caller.describe
-            call = _in_flight(caller, recording(caller, store, writer.journal, images=caller.adapter.decodes_images))
+        async with _simulator(job, transport) as simulator, contextlib.AsyncExitStack() as senders:
+            callers = []
+            for lane in lanes:
+                sender = await senders.enter_async_context(_sender(lane, _lane_transport(lane, transport, simulator)))
+                callers.append(_caller(lane, sender, sleep))
+            budget = Budget(job.max_cost, lambda: pools.stop(f"the budget of ${job.max_cost:g} is reached", grace_s))
+            calls = [
+                _in_flight(
+                    c,
+                    recording(
+                        priced(c, lane.endpoint.price, completion_cap(lane), budget),
+                        store,
+                        writer.journal,
+                        images=c.adapter.decodes_images,
+                    ),
+                )
+                for c, lane in zip(callers, lanes, strict=True)
+            ]
             # half as many workers again as requests in flight: the caller's gate holds the limit, and
             # a worker waiting out a retry (a 429's Retry-After, a 500's backoff) leaves its slot to
             # another; with 2 % 429s and 5 % 500s, 32 workers spent a third of the run waiting
-            concurrency = job.limits.concurrency
-            pool = Pool(call, concurrency, workers=concurrency + concurrency // 2)
-            progress.activity = lambda: (caller.in_flight, caller.retries)
-            results_send, results_receive = anyio.create_memory_object_stream[Result](job.limits.concurrency * 2)
-            exact = feed.covered >= total_rows or not part_files(job.output_dir)  # else: up to
+            pools = Lanes(
+                [lane.endpoint.name for lane in lanes],
+                [
+                    Pool(call, lane.limits.concurrency, workers=lane.limits.concurrency + lane.limits.concurrency // 2)
+                    for call, lane in zip(calls, lanes, strict=True)
+                ],
+            )
+            tally = LaneTally()
+            on_result = progress.on_result
+            if job.several:
+                names = pools.names
+                progress.notes = lambda: tally.describe(
+                    names, [c.describe() for c in callers], time.monotonic() - started
+                )
+
+                def on_result(result: Result) -> None:
+                    tally.on_result(result)
+                    progress.on_result(result)
+            else:
+                progress.notes = callers[0].describe
+            progress.activity = lambda: (sum(c.in_flight for c in callers), sum(c.retries for c in callers))
+            concurrency = sum(lane.limits.concurrency for lane in lanes)
+            results_send, results_receive = anyio.create_memory_object_stream[Result](concurrency * 2)
+            exact = all(feed.covered >= total_rows for feed in feeds) or not part_files(job.output_dir)  # else: up to
             progress.start(job.name, job.output_dir, rows=total_rows, exact=exact)
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(writer.consume, results_receive, progress.on_result, stop_on(pool))
+                    tg.start_soon(writer.consume, results_receive, on_result, stop_on(pools))
                     async with anyio.create_task_group() as watchers:
                         watchers.start_soon(progress.tick)
+                        if job.several:
+                            watchers.start_soon(_keep_summed, counts, feeds)
                         if handle_signals:
-                            watchers.start_soon(watch_signals, pool, grace_s)
+                            watchers.start_soon(watch_signals, pools, grace_s)
                         if max_runtime_s is not None:
-                            watchers.start_soon(deadline, pool, max_runtime_s - (time.monotonic() - started), grace_s)
-                        await pool.run(partial(produce, feed, table, handoff=HANDOFF), results_send)
+                            watchers.start_soon(deadline, pools, max_runtime_s - (time.monotonic() - started), grace_s)
+                        producers = [partial(produce, feed, table, handoff=HANDOFF) for feed in feeds]
+                        await pools.run(producers, results_send)
                         watchers.cancel_scope.cancel()
             finally:
+                if job.several:
+                    _summed(counts, feeds)
                 progress.stop()
-        for error in (writer.error, pool.error):
+        for error in (writer.error, pools.error):
             if error is not None:
                 raise error
         if store.adopted or store.discarded:
@@ -155,9 +226,9 @@ async def run_job(
                 discarded=store.discarded,
             )
 
-    counts = planner.counts
-    fatal = f"{job.endpoint.name} ({job.endpoint.url}) answered: {pool.fatal}" if pool.fatal else None
-    if pool.stopped is not None:
+    urls = {lane.endpoint.name: lane.endpoint.url for lane in lanes}
+    fatal = "; ".join(f"{name} ({urls[name]}) answered: {answer}" for name, answer in pools.closed()) or None
+    if pools.incomplete:
         code = ExitCode.INCOMPLETE
     elif progress.failed or counts.done_failed:
         code = ExitCode.FAILED_ROWS
@@ -166,20 +237,32 @@ async def run_job(
     return RunSummary(
         run_id=run_id,
         counts=counts,
-        stale=feed.stale,
-        sent=caller.attempts,
+        stale=_stale(feeds, counts),
+        sent=sum(c.attempts for c in callers),
         ok=progress.ok,
         failed=progress.failed,
         previously_failed=counts.done_failed,
         elapsed_s=time.monotonic() - started,
         fatal=fatal,
-        stopped=None if fatal else pool.stopped,
+        stopped=None if fatal else pools.stopped or next((p.stopped for p in pools.pools if p.stopped), None),
         exit_code=code,
-        notes=caller.describe(),
+        notes="; ".join(note for note in (progress.notes(), _spend(job, budget)) if note),
         job=job.name,
         output=str(job.output_dir),
         causes=progress.failures.causes(),
     )
+
+
+def _spend(job: Job, budget: Budget) -> str:
+    """The spend, for the summary line, when the job prices its endpoints or has a budget."""
+    priced = job.max_cost is not None or any(e.price is not None for e in job.endpoints or (job.endpoint,))
+    return budget.describe() if priced else ""
+
+
+def _stale(feeds: list[Feed], counts: PlanCounts) -> int:
+    """Done keys no endpoint asks for: every endpoint's plan reads all of them."""
+    first = feeds[0]
+    return max(0, first.stale + first.planner.counts.done - counts.done)
 
 
 def _in_flight(caller: Caller, call: Call) -> Call:

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # pure with a dict
@@ -30,6 +30,15 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceSection(_Strict):
+    """USD: per million prompt and answer tokens, per request, per image."""
+
+    input_per_million: float = Field(default=0.0, ge=0)
+    output_per_million: float = Field(default=0.0, ge=0)
+    per_request: float = Field(default=0.0, ge=0)
+    per_image: float = Field(default=0.0, ge=0)
 
 
 class EndpointSection(_Strict):
@@ -54,6 +63,24 @@ class EndpointSection(_Strict):
     client_key: str | None = None
     client_key_password_env: str | None = None
     proxy: str | None = None
+    price: PriceSection | None = None
+
+
+class EndpointLimits(_Strict):
+    """What one endpoint of several may override of the job's ``[limits]``."""
+
+    concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+
+
+class EndpointEntry(EndpointSection):
+    """One of ``[[endpoints]]``: a whole endpoint, named, with its own limits and ``params``
+    (merged over the job's ``[request] params``)."""
+
+    name: str
+    limits: EndpointLimits = Field(default_factory=EndpointLimits)
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class RequestSection(_Strict):
@@ -119,7 +146,9 @@ class JobFile(_Strict):
     output: str | None = None
     dedupe: bool = False
     empty_prompts: Literal["error", "skip"] = "error"
-    endpoint: EndpointSection
+    max_cost: float | None = Field(default=None, ge=0)  # USD: stop before the spend could pass it
+    endpoint: EndpointSection | None = None
+    endpoints: list[EndpointEntry] | None = None
     request: RequestSection = Field(default_factory=RequestSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     sink: OutputSection = Field(default_factory=OutputSection)
@@ -169,6 +198,10 @@ class Endpoint:
     response_path: str | None
     simulated: bool = False
     network: Network = field(default_factory=lambda: Network())
+    # one of several (``[[endpoints]]``): what it overrides of the job's [request] params and [limits]
+    params: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    price: PriceSection | None = None
     secret_headers: dict[str, SecretStr] = field(default_factory=dict)
     origins: OriginPolicy = field(default_factory=lambda: OriginPolicy(frozenset()))
 
@@ -204,6 +237,28 @@ class Job:
     limits: LimitsSection
     sink: OutputSection
     input_options: InputOptions = field(default_factory=InputOptions)
+    endpoints: tuple[Endpoint, ...] = ()  # every endpoint, ``endpoint`` the one this view is for
+    max_cost: float | None = None  # USD
+
+    @property
+    def several(self) -> bool:
+        """Whether the job has several endpoints (``[[endpoints]]`` of more than one)."""
+        return len(self.endpoints) > 1
+
+    def lanes(self) -> list[Job]:
+        """The job as each endpoint sees it: that endpoint, its params over ``[request] params``,
+        its limits over ``[limits]``. A job of one endpoint with nothing of its own is its own lane."""
+        if not self.several and not (self.endpoint.params or self.endpoint.limits):
+            return [self]
+        return [
+            replace(
+                self,
+                endpoint=endpoint,
+                request=self.request.model_copy(update={"params": {**self.request.params, **endpoint.params}}),
+                limits=self.limits.model_copy(update=endpoint.limits),
+            )
+            for endpoint in self.endpoints
+        ]
 
 
 def load_job(
@@ -250,8 +305,8 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key:
         out = base / "outputs" / jf.name
         if moved := moved_default(jf.name, out, Path("outputs") / jf.name):
             raise SpecError(where, "output", moved)
-    endpoint = _resolve_endpoint(jf.endpoint, where, env, needs_key)
-    endpoint.wire.check_request(jf.request, where)
+    endpoints = _resolve_endpoints(jf, where, env, needs_key)
+    endpoint = endpoints[0]
     return Job(
         name=jf.name,
         path=path,
@@ -265,7 +320,53 @@ def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key:
         limits=jf.limits,
         sink=jf.sink,
         input_options=InputOptions(format=jf.input.format, separator=jf.input.separator, schema=dict(jf.input.columns)),
+        endpoints=endpoints,
+        max_cost=jf.max_cost,
     )
+
+
+#: An endpoint's name among several heads its columns in a wide export (``<name>.status``).
+ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _resolve_endpoints(jf: JobFile, where: str, env: Any, needs_key: bool) -> tuple[Endpoint, ...]:
+    """``[endpoint]``, or each of ``[[endpoints]]`` (named, the names unique; two that would send
+    the same requests are refused: their results would share keys)."""
+    if (jf.endpoint is None) == (jf.endpoints is None):
+        if jf.endpoint is not None:
+            raise SpecError(where, "endpoints", "give [endpoint] or [[endpoints]], not both")
+        raise SpecError(where, "endpoint", "Field required (give [endpoint], or [[endpoints]] for several)")
+    if jf.endpoint is not None:
+        endpoint = _resolve_endpoint(jf.endpoint, where, env, needs_key)
+        endpoint.wire.check_request(jf.request, where)
+        return (endpoint,)
+    entries = jf.endpoints or []
+    if not entries:
+        raise SpecError(where, "endpoints", "empty: give at least one [[endpoints]] table")
+    seen: dict[str, int] = {}
+    sends: dict[str, str] = {}
+    resolved = []
+    for at, entry in enumerate(entries):
+        place = f"endpoints[{at}]"
+        if not ENDPOINT_NAME_RE.match(entry.name):
+            raise SpecError(
+                where, f"{place}.name", f"{entry.name!r}: use letters, digits, '_' and '-' only (it names columns)"
+            )
+        if entry.name in seen:
+            raise SpecError(where, f"{place}.name", f"{entry.name!r} is also the name of endpoints[{seen[entry.name]}]")
+        seen[entry.name] = at
+        section = EndpointSection.model_validate(entry.model_dump(exclude={"limits", "params"}))
+        endpoint = _resolve_endpoint(section, where, env, needs_key, place=place)
+        limits = entry.limits.model_dump(exclude_none=True)
+        endpoint = replace(endpoint, params=dict(entry.params), limits=limits)
+        request = jf.request.model_copy(update={"params": {**jf.request.params, **entry.params}})
+        endpoint.wire.check_request(request, where)
+        same = repr((endpoint.format, endpoint.url, endpoint.model, sorted(request.params.items(), key=str)))
+        if same in sends:
+            raise SpecError(where, place, f"{entry.name!r} sends what {sends[same]!r} sends (same URL, model, params)")
+        sends[same] = entry.name
+        resolved.append(endpoint)
+    return tuple(resolved)
 
 
 def normalize_base_url(url: str) -> str:
@@ -274,7 +375,20 @@ def normalize_base_url(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool = True) -> Endpoint:
+def _resolve_endpoint(
+    ep: EndpointSection, where: str, env: Any, needs_key: bool = True, *, place: str = "endpoint"
+) -> Endpoint:
+    """The endpoint with its preset applied; a fault in one of ``[[endpoints]]`` is named by its place."""
+    if place == "endpoint":
+        return _resolve_one(ep, where, env, needs_key)
+    try:
+        return _resolve_one(ep, where, env, needs_key)
+    except SpecError as exc:
+        field = place + exc.field[len("endpoint") :] if exc.field.startswith("endpoint.") else exc.field
+        raise SpecError(exc.path, field, exc.reason) from None
+
+
+def _resolve_one(ep: EndpointSection, where: str, env: Any, needs_key: bool) -> Endpoint:
     preset = PRESETS.get(ep.preset)
     if preset is None:
         known = ", ".join(sorted(PRESETS))
@@ -351,6 +465,7 @@ def _resolve_endpoint(ep: EndpointSection, where: str, env: Any, needs_key: bool
         network=Network() if simulated else _network(ep, url_template, where, env),
         secret_headers=secret_headers,
         origins=origins,
+        price=ep.price,
     )
     wire.check_endpoint(endpoint, where)
     return endpoint

@@ -32,6 +32,11 @@ Producer = Callable[[MemoryObjectSendStream[list[Request]]], Awaitable[None]]
 Call = Callable[[Request], Awaitable[Result]]
 
 
+class Unsent(Exception):
+    """Raised by the call for a request it will not send (a budget reached): the request stays
+    to do, nothing is recorded, and the worker ends."""
+
+
 class Pool:
     """Runs ``call`` over everything ``produce`` sends, with ``concurrency`` requests in flight.
 
@@ -117,6 +122,8 @@ class Pool:
                 self.in_flight += 1
                 try:
                     result = await self.call(request)
+                except Unsent:
+                    return
                 except FatalError as exc:
                     self.fatal = self.fatal or exc
                     self.cancel(f"fatal answer from the endpoint: {exc}")

@@ -9,12 +9,26 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 
 from ..errors import BatchrunError
 from ..log import event
-from .pool import Pool
+
+
+class Pool(Protocol):
+    """What stops: a pool, or the lanes of a job's endpoints (``dispatch/lanes.py``)."""
+
+    @property
+    def stopped(self) -> str | None: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def stop(self, reason: str, grace: float) -> None: ...
+
+    def cancel(self, reason: str) -> None: ...
 
 
 def stop_on(pool: Pool) -> Callable[[BatchrunError], None]:

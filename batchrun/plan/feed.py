@@ -50,6 +50,7 @@ class Feed:
         self.todo_rows: list[int] = []
         self.unseeded = 0
         self.asked = 0
+        self.limit: int | None = None  # ``--limit``: only the first rows (keyed as in the whole job)
         planner.journal = [] if index.noting else None
 
     @classmethod
@@ -87,6 +88,10 @@ class Feed:
         """``(first row, frame)`` of the input rows with work in them, cut where the index ends
         (blocking: call ``next`` in a thread)."""
         for start, frame in table.slices(size, self._next_row):
+            if self.limit is not None:
+                if start >= self.limit:
+                    return
+                frame = frame.slice(0, self.limit - start)
             if start < self.covered < start + frame.height:
                 yield start, frame.slice(0, self.covered - start)
                 start, frame = self.covered, frame.slice(self.covered - start)

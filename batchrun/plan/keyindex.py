@@ -1,8 +1,9 @@
 """The plan index: the request keys an earlier run computed, row by row, so that a resumed run
 over the same input and the same job need not render every row again to find what is done.
 
-It is kept in ``<output>/plan-index/``: a ``fingerprint`` of the job (templates, URL, model,
-samples, dedupe, prompt policy) and of the input files (path, size, mtime, inode, and a digest of
+It is kept in ``<output>/plan-index/`` (each of several endpoints its own, ``plan-index/<name>/``):
+a ``fingerprint`` of the job (templates, URL, model, samples, dedupe, prompt policy) and of
+the input files (path, size, mtime, inode, and a digest of
 their first and last 64 KiB), and parts ``part-<first row>-<end row>.parquet`` covering
 consecutive row ranges, one entry a planned request (row, sample, key, the key's ``short_key``, the
 content digest the occurrence index counts, shared by dedupe) or a skipped row (sample -1). Any
@@ -112,6 +113,8 @@ class PlanIndex:
         """The index if it matches this job and input; else, with ``note``, a new one. Never fails:
         at worst there is no index, and every row is planned (blocking: call it in a thread)."""
         folder = job.output_dir / INDEX_DIR
+        if job.several:  # each endpoint plans the rows on its own, and keeps its own index
+            folder = folder / job.endpoint.name
         try:
             index = cls(folder, fingerprint(job), noting=note)
         except OSError:

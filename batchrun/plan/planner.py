@@ -144,6 +144,7 @@ class Planner:
         # templates and the row, so a fixed template renders it anew; ``strict`` raises instead: the
         # check of the first row, before anything is sent
         self.strict = False
+        self.endpoint = job.endpoint.name if job.several else None  # the lane of each request
         self._templates = canonical_json([job_body_template(job), job.endpoint.url, job.endpoint.model])
         # how many identical requests came before each one, in flat memory (spills to disk)
         self.occurrences = occurrences if occurrences is not None else Occurrences()
@@ -274,6 +275,7 @@ class Planner:
             model=self.model,
             seed=None,
             refused=f"the row does not render: {reason}",
+            endpoint=self.endpoint,
         )
 
     def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool, int]:
@@ -392,6 +394,7 @@ class Planner:
             model=model,
             seed=seed,
             refused=refused,
+            endpoint=self.endpoint,
         )
 
     @property

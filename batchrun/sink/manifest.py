@@ -54,6 +54,8 @@ SCHEMA: dict[str, Any] = {
     "run_id": pl.String,
     "raw_response": pl.String,
     "request_body": pl.String,  # with ``keep_request``: the body as sent (older parts lack it)
+    "cost_usd": pl.Float64,  # with a price (older parts lack it)
+    "cost_estimated": pl.Boolean,
 }
 
 
@@ -81,7 +83,7 @@ def manifest_frame(
         "request_key": [q.key for q in requests],
         "row_id": [q.row_id for q in requests],
         "row_index": [q.row_index for q in requests],
-        "endpoint": [endpoint] * len(results),
+        "endpoint": [q.endpoint or endpoint for q in requests],
         "model": [q.model for q in requests],
         "sample": [q.sample for q in requests],
         "seed": [q.seed for q in requests],
@@ -108,6 +110,8 @@ def manifest_frame(
         "run_id": [run_id] * len(results),
         "raw_response": answer("raw"),
         "request_body": [q.body.decode() for q in requests] if keep_request else [None] * len(results),
+        "cost_usd": [r.cost_usd for r in results],
+        "cost_estimated": [r.cost_estimated for r in results],
     }
     assert list(columns) == list(SCHEMA)
     return pl.DataFrame(columns, schema=SCHEMA)
