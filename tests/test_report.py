@@ -139,3 +139,17 @@ def test_a_key_answered_again_counts_once_with_its_latest_result(tmp_path: Path)
     assert report.requests == 60
     assert report.by_endpoint.filter(pl.col("endpoint") == "beta")["failed"].item() == 2
     assert report.answers.filter(pl.col("row_index") == 10)["beta"].item() == "beta again"
+
+
+@pytest.mark.anyio
+async def test_the_spend_is_shown_when_the_job_sets_a_price(write_job: JobWriter, tmp_path: Path) -> None:
+    sim = create_app()
+    job_path = write_job(
+        rows=questions(4),
+        endpoint='base_url = "http://llm.test"\nmodel = "m"\nprice = { input_per_million = 1000000, output_per_million = 0 }',
+    )
+    await run_job(load_job(job_path), transport=httpx.ASGITransport(app=sim), quiet=True)
+    manifest = pl.read_parquet(tmp_path / "out" / "manifest")
+    spent = float(manifest["cost_usd"].sum())  # $1 a prompt token: the prompt tokens the simulator counted
+    assert spent == float(manifest["prompt_tokens"].sum()) > 0
+    assert report_data.load(tmp_path / "out").cost == f"${spent:,.4f}"

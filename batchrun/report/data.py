@@ -47,6 +47,8 @@ _COLUMNS = [
     "image_path",
     "latency_ms",
     "ttft_ms",
+    "cost_usd",
+    "cost_estimated",
     "started_at",
     "finished_at",
     "run_id",
@@ -201,9 +203,18 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         answers=answers,
         images=images,
         is_image=bool(is_image),
-        cost="not recorded (the manifest has no prices)",
+        cost=_cost(frame),
         notes=notes,
     )
+
+
+def _cost(frame: pl.DataFrame) -> str:
+    """The spend the manifest records (``price`` in the job), and whether part of it is estimated."""
+    if "cost_usd" not in frame.columns or frame["cost_usd"].null_count() == frame.height:
+        return "not recorded (the job sets no price)"
+    spent = float(frame["cost_usd"].sum())
+    estimated = "cost_estimated" in frame.columns and bool(frame["cost_estimated"].fill_null(False).any())
+    return f"${spent:,.4f}" + (" (part estimated: the server reported no usage)" if estimated else "")
 
 
 def histogram(frame: pl.DataFrame, column: str) -> pl.DataFrame:
