@@ -146,7 +146,8 @@ async def test_the_spend_is_shown_when_the_job_sets_a_price(write_job: JobWriter
     sim = create_app()
     job_path = write_job(
         rows=questions(4),
-        endpoint='base_url = "http://llm.test"\nmodel = "m"\nprice = { input_per_million = 1000000, output_per_million = 0 }',
+        endpoint='base_url = "http://llm.test"\nmodel = "m"\n'
+        "price = { input_per_million = 1000000, output_per_million = 0 }",
     )
     await run_job(load_job(job_path), transport=httpx.ASGITransport(app=sim), quiet=True)
     manifest = pl.read_parquet(tmp_path / "out" / "manifest")
