@@ -215,21 +215,9 @@ class Planner:
         try again (``--retry-failed`` does) and a fixed template renders the row anew."""
         if self.strict:
             raise error
-        counts = self.counts
         row_id = None if self.id_column is None or row.get(self.id_column) is None else str(row[self.id_column])
         body = canonical_json([self._templates.decode(), dict(row)])
-        for sample in range(self.samples):
-            counts.requests += 1
-            key, shared, content = self._key(UNRENDERED, body, sample)
-            if self.journal is not None:
-                self.journal.append((index, sample, key, content, shared))
-            short = short_key(key)
-            if shared or short in self.done_keys:
-                counts.shared += shared
-                counts.done += not shared
-                counts.done_failed += not shared and short in self.done_keys.failed
-                continue
-            counts.todo += 1
+        for sample, key in self._unsendable(index, UNRENDERED, body):
             yield self._unsent(key, row_id, index, sample, str(error))
 
     def _off_limits(
@@ -238,11 +226,17 @@ class Planner:
         """The requests of a row whose URL goes where the job did not say: each fails for good,
         unsent. Keyed with the allowed origins, so a later run that allows the origin sends them."""
         assert self.origins is not None
-        counts = self.counts
         pseudo = f"{OFF_LIMITS}{self.origins.fingerprint()} {url}"
+        for sample, key in self._unsendable(index, pseudo, body):
+            yield self._refused(key, row_id, index, sample, url, model, reason)
+
+    def _unsendable(self, index: int, pseudo_url: str, body: bytes) -> Iterator[tuple[int, str]]:
+        """Key and count the samples of a row that will not be sent (keyed under ``pseudo_url``), as
+        ``plan`` does a sendable row's; yields ``(sample, key)`` for those not already recorded."""
+        counts = self.counts
         for sample in range(self.samples):
             counts.requests += 1
-            key, shared, content = self._key(pseudo, body, sample)
+            key, shared, content = self._key(pseudo_url, body, sample)
             if self.journal is not None:
                 self.journal.append((index, sample, key, content, shared))
             short = short_key(key)
@@ -252,7 +246,7 @@ class Planner:
                 counts.done_failed += not shared and short in self.done_keys.failed
                 continue
             counts.todo += 1
-            yield self._refused(key, row_id, index, sample, url, model, reason)
+            yield sample, key
 
     def _refused(
         self, key: str, row_id: str | None, index: int, sample: int, url: str, model: str | None, reason: str
@@ -261,7 +255,7 @@ class Planner:
         counts.off_limits += 1
         if counts.first_off_limits is None:
             counts.first_off_limits = f"row {index}: {reason}"
-        return Request(key, row_id, index, sample, self.method, url, b"", model, refused=reason)
+        return Request(key, row_id, index, sample, self.method, url, b"", model, refused=reason, endpoint=self.endpoint)
 
     def _unsent(self, key: str, row_id: str | None, index: int, sample: int, reason: str) -> Request:
         return Request(
