@@ -4,6 +4,9 @@ event loop (``arun``), its results as a DataFrame, and errors raised rather than
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +147,36 @@ def test_progress_lines_when_asked_go_to_stderr(
     batchrun.run(job, transport=httpx.ASGITransport(app=create_app()))  # not a terminal: quiet
     assert capsys.readouterr() == ("", "")
     assert (logger.handlers, logger.propagate) == ([], True)  # the run's handler is gone
+
+
+class ZMQInteractiveShell:  # the name a Jupyter kernel's shell has
+    pass
+
+
+@pytest.mark.parametrize(
+    ("terminal", "notebook", "widgets", "asked", "shown"),
+    [
+        (True, False, False, None, "bar"),
+        (False, False, False, None, None),  # cron, a pipe: quiet
+        (False, True, True, None, "bar"),  # rich draws it in an ipywidgets output
+        (False, True, False, None, "lines"),  # without ipywidgets rich would only warn
+        (False, False, False, True, "lines"),
+        (True, False, False, False, None),
+        (False, False, False, "bar", "bar"),
+    ],
+)
+def test_progress_shows_on_a_terminal_and_in_a_notebook_by_default(
+    monkeypatch: pytest.MonkeyPatch, terminal: bool, notebook: bool, widgets: bool, asked: Any, shown: str | None
+) -> None:
+    from batchrun import api
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    shell = ZMQInteractiveShell() if notebook else None
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if widgets else None) if name == "ipywidgets" else found(name, *a),
+    )
+    assert api._progress(asked) == shown
