@@ -148,6 +148,8 @@ async def arun(
     10 s, as on cron), False (nothing), True (the bar where it can be drawn, else lines); by default
     True on a terminal or in a notebook, False otherwise. ``output`` replaces the job's output folder;
     ``transport`` replaces the network, as in the tests."""
+    if (library := sniffio.current_async_library()) != "asyncio":  # aiolimiter's limits are asyncio's
+        raise RuntimeError(f"batchrun.arun() runs on asyncio, not {library}")
     if isinstance(job, Job):
         spec = job if output is None else replace(job, output_dir=Path(os.path.abspath(output)))
     else:
