@@ -26,6 +26,7 @@ from .owner import moved_default
 from .presets import PRESETS, Auth
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DICT_JOB = "<job dict>"  # names a job given as a dict where a job file's path would be
 
 
 class _Strict(BaseModel):
@@ -225,6 +226,22 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """A validated job, its paths resolved and its preset applied: from a job file or a dict."""
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, output: str | None = None) -> Job:
+        """The job file at ``path``: paths in it are relative to its folder."""
+        return load_job(Path(path), output=output)
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, base_dir: str | os.PathLike[str] | None = None, output: str | None = None
+    ) -> Job:
+        """A job given as the dict a job file would hold (TOML's tables as dicts), checked as strictly:
+        its relative paths (input, output) are relative to ``base_dir``, the current folder by default."""
+        path = Path(os.path.abspath(base_dir if base_dir is not None else ".")) / DICT_JOB
+        return resolve(validate(data, DICT_JOB), path, output=output, env=os.environ, where=DICT_JOB)
+
     name: str
     path: Path
     input: str  # absolute path or glob
@@ -277,21 +294,30 @@ def load_job(
         raise SpecError(where, "", f"cannot read the job file: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(where, "", f"not valid TOML: {exc}") from None
+    return resolve(
+        validate(data, where), path, output=output, env=os.environ if env is None else env, needs_key=needs_key
+    )
+
+
+def validate(data: Any, where: str) -> JobFile:
+    """The job's fields checked, as read from a file or given as a dict; the first fault as a ``SpecError``."""
     try:
-        jf = JobFile.model_validate(data)
+        return JobFile.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = "unknown field (a typo?)" if err["type"] == "extra_forbidden" else err["msg"]
         raise SpecError(where, loc, msg) from None
-    return resolve(jf, path, output=output, env=os.environ if env is None else env, needs_key=needs_key)
 
 
-def resolve(jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key: bool = True) -> Job:
+def resolve(
+    jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key: bool = True, where: str | None = None
+) -> Job:
     """Paths in the job file are relative to the job file's folder, the default output folder
     (``outputs/<name>``) too, so the same job (a cron line, another shell) finds the same folder
-    from any current directory; ``--output`` is a command-line path, relative to the current one."""
-    where = str(path)
+    from any current directory; ``--output`` is a command-line path, relative to the current one.
+    ``where`` names the job in errors (default: the path)."""
+    where = str(path) if where is None else where
     if not NAME_RE.match(jf.name):
         raise SpecError(where, "name", "use letters, digits, '.', '_' and '-' only (it names a folder)")
     base = path.resolve().parent
