@@ -115,7 +115,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     group.add_argument(
         "--imagefolder", action="store_true", help="write images/metadata.<fmt> for datasets' imagefolder loader"
     )
-    export.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="imagefolder metadata")
+    export.add_argument(
+        "--format",
+        choices=["parquet", "jsonl", "openai-batch"],
+        default="parquet",
+        help="imagefolder metadata; openai-batch: --to FILE is the Batch API's output file",
+    )
     export.add_argument(
         "--wide", action="store_true", help="one row per input row x sample, each endpoint's results side by side"
     )
@@ -184,6 +189,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.imagefolder:
             path, n = export_imagefolder(job, args.format)
             print(f"wrote {path}: {n} images; load with datasets.load_dataset('imagefolder', data_dir='{path.parent}')")
+        elif args.format == "openai-batch":
+            from .export import export_openai_batch
+
+            n = export_openai_batch(job, Path(args.to))
+            print(f"wrote {args.to}: {n} lines")
         else:
             n = export_table(job, Path(args.to), wide=args.wide)
             print(f"wrote {args.to}: {n} rows")

@@ -13,6 +13,7 @@ import polars as pl
 
 from .errors import InputError, JobError
 from .owner import JOB_POINTER, check_owner, claim, read_owner
+from .plan.batchfile import output_line
 from .plan.occurrences import Occurrences
 from .plan.planner import Planner
 from .plan.reader import Table, plain
@@ -194,3 +195,29 @@ def export_imagefolder(job: Job, fmt: str = "parquet") -> tuple[Path, int]:
     else:
         write_atomic(destination, frame.write_ndjson)
     return destination, frame.height
+
+
+def export_openai_batch(job: Job, destination: Path) -> int:
+    """The Batch API's output file: one line per request in input order (``plan/batchfile``),
+    the answer's body as the endpoint gave it (kept raw for openai-batch inputs)."""
+    if not job.batch_input:
+        raise JobError("export --format openai-batch is for jobs whose input is an openai-batch file ([input] format)")
+    if clash := _input_clash(job, destination):
+        raise JobError(clash)
+    latest = scan_latest(job.output_dir)
+    if latest is None:
+        raise InputError(f"no results in {job.output_dir} yet: run the job first")
+    done = latest.select("request_key", "status", "http_status", "error_kind", "error", "raw_response").collect()
+    frame = (
+        keyed_input(job)
+        .select("custom_id", "request_key")
+        .join(done, on="request_key", how="left", maintain_order="left")
+    )
+    lines = [output_line(**row) for row in frame.iter_rows(named=True)]
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(destination, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:
+        raise JobError(f"cannot write {destination}: {exc.strerror or exc}") from None
+    return len(lines)

@@ -11,6 +11,7 @@ from .cost import worst_case
 from .endpoints.base import Adapter
 from .errors import InputError
 from .models import DoneKeys, Request
+from .plan.batchfile import check_batch_lines
 from .plan.feed import BATCH_ROWS, Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
@@ -31,6 +32,8 @@ def open_input(job: Job) -> tuple[Table, int]:
     table = Table(job.input, job.input_options)
     for lane in job.lanes():
         check_columns(lane, table.columns)
+        if lane.batch_input:
+            check_batch_lines(table.paths, lane.endpoint.url)
     planner = Planner(job, occurrences=Occurrences(1))
     refuse = job.empty_prompts == "error"
     columns = prompt_columns(job, table.columns) if refuse else set()

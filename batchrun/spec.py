@@ -118,7 +118,8 @@ class InputSection(_Strict):
     """``input = "path"``, or ``[input]`` with the path and how to read it."""
 
     path: str
-    format: Literal["csv", "tsv", "parquet", "jsonl", "ndjson"] | None = None  # when the suffix does not tell
+    # when the suffix does not tell; "openai-batch": OpenAI Batch API request lines, each body sent as written
+    format: Literal["csv", "tsv", "parquet", "jsonl", "ndjson", "openai-batch"] | None = None
     separator: str | None = None  # CSV/TSV: one byte, e.g. ";"
     columns: dict[str, ColumnType] = Field(default_factory=dict, alias="schema")  # CSV/TSV: cells are text unless named
 
@@ -258,6 +259,11 @@ class Job:
     max_cost: float | None = None  # USD
 
     @property
+    def batch_input(self) -> bool:
+        """Whether the input is an OpenAI batch file: each line's ``body`` is the request, as written."""
+        return self.input_options.format == BATCH_FORMAT
+
+    @property
     def several(self) -> bool:
         """Whether the job has several endpoints (``[[endpoints]]`` of more than one)."""
         return len(self.endpoints) > 1
@@ -331,8 +337,12 @@ def resolve(
         out = base / "outputs" / jf.name
         if moved := moved_default(jf.name, out, Path("outputs") / jf.name):
             raise SpecError(where, "output", moved)
+    if jf.input.format == BATCH_FORMAT:
+        jf = _batch_job(jf, where)
     endpoints = _resolve_endpoints(jf, where, env, needs_key)
     endpoint = endpoints[0]
+    if jf.input.format == BATCH_FORMAT and (odd := next((e for e in endpoints if e.format != "chat"), None)):
+        raise SpecError(where, "input.format", f"an openai-batch input goes to a chat endpoint, not {odd.preset}")
     return Job(
         name=jf.name,
         path=path,
@@ -351,6 +361,36 @@ def resolve(
     )
 
 
+BATCH_FORMAT = "openai-batch"
+
+
+def _batch_job(jf: JobFile, where: str) -> JobFile:
+    """A job over an OpenAI batch file: each line's ``body`` is sent as written (the ``{{ body }}``
+    template is a plain lookup), its ``custom_id`` is the row id and its body names the model. The
+    raw answer is kept: the batch output file holds the whole response body."""
+    given = jf.request.model_dump(exclude_defaults=True, exclude={"samples"})
+    if given:
+        field = next(iter(given))
+        raise SpecError(where, f"request.{field}", "an openai-batch input carries its own request bodies")
+    for at, section in enumerate([jf.endpoint] if jf.endpoint is not None else jf.endpoints or []):
+        if section.stream:
+            place = "endpoint" if jf.endpoint is not None else f"endpoints[{at}]"
+            raise SpecError(where, f"{place}.stream", "an openai-batch input is answered whole; set stream = false")
+
+    def model_from_body(section: Any) -> Any:
+        return section if section.model is not None else section.model_copy(update={"model": "{{ body.model }}"})
+
+    return jf.model_copy(
+        update={
+            "id_column": jf.id_column or "custom_id",
+            "request": jf.request.model_copy(update={"body": "{{ body }}"}),
+            "sink": jf.sink.model_copy(update={"keep_raw_response": True}),
+            "endpoint": None if jf.endpoint is None else model_from_body(jf.endpoint),
+            "endpoints": None if jf.endpoints is None else [model_from_body(e) for e in jf.endpoints],
+        }
+    )
+
+
 #: An endpoint's name among several heads its columns in a wide export (``<name>.status``).
 ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -364,7 +404,8 @@ def _resolve_endpoints(jf: JobFile, where: str, env: Any, needs_key: bool) -> tu
         raise SpecError(where, "endpoint", "Field required (give [endpoint], or [[endpoints]] for several)")
     if jf.endpoint is not None:
         endpoint = _resolve_endpoint(jf.endpoint, where, env, needs_key)
-        endpoint.wire.check_request(jf.request, where)
+        if jf.input.format != BATCH_FORMAT:  # the batch file's bodies are the requests
+            endpoint.wire.check_request(jf.request, where)
         return (endpoint,)
     entries = jf.endpoints or []
     if not entries:
@@ -386,7 +427,8 @@ def _resolve_endpoints(jf: JobFile, where: str, env: Any, needs_key: bool) -> tu
         limits = entry.limits.model_dump(exclude_none=True)
         endpoint = replace(endpoint, params=dict(entry.params), limits=limits)
         request = jf.request.model_copy(update={"params": {**jf.request.params, **entry.params}})
-        endpoint.wire.check_request(request, where)
+        if jf.input.format != BATCH_FORMAT:
+            endpoint.wire.check_request(request, where)
         same = repr((endpoint.format, endpoint.url, endpoint.model, sorted(request.params.items(), key=str)))
         if same in sends:
             raise SpecError(where, place, f"{entry.name!r} sends what {sends[same]!r} sends (same URL, model, params)")

@@ -128,7 +128,7 @@ class Planner:
             for value in (job_body_template(job), job.endpoint.url, prompt_template(job))
             for names in referenced_names(value).values()
         )
-        self.text_contents = job.endpoint.wire.text_contents
+        self.text_contents = job.endpoint.wire.text_contents and not job.batch_input  # a batch body goes as written
         self.stream_suffix = _stream_suffix(job)
         self.seeded = job.endpoint.wire.seeds_samples
         self.counts = PlanCounts()

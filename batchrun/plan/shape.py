@@ -13,19 +13,21 @@ from .templates import referenced_names
 
 
 def job_body_template(job: Job) -> Any:
+    if job.batch_input:
+        return job.request.body  # the batch line's body, as written
     return job.endpoint.wire.body_template(job.request, job.endpoint.model)
 
 
 def prompt_template(job: Job) -> Any:
     """The template of the prompt itself: the part that must not be empty (None where the format
-    cannot tell, as for custom bodies)."""
-    return job.endpoint.wire.prompt_template(job.request)
+    cannot tell, as for custom bodies, and batch files' bodies)."""
+    return None if job.batch_input else job.endpoint.wire.prompt_template(job.request)
 
 
 def prompt_reader(job: Job) -> PromptReader | None:
     """A function that takes the prompt part out of a rendered body, so emptiness is judged on what
     is sent, without rendering the prompt twice."""
-    return job.endpoint.wire.prompt_reader(job.request)
+    return None if job.batch_input else job.endpoint.wire.prompt_reader(job.request)
 
 
 def completion_cap(job: Job) -> int:

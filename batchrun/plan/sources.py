@@ -18,7 +18,14 @@ FORMATS = {
     ".ndjson": "ndjson",
 }
 #: what ``[input] format`` may say, and the kind each means
-FORMAT_NAMES = {"csv": "csv", "tsv": "tsv", "parquet": "parquet", "jsonl": "ndjson", "ndjson": "ndjson"}
+FORMAT_NAMES = {
+    "csv": "csv",
+    "tsv": "tsv",
+    "parquet": "parquet",
+    "jsonl": "ndjson",
+    "ndjson": "ndjson",
+    "openai-batch": "ndjson",  # JSON Lines whose lines are Batch API requests (plan/batchfile.py)
+}
 #: text tables may be compressed (the reader goes by the file's magic number, not its name)
 COMPRESSED = (".gz", ".zst", ".zstd")
 
