@@ -23,6 +23,8 @@ from .endpoints.registry import wire_format
 from .errors import SpecError
 from .origins import OriginError, OriginPolicy, allowed_origin, policy_for
 from .owner import moved_default
+from .plan.batchfile import looks_like_batch
+from .plan.sources import kind_of
 from .presets import PRESETS, Auth
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -337,6 +339,8 @@ def resolve(
         out = base / "outputs" / jf.name
         if moved := moved_default(jf.name, out, Path("outputs") / jf.name):
             raise SpecError(where, "output", moved)
+    if jf.input.format is None and _detected_batch(jf, input_path):
+        jf = jf.model_copy(update={"input": jf.input.model_copy(update={"format": BATCH_FORMAT})})
     if jf.input.format == BATCH_FORMAT:
         jf = _batch_job(jf, where)
     endpoints = _resolve_endpoints(jf, where, env, needs_key)
@@ -362,6 +366,14 @@ def resolve(
 
 
 BATCH_FORMAT = "openai-batch"
+
+
+def _detected_batch(jf: JobFile, input_path: Path) -> bool:
+    """An input of one JSON Lines file whose first line is a Batch API request, for a job whose
+    ``[request]`` builds no body (with a prompt or messages, those keys are just columns)."""
+    if jf.request.model_dump(exclude_defaults=True, exclude={"samples"}):
+        return False
+    return kind_of(str(input_path)) == "ndjson" and input_path.is_file() and looks_like_batch(str(input_path))
 
 
 def _batch_job(jf: JobFile, where: str) -> JobFile:

@@ -128,6 +128,24 @@ def test_a_batch_job_takes_its_requests_from_the_file(tmp_path: Path, extra: str
     assert caught.value.field == field
 
 
+async def test_a_batch_file_is_known_by_its_first_line(tmp_path: Path) -> None:
+    job = batch_job(tmp_path, LINES[:2])
+    job.write_text(job.read_text().replace('format = "openai-batch"\n', ""))
+    assert load_job(job, needs_key=False).batch_input
+    transport = Recording(create_app())
+    assert (await run_job(load_job(job), transport=transport, quiet=True)).exit_code == ExitCode.OK
+    assert sorted(json.loads(body)["messages"][-1]["content"] for _, body in transport.sent) == [
+        " 007 ",
+        "Hello world!",
+    ]
+
+
+def test_a_jsonl_table_with_a_prompt_is_not_a_batch_file(tmp_path: Path) -> None:
+    job = batch_job(tmp_path, LINES, 'model = "m"\n[request]\nprompt = "{{ custom_id }}"\n')
+    job.write_text(job.read_text().replace('format = "openai-batch"\n', ""))
+    assert not load_job(job, needs_key=False).batch_input
+
+
 def test_a_failed_request_has_no_response_and_an_error() -> None:
     line = output_line("r1", "ab" * 32, "failed", 400, "permanent", "bad request: max_tokens", None)
     assert line == {

@@ -43,6 +43,22 @@ def check_batch_lines(paths: Sequence[str], endpoint_url: str) -> None:
                 line -= 1  # a block ends with its newline: the empty piece after it is not a line
 
 
+def looks_like_batch(path: str) -> bool:
+    """Whether the JSON Lines file at ``path`` starts with a Batch API request line (its first
+    record has ``custom_id``, ``method``, ``url`` and ``body``). Anything unreadable is not one:
+    the reader reports it."""
+    try:
+        with contextlib.closing(open_records(path)) as file:
+            for block in blocks(file, 1 << 16, quoted=False):
+                for text in block.removeprefix(BOM).split(b"\n"):
+                    if text.strip():
+                        (record,) = json_records(text)
+                        return all(name in record for name in FIELDS)
+    except (OSError, BadRecord, ValueError):
+        return False
+    return False
+
+
 def _check_line(path: str, line: int, text: bytes, route: str) -> None:
     where = f"input {path}, line {line}"
     try:
