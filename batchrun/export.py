@@ -202,6 +202,8 @@ def export_openai_batch(job: Job, destination: Path) -> int:
     the answer's body as the endpoint gave it (kept raw for openai-batch inputs)."""
     if not job.batch_input:
         raise JobError("export --format openai-batch is for jobs whose input is an openai-batch file ([input] format)")
+    if job.several:
+        raise JobError("export --format openai-batch writes one endpoint's answers; this job has several (use --to)")
     if clash := _input_clash(job, destination):
         raise JobError(clash)
     latest = scan_latest(job.output_dir)

@@ -385,9 +385,11 @@ def _batch_job(jf: JobFile, where: str) -> JobFile:
         field = next(iter(given))
         raise SpecError(where, f"request.{field}", "an openai-batch input carries its own request bodies")
     for at, section in enumerate([jf.endpoint] if jf.endpoint is not None else jf.endpoints or []):
+        place = "endpoint" if jf.endpoint is not None else f"endpoints[{at}]"
         if section.stream:
-            place = "endpoint" if jf.endpoint is not None else f"endpoints[{at}]"
             raise SpecError(where, f"{place}.stream", "an openai-batch input is answered whole; set stream = false")
+        if isinstance(section, EndpointEntry) and section.params:
+            raise SpecError(where, f"{place}.params", "an openai-batch input carries its own request bodies")
 
     def model_from_body(section: Any) -> Any:
         return section if section.model is not None else section.model_copy(update={"model": "{{ body.model }}"})

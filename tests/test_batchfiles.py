@@ -128,6 +128,16 @@ def test_a_batch_job_takes_its_requests_from_the_file(tmp_path: Path, extra: str
     assert caught.value.field == field
 
 
+def test_several_endpoints_add_no_params_to_a_batch_body(tmp_path: Path) -> None:
+    job = batch_job(tmp_path, LINES)
+    text = job.read_text().split("[endpoint]")[0]
+    entry = '[[endpoints]]\nname = "{}"\npreset = "openai-compatible"\nbase_url = "http://{}.test"\n'
+    job.write_text(text + entry.format("a", "a") + entry.format("b", "b") + "params = { temperature = 0 }\n")
+    with pytest.raises(SpecError) as caught:
+        load_job(job, needs_key=False)
+    assert caught.value.field == "endpoints[1].params"
+
+
 async def test_a_batch_file_is_known_by_its_first_line(tmp_path: Path) -> None:
     job = batch_job(tmp_path, LINES[:2])
     job.write_text(job.read_text().replace('format = "openai-batch"\n', ""))
