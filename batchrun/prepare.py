@@ -11,7 +11,7 @@ from .cost import worst_case
 from .endpoints.base import Adapter
 from .errors import InputError
 from .models import DoneKeys, Request
-from .plan.batchfile import check_batch_lines
+from .plan.batchfile import MODEL_FROM_BODY, check_batch_lines
 from .plan.feed import BATCH_ROWS, Feed
 from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
@@ -33,7 +33,7 @@ def open_input(job: Job) -> tuple[Table, int]:
     for lane in job.lanes():
         check_columns(lane, table.columns)
         if lane.batch_input:
-            check_batch_lines(table.paths, lane.endpoint.url)
+            check_batch_lines(table.paths, lane.endpoint.url, needs_model=lane.endpoint.model == MODEL_FROM_BODY)
     planner = Planner(job, occurrences=Occurrences(1))
     refuse = job.empty_prompts == "error"
     columns = prompt_columns(job, table.columns) if refuse else set()

@@ -23,7 +23,7 @@ from .endpoints.registry import wire_format
 from .errors import SpecError
 from .origins import OriginError, OriginPolicy, allowed_origin, policy_for
 from .owner import moved_default
-from .plan.batchfile import looks_like_batch
+from .plan.batchfile import MODEL_FROM_BODY, looks_like_batch
 from .plan.sources import kind_of
 from .presets import PRESETS, Auth
 
@@ -392,7 +392,7 @@ def _batch_job(jf: JobFile, where: str) -> JobFile:
             raise SpecError(where, f"{place}.params", "an openai-batch input carries its own request bodies")
 
     def model_from_body(section: Any) -> Any:
-        return section if section.model is not None else section.model_copy(update={"model": "{{ body.model }}"})
+        return section if section.model is not None else section.model_copy(update={"model": MODEL_FROM_BODY})
 
     return jf.model_copy(
         update={

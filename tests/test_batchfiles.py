@@ -5,6 +5,7 @@ API's output lines, in input order, whose bodies the official SDK reads. The sim
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,27 @@ async def test_a_line_for_another_route_stops_the_run_before_anything_is_sent(tm
     transport = Recording(create_app())
     with pytest.raises(InputError, match=r"requests.jsonl, line 2: url \"/v1/embeddings\" is not the endpoint's route"):
         await run_job(load_job(batch_job(tmp_path, lines)), transport=transport, quiet=True)
+    assert transport.sent == []
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ({**LINES[1], "body": {"messages": []}}, "the body names no model"),
+        ({**LINES[1], "body": {**LINES[1]["body"], "stream": True}}, "the body asks for a stream"),
+        ({**LINES[1], "custom_id": 7}, "custom_id is 7, not text"),
+        (
+            {"custom_id": "x", "url": "/v1/chat/completions", "body": {}},
+            "an openai-batch line needs custom_id, method, url, body (no method)",
+        ),
+    ],
+)
+async def test_a_line_that_cannot_be_sent_as_written_is_named(
+    tmp_path: Path, line: dict[str, Any], reason: str
+) -> None:
+    transport = Recording(create_app())
+    with pytest.raises(InputError, match=r"requests.jsonl, line 3: " + re.escape(reason)):
+        await run_job(load_job(batch_job(tmp_path, [LINES[0], LINES[2], line])), transport=transport, quiet=True)
     assert transport.sent == []
 
 

@@ -21,14 +21,16 @@ from ..errors import InputError
 from .records import BadRecord, blocks, json_records, open_records
 
 FIELDS = ("custom_id", "method", "url", "body")
+MODEL_FROM_BODY = "{{ body.model }}"  # the endpoint's model when the job names none
 BLOCK_BYTES = 1 << 20
 BOM = b"\xef\xbb\xbf"
 
 
-def check_batch_lines(paths: Sequence[str], endpoint_url: str) -> None:
+def check_batch_lines(paths: Sequence[str], endpoint_url: str, *, needs_model: bool) -> None:
     """Refuse (``InputError``) the first line that is not a POST of a JSON object body to the
     endpoint's own route (its URL path ends with the line's ``url``: a base URL may add a prefix),
-    or whose ``custom_id`` is not text."""
+    whose ``custom_id`` is not text, whose body asks for a stream (the answer is read whole), or,
+    with ``needs_model`` (the job names no model), whose body names none."""
     route = urllib.parse.urlsplit(endpoint_url).path
     for path in paths:
         with contextlib.closing(open_records(path)) as file:
@@ -39,7 +41,7 @@ def check_batch_lines(paths: Sequence[str], endpoint_url: str) -> None:
                     if line == 1 and text.startswith(BOM):
                         text = text[len(BOM) :]
                     if text.strip():
-                        _check_line(path, line, text, route)
+                        _check_line(path, line, text, route, needs_model)
                 line -= 1  # a block ends with its newline: the empty piece after it is not a line
 
 
@@ -59,7 +61,7 @@ def looks_like_batch(path: str) -> bool:
     return False
 
 
-def _check_line(path: str, line: int, text: bytes, route: str) -> None:
+def _check_line(path: str, line: int, text: bytes, route: str, needs_model: bool) -> None:
     where = f"input {path}, line {line}"
     try:
         (record,) = json_records(text)
@@ -75,8 +77,13 @@ def _check_line(path: str, line: int, text: bytes, route: str) -> None:
     url = record["url"]
     if not isinstance(url, str) or not url.startswith("/") or not route.endswith(url):
         raise InputError(f"{where}: url {json.dumps(url)} is not the endpoint's route ({route})")
-    if not isinstance(record["body"], dict):
+    body = record["body"]
+    if not isinstance(body, dict):
         raise InputError(f"{where}: body is not a JSON object")
+    if body.get("stream"):
+        raise InputError(f"{where}: the body asks for a stream; batchrun reads batch answers whole")
+    if needs_model and not isinstance(body.get("model"), str):
+        raise InputError(f"{where}: the body names no model (or set [endpoint] model)")
 
 
 def output_line(
