@@ -24,6 +24,7 @@ from .errors import SpecError
 from .origins import OriginError, OriginPolicy, allowed_origin, policy_for
 from .owner import moved_default
 from .presets import PRESETS, Auth
+from .shard import Shard
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DICT_JOB = "<job dict>"  # names a job given as a dict where a job file's path would be
@@ -256,6 +257,7 @@ class Job:
     input_options: InputOptions = field(default_factory=InputOptions)
     endpoints: tuple[Endpoint, ...] = ()  # every endpoint, ``endpoint`` the one this view is for
     max_cost: float | None = None  # USD
+    shard: Shard = field(default_factory=Shard)  # ``--shard K/N``: which requests this process sends
 
     @property
     def several(self) -> bool:

@@ -115,6 +115,8 @@ class PlanIndex:
         folder = job.output_dir / INDEX_DIR
         if job.several:  # each endpoint plans the rows on its own, and keeps its own index
             folder = folder / job.endpoint.name
+        if job.shard.sharded:  # shards run side by side: each writes an index of its own (of every row)
+            folder = folder / job.shard.name
         try:
             index = cls(folder, fingerprint(job), noting=note)
         except OSError:
