@@ -159,6 +159,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
     status.add_argument("target", help="an output folder written by a run, or the job file")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    _add_shard_arguments(status)
 
     report = sub.add_parser("report", help="write one HTML page that shows a run (needs batchrun[report])")
     report.add_argument("target", help="an output folder written by a run")
@@ -210,7 +211,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .export import job_for
         from .status import read_status
 
-        found = read_status(job_for(args.target))
+        found = read_status(_sharded(job_for(args.target), args))
         print(found.as_json() if args.json else found.text())
         return 0
     if args.command == "export":

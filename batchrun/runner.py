@@ -199,6 +199,7 @@ async def run_job(
             concurrency = sum(lane.limits.concurrency for lane in lanes)
             results_send, results_receive = anyio.create_memory_object_stream[Result](concurrency * 2)
             exact = all(feed.covered >= total_rows for feed in feeds) or not part_files(job.output_dir)  # else: up to
+            exact = exact and not job.shard.sharded  # a shard learns which requests are its own as it plans
             if job.shard.sharded and not quiet:
                 event(job.shard.describe(), event="shard", shard=job.shard.name)
             progress.start(job.name, job.output_dir, rows=total_rows, exact=exact)

@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from .models import short_keys
 from .plan.sources import input_files
 from .sink.manifest import scan_latest
 from .spec import Job
@@ -140,10 +141,12 @@ def _n(value: float | None, digits: int = 0) -> str:
 
 
 def read_status(job: Job) -> Status:
-    """The status of ``job``'s output folder (blocking)."""
+    """The status of ``job``'s output folder (blocking); with ``job.shard``, of that shard's keys."""
     latest = scan_latest(job.output_dir)
-    expected = _expected(job)
+    expected = None if job.shard.sharded else _expected(job)  # a shard's share is known only by planning
     shards = read_shards(job.output_dir)
+    if latest is not None and job.shard.sharded:
+        latest = latest.filter(short_keys(pl.col("request_key")) % job.shard.count == job.shard.index)
     if latest is None:
         return Status(job.name, str(job.output_dir), {}, expected, shards)
     frame = latest.select(COLUMNS).with_columns(pl.col("endpoint").fill_null(job.endpoint.name))

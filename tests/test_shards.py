@@ -3,6 +3,7 @@ together send every request exactly once, whatever N each run used."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -66,6 +67,10 @@ def test_two_shard_processes_at_once_send_every_request_once(write_job: JobWrite
     assert set(status.shards) == {"s0of2", "s1of2"}
     assert all(s["exit_code"] == 0 and not s["running"] for s in status.shards.values())
     assert "shard s1of2: finished" in status.text()
+    halves = [read_status(dataclasses.replace(job_for(str(job)), shard=Shard(k, 2))) for k in range(2)]
+    by_shard = [sum(e["ok"] for e in h.endpoints.values()) for h in halves]  # status --shard K/2
+    assert by_shard == [sum(Shard(k, 2).owns(key) for key in ok["request_key"]) for k in range(2)]
+    assert sum(by_shard) == len(rows) and all(by_shard)
 
 
 def test_changing_the_shard_count_between_runs_sends_nothing_twice(
