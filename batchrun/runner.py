@@ -120,12 +120,11 @@ async def run_job(
         make_folder(job.output_dir)
     except OSError as exc:
         raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
-    # a killed run's temp files go only while no other shard runs (they may be that shard's)
-    alone = partial(remove_temp_files, job.output_dir)
-    with OutputLock(job.output_dir, run_id, job.shard, while_alone=alone), contextlib.ExitStack() as stack:
+    lock = OutputLock(job.output_dir, run_id, job.shard, while_alone=partial(_tidy, job))
+    with lock, contextlib.ExitStack() as stack:
         refuse_links(job.output_dir, (MANIFEST_DIR, JOURNAL_DIR, IMAGES_DIR, INDEX_DIR, JOB_POINTER))
-        folded = partial(fold_journals, job.output_dir, shard=job.shard.name)  # a killed run's last results
-        await anyio.to_thread.run_sync(folded)
+        if not lock.alone:  # other shards run: only this shard's journals are known to be dead
+            await anyio.to_thread.run_sync(partial(fold_journals, job.output_dir, shard=job.shard.name))
         await anyio.to_thread.run_sync(remember_job, job)
         lanes = job.lanes()
         feeds = []
@@ -257,6 +256,14 @@ async def run_job(
         output=str(job.output_dir),
         causes=progress.failures.causes(),
     )
+
+
+def _tidy(job: Job) -> None:
+    """While no other run (or shard) holds the folder: a killed run's temp files, and every shard's
+    journals (a killed run's last results), whatever N it ran with."""
+    refuse_links(job.output_dir, (MANIFEST_DIR, JOURNAL_DIR, IMAGES_DIR, INDEX_DIR, JOB_POINTER))
+    remove_temp_files(job.output_dir)
+    fold_journals(job.output_dir, shard=None)
 
 
 def _spend(job: Job, budget: Budget) -> str:

@@ -152,8 +152,10 @@ def test_shards_share_the_folder_but_not_their_own_lock(tmp_path: Path) -> None:
         with pytest.raises(OutputLockedError, match="shards s0of2"):
             OutputLock(tmp_path, "c").acquire()  # an unsharded run waits for every shard
         cleaned: list[str] = []
-        with OutputLock(tmp_path, "d", Shard(1, 2), while_alone=lambda: cleaned.append("x")):
-            pass
-        assert cleaned == []  # another shard runs: its temp files are not ours to remove
+        with OutputLock(tmp_path, "d", Shard(1, 2), while_alone=lambda: cleaned.append("x")) as second:
+            assert not second.alone
+        assert cleaned == []  # another shard runs: its temp files and journals are not ours to touch
+    with OutputLock(tmp_path, "g", Shard(1, 3), while_alone=lambda: cleaned.append("x")) as first:
+        assert first.alone and cleaned == ["x"]
     with OutputLock(tmp_path, "e"), pytest.raises(OutputLockedError):
         OutputLock(tmp_path, "f", Shard(1, 2)).acquire(shared_tries=2)

@@ -46,11 +46,13 @@ class OutputLock:
         self.while_alone = while_alone
         self._fd: int | None = None
         self._shard_fd: int | None = None
+        self.alone = False  # held the folder's lock exclusively at start: no other run was there
 
     def acquire(self, shared_tries: int = SHARED_TRIES) -> None:
         if not self.shard.sharded:
             self._fd = self._take(self.path)
             self._note(self._fd)
+            self.alone = True
             if self.while_alone is not None:
                 self.while_alone()
             return
@@ -69,6 +71,7 @@ class OutputLock:
             holder = _describe(os.pread(self._fd, 4096, 0))
             self.release()
             raise OutputLockedError(f"{self.path.parent} is in use by an unsharded run ({holder})") from None
+        self.alone = True
         try:
             if self.while_alone is not None:
                 self.while_alone()
