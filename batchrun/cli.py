@@ -16,7 +16,7 @@ import anyio
 
 from . import __version__
 from .durations import parse_duration
-from .errors import BatchrunError, ExitCode, StoppedError, exit_codes_help
+from .errors import BatchrunError, ExitCode, JobError, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
@@ -75,6 +75,8 @@ def _count(text: str) -> int:
 def _sharded(job: Job, args: argparse.Namespace) -> Job:
     """The job as ``--shard`` gives it (a bad value is exit 2, one line)."""
     if args.shard is None:
+        if args.shards is not None and args.command != "plan":
+            raise JobError(f"--shards {args.shards}: give the shard too (--shard K/N, or --shard auto)")
         return job
     return dataclasses.replace(job, shard=parse_shard(args.shard, shards=args.shards, env=os.environ))
 

@@ -120,6 +120,12 @@ def test_a_bad_shard_is_one_line_and_exit_2(
     assert err.count("\n") == 1 and err.startswith("batchrun: error: --shard")
 
 
+def test_shards_without_a_shard_is_exit_2(write_job: JobWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    job = str(write_job(rows=[{"question": "q"}]))
+    assert main(["run", job, "--shards", "2"]) == 2
+    assert capsys.readouterr().err == "batchrun: error: --shards 2: give the shard too (--shard K/N, or --shard auto)\n"
+
+
 def test_shard_auto_reads_kubernetes_and_slurm() -> None:
     assert parse_shard("auto", shards=4, env={"JOB_COMPLETION_INDEX": "3"}) == Shard(3, 4)
     assert parse_shard("auto", env={"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "5"}) == Shard(2, 5)
