@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,7 @@ import anyio
 
 from . import __version__
 from .durations import parse_duration
-from .errors import BatchrunError, ExitCode, StoppedError, exit_codes_help
+from .errors import BatchrunError, ExitCode, JobError, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
@@ -23,7 +24,8 @@ from .prepare import Estimate, plan_job
 from .presets import PRESETS
 from .report.last_run import note_last_run
 from .runner import run_job
-from .spec import load_job
+from .shard import parse_shard
+from .spec import Job, load_job
 
 EXIT_CODES_HELP = exit_codes_help()
 LIMIT_HELP = "only the first N rows (a smoke test; what it sends counts toward the whole job later)"
@@ -47,6 +49,36 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"a whole number of rows, at least 1, not {text!r}")
     return value
+
+
+def _add_shard_arguments(parser: argparse.ArgumentParser, shards_help: str | None = None) -> None:
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="send only shard K of N (by request key); auto: from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID",
+    )
+    parser.add_argument(
+        "--shards", type=_count, metavar="N", help=shards_help or "the number of shards, for --shard auto on Kubernetes"
+    )
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a number of shards, at least 1, not {text!r}")
+    return value
+
+
+def _sharded(job: Job, args: argparse.Namespace) -> Job:
+    """The job as ``--shard`` gives it (a bad value is exit 2, one line)."""
+    if args.shard is None:
+        if args.shards is not None and args.command != "plan":
+            raise JobError(f"--shards {args.shards}: give the shard too (--shard K/N, or --shard auto)")
+        return job
+    return dataclasses.replace(job, shard=parse_shard(args.shard, shards=args.shards, env=os.environ))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -102,11 +134,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="stop taking requests before the spend could pass USD (requests in flight at their worst case); exit 4",
     )
 
+    for command_parser in (run,):
+        _add_shard_arguments(command_parser)
+
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
     plan.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
     plan.add_argument("--retry-failed", action="store_true")
     plan.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
+    _add_shard_arguments(
+        plan, shards_help="N shards: how many requests each would send (or the count for --shard auto)"
+    )
 
     export = sub.add_parser("export", help="join results back to the input: a results file or an imagefolder")
     export.add_argument("target", help="an output folder written by a run, or the job file")
@@ -128,6 +166,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
     status.add_argument("target", help="an output folder written by a run, or the job file")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    _add_shard_arguments(status)
 
     report = sub.add_parser("report", help="write one HTML page that shows a run (needs batchrun[report])")
     report.add_argument("target", help="an output folder written by a run")
@@ -179,7 +218,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .export import job_for
         from .status import read_status
 
-        found = read_status(job_for(args.target))
+        found = read_status(_sharded(job_for(args.target), args))
         print(found.as_json() if args.json else found.text())
         return 0
     if args.command == "export":
@@ -202,19 +241,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .report.command import report_command
 
         return report_command(args.target, args.output)
-    job = load_job(args.job, output=args.output, needs_key=args.command == "run")  # plan sends nothing
+    job = _sharded(load_job(args.job, output=args.output, needs_key=args.command == "run"), args)  # plan sends nothing
     if args.command == "plan":
         check_owner(job)
         estimate = Estimate()
+        per_shard = [0] * args.shards if args.shards and args.shard is None else None
         counts, stale = anyio.run(
-            lambda: plan_job(job, retry_failed=args.retry_failed, limit=args.limit, estimate=estimate),
+            lambda: plan_job(
+                job, retry_failed=args.retry_failed, limit=args.limit, estimate=estimate, per_shard=per_shard
+            ),
             backend="asyncio",
         )
         print(f"job {job.name}: {job.input} -> {job.output_dir}")
         print(f"rows read        {counts.rows}")
         print(f"requests         {counts.requests}" + (f" ({counts.shared} shared by dedupe)" if counts.shared else ""))
         print(f"already done     {counts.done}" + (f" ({counts.done_failed} failed)" if counts.done_failed else ""))
-        print(f"to do            {counts.todo}")
+        print(
+            f"to do            {counts.todo}"
+            + (f" (shard {job.shard.index}/{job.shard.count})" if job.shard.sharded else "")
+        )
+        if job.shard.sharded:
+            print(f"other shards     {counts.other_shards}")
+        if per_shard is not None:
+            print("per shard        " + ", ".join(f"{k}/{len(per_shard)}: {n}" for k, n in enumerate(per_shard)))
         if counts.off_limits:
             print(f"refused          {counts.off_limits} (never sent; the first: {counts.first_off_limits})")
         if stale:
@@ -247,7 +296,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ),
             backend="asyncio",
         )
-    note_last_run(job.output_dir, summary.fields())
+    note_last_run(job.output_dir, summary.fields(), shard=job.shard.name if job.shard.sharded else None)
     if args.log_format == "json":
         event(summary.line(), **summary.fields())
     else:

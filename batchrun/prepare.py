@@ -10,7 +10,7 @@ import anyio
 from .cost import worst_case
 from .endpoints.base import Adapter
 from .errors import InputError
-from .models import DoneKeys, Request
+from .models import DoneKeys, Request, short_key
 from .plan.batchfile import MODEL_FROM_BODY, check_batch_lines
 from .plan.feed import BATCH_ROWS, Feed
 from .plan.occurrences import Occurrences
@@ -89,10 +89,16 @@ class Estimate:
 
 
 async def plan_job(
-    job: Job, *, retry_failed: bool = False, limit: int | None = None, estimate: Estimate | None = None
+    job: Job,
+    *,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    estimate: Estimate | None = None,
+    per_shard: list[int] | None = None,
 ) -> tuple[PlanCounts, int]:
     """Dry run: what a run would send now (every endpoint's, summed). Reads the input and the
-    manifest, sends nothing; ``estimate`` is filled in with the tokens and cost of what is left."""
+    manifest, sends nothing; ``estimate`` is filled in with the tokens and cost of what is left,
+    ``per_shard`` (N zeros) with what each of N shards would send."""
     table, rows = await anyio.to_thread.run_sync(open_input, job)
     total, stale = PlanCounts(), 0
     for at, lane in enumerate(job.lanes()):
@@ -104,6 +110,8 @@ async def plan_job(
                 for request in feed.requests(start, frame):
                     if estimate is not None:
                         estimate.add(request, lane)
+                    if per_shard is not None:
+                        per_shard[short_key(request.key) % len(per_shard)] += 1
                 feed.checkpoint()  # as a run does (count() alone spills at 4x: +15 MiB of dict)
             return feed.planner.counts, feed.stale
 
@@ -119,6 +127,6 @@ def add_counts(total: PlanCounts, counts: PlanCounts, *, rows: bool) -> None:
     """Add one endpoint's plan to the job's: the rows are every endpoint's, counted once."""
     if rows:
         total.rows = counts.rows
-    for name in ("requests", "shared", "done", "done_failed", "skipped", "todo", "off_limits"):
+    for name in ("requests", "shared", "done", "done_failed", "skipped", "todo", "other_shards", "off_limits"):
         setattr(total, name, getattr(total, name) + getattr(counts, name))
     total.first_off_limits = total.first_off_limits or counts.first_off_limits

@@ -104,7 +104,7 @@ class Progress:
     @property
     def done(self) -> int:
         """Requests finished: answered in this run, or found done, shared or skipped by the plan."""
-        return self.ok + self.failed + self.plan.done + self.plan.shared + self.plan.skipped
+        return self.ok + self.failed + self.plan.done + self.plan.shared + self.plan.skipped + self.plan.other_shards
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self._start

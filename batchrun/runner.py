@@ -83,7 +83,7 @@ def _lane_transport(
 
 def _summed(total: PlanCounts, feeds: list[Feed]) -> PlanCounts:
     """Every endpoint's plan counts added into ``total`` (the progress line reads it)."""
-    for name in ("rows", "requests", "shared", "done", "done_failed", "skipped", "todo"):
+    for name in ("rows", "requests", "shared", "done", "done_failed", "skipped", "todo", "other_shards"):
         setattr(total, name, 0)
     for at, feed in enumerate(feeds):
         add_counts(total, feed.planner.counts, rows=at == 0)
@@ -120,10 +120,11 @@ async def run_job(
         make_folder(job.output_dir)
     except OSError as exc:
         raise JobError(f"cannot create the output folder {job.output_dir}: {exc.strerror}") from None
-    with OutputLock(job.output_dir, run_id), contextlib.ExitStack() as stack:
+    lock = OutputLock(job.output_dir, run_id, job.shard, while_alone=partial(_tidy, job))
+    with lock, contextlib.ExitStack() as stack:
         refuse_links(job.output_dir, (MANIFEST_DIR, JOURNAL_DIR, IMAGES_DIR, INDEX_DIR, JOB_POINTER))
-        await anyio.to_thread.run_sync(remove_temp_files, job.output_dir)
-        await anyio.to_thread.run_sync(fold_journals, job.output_dir)  # a killed run's last results
+        if not lock.alone:  # other shards run: only this shard's journals are known to be dead
+            await anyio.to_thread.run_sync(partial(fold_journals, job.output_dir, shard=job.shard.name))
         await anyio.to_thread.run_sync(remember_job, job)
         lanes = job.lanes()
         feeds = []
@@ -144,6 +145,7 @@ async def run_job(
         writer = ManifestWriter(
             job.output_dir,
             run_id=run_id,
+            shard=job.shard.name,
             endpoint=job.endpoint.name,
             flush_rows=job.sink.flush_rows,
             flush_seconds=job.sink.flush_seconds,
@@ -196,6 +198,9 @@ async def run_job(
             concurrency = sum(lane.limits.concurrency for lane in lanes)
             results_send, results_receive = anyio.create_memory_object_stream[Result](concurrency * 2)
             exact = all(feed.covered >= total_rows for feed in feeds) or not part_files(job.output_dir)  # else: up to
+            exact = exact and not job.shard.sharded  # a shard learns which requests are its own as it plans
+            if job.shard.sharded and not quiet:
+                event(job.shard.describe(), event="shard", shard=job.shard.name)
             progress.start(job.name, job.output_dir, rows=total_rows, exact=exact)
             try:
                 async with anyio.create_task_group() as tg:
@@ -253,6 +258,14 @@ async def run_job(
     )
 
 
+def _tidy(job: Job) -> None:
+    """While no other run (or shard) holds the folder: a killed run's temp files, and every shard's
+    journals (a killed run's last results), whatever N it ran with."""
+    refuse_links(job.output_dir, (MANIFEST_DIR, JOURNAL_DIR, IMAGES_DIR, INDEX_DIR, JOB_POINTER))
+    remove_temp_files(job.output_dir)
+    fold_journals(job.output_dir, shard=None)
+
+
 def _spend(job: Job, budget: Budget) -> str:
     """The spend, for the summary line, when the job prices its endpoints or has a budget."""
     priced = job.max_cost is not None or any(e.price is not None for e in job.endpoints or (job.endpoint,))
@@ -286,9 +299,9 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         sender,
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
-        rate=AdaptiveRate(job.limits.requests_per_minute),
+        rate=AdaptiveRate(job.shard.share(job.limits.requests_per_minute)),
         concurrency=AdaptiveConcurrency(job.limits.concurrency),
-        tokens=TokenBudget(job.limits.tokens_per_minute) if job.limits.tokens_per_minute else None,
+        tokens=TokenBudget(tpm / job.shard.count) if (tpm := job.limits.tokens_per_minute) else None,
         completion_tokens=completion_cap(job),
         cooldown=CoolDown(),
         sleep=sleep,

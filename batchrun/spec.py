@@ -26,6 +26,7 @@ from .owner import moved_default
 from .plan.batchfile import MODEL_FROM_BODY, looks_like_batch
 from .plan.sources import kind_of
 from .presets import PRESETS, Auth
+from .shard import Shard
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DICT_JOB = "<job dict>"  # names a job given as a dict where a job file's path would be
@@ -259,6 +260,7 @@ class Job:
     input_options: InputOptions = field(default_factory=InputOptions)
     endpoints: tuple[Endpoint, ...] = ()  # every endpoint, ``endpoint`` the one this view is for
     max_cost: float | None = None  # USD
+    shard: Shard = field(default_factory=Shard)  # ``--shard K/N``: which requests this process sends
 
     @property
     def batch_input(self) -> bool:

@@ -7,13 +7,18 @@ so a 1M-row manifest answers in well under the 3 s the issue asks (``bench/statu
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from .models import short_keys
 from .plan.sources import input_files
 from .sink.manifest import scan_latest
 from .spec import Job
@@ -45,14 +50,20 @@ class Status:
     output: str
     endpoints: dict[str, dict[str, Any]]
     expected: int | None  # requests the job asks for, per endpoint (rows x samples), when the input was counted
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)  # ``--shard`` runs: each one's last run
 
     def as_json(self) -> str:
-        return json.dumps({"job": self.job, "output": self.output, "endpoints": self.endpoints}, indent=2)
+        found = {"job": self.job, "output": self.output, "endpoints": self.endpoints}
+        if self.shards:
+            found["shards"] = self.shards
+        return json.dumps(found, indent=2)
 
     def text(self) -> str:
         lines = [f"job {self.job}: {self.output}"]
+        for name, shard in self.shards.items():
+            lines.append(f"shard {name}: {_shard_state(shard)}")
         if not self.endpoints:
-            return lines[0] + "\nnothing recorded yet"
+            return "\n".join([*lines, "nothing recorded yet"])
         for name, e in self.endpoints.items():
             lat, ttft = e["latency_ms"], e["ttft_ms"]
             lines.append(f"{name}: {e['ok']} ok, {e['failed']} failed ({e['permanent']} for good)")
@@ -77,16 +88,67 @@ class Status:
         return "\n".join(lines)
 
 
+def _shard_state(shard: dict[str, Any]) -> str:
+    if shard["running"]:
+        return "running"
+    if shard["exit_code"] is None:
+        return "no finished run"
+    done = "finished" if shard["exit_code"] in (0, 3) else "stopped before the end"
+    return f"{done} (exit {shard['exit_code']}: {shard['ok']} ok, {shard['failed']} failed in its last run)"
+
+
+_SHARD_FILE = re.compile(r"^(?:\.lock-|last_run-)(s\d+of\d+)(?:\.json)?$")
+
+
+def read_shards(folder: Path) -> dict[str, dict[str, Any]]:
+    """Each shard that ran in ``folder``: whether it runs now (its lock is held) and how its last
+    run ended (its own last-run note). A shard is finished when its last run ended with nothing
+    left to do (exit 0 or 3) and it is not running again."""
+    names: set[str] = set()
+    with contextlib.suppress(OSError):
+        names = {m[1] for p in folder.iterdir() if (m := _SHARD_FILE.match(p.name))}
+    found: dict[str, dict[str, Any]] = {}
+    for name in sorted(names, key=lambda n: tuple(int(x) for x in n[1:].split("of"))[::-1]):
+        note: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            note = json.loads((folder / f"last_run-{name}.json").read_text(encoding="utf-8"))
+        found[name] = {
+            "running": _held(folder / f".lock-{name}"),
+            "exit_code": note.get("exit_code"),
+            "ok": note.get("ok"),
+            "failed": note.get("failed"),
+            "run_id": note.get("run_id"),
+        }
+    return found
+
+
+def _held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _n(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def read_status(job: Job) -> Status:
-    """The status of ``job``'s output folder (blocking)."""
+    """The status of ``job``'s output folder (blocking); with ``job.shard``, of that shard's keys."""
     latest = scan_latest(job.output_dir)
-    expected = _expected(job)
+    expected = None if job.shard.sharded else _expected(job)  # a shard's share is known only by planning
+    shards = read_shards(job.output_dir)
+    if latest is not None and job.shard.sharded:
+        latest = latest.filter(short_keys(pl.col("request_key")) % job.shard.count == job.shard.index)
     if latest is None:
-        return Status(job.name, str(job.output_dir), {}, expected)
+        return Status(job.name, str(job.output_dir), {}, expected, shards)
     frame = latest.select(COLUMNS).with_columns(pl.col("endpoint").fill_null(job.endpoint.name))
     failed = pl.col("status") == "failed"
     summary = (
@@ -143,7 +205,7 @@ def read_status(job: Job) -> Status:
     for endpoint in job.endpoints or (job.endpoint,):  # an endpoint with nothing recorded yet
         if endpoint.name not in endpoints and expected is not None:
             endpoints[endpoint.name] = _nothing(expected)
-    return Status(job.name, str(job.output_dir), endpoints, expected)
+    return Status(job.name, str(job.output_dir), endpoints, expected, shards)
 
 
 def _nothing(expected: int) -> dict[str, Any]:

@@ -175,6 +175,10 @@ def test_fold_leaves_other_shards_alone(tmp_path: Path) -> None:
     other.add(result(1))
     assert fold_journals(tmp_path).journals == 0
     assert len(segments(tmp_path)) == 1
+    # a run alone in the folder folds every shard's journals, each into a part of its own shard
+    assert fold_journals(tmp_path, shard=None).rows == 1
+    assert [p.name for p in (tmp_path / MANIFEST_DIR).iterdir()] == [part_name(RUN, "s1of2", 0)]
+    assert not segments(tmp_path)
 
 
 def test_readers_see_journal_rows_as_they_see_parts(tmp_path: Path) -> None:

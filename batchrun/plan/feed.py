@@ -29,6 +29,7 @@ import polars as pl
 
 from ..log import event
 from ..models import Request
+from ..shard import Shard
 from ..spec import Job
 from .keyindex import PART_ENTRIES, PlanIndex
 from .planner import Planner
@@ -51,6 +52,7 @@ class Feed:
         self.unseeded = 0
         self.asked = 0
         self.limit: int | None = None  # ``--limit``: only the first rows (keyed as in the whole job)
+        self.shard = Shard()  # ``--shard K/N``: every row is planned, only this shard's keys are sent
         planner.journal = [] if index.noting else None
 
     @classmethod
@@ -60,6 +62,7 @@ class Feed:
         ok keys read as a column and not in the planner's done keys; those that no covered row
         asks for join them. Blocking: call it in a thread."""
         feed = cls(planner, PlanIndex.open(job, note=note))
+        feed.shard = job.shard
         if not feed.index.covered:
             if ok is not None:
                 planner.done_keys.add_read(ok)
@@ -113,7 +116,19 @@ class Feed:
             self.unseeded = 0
 
     def requests(self, start: int, frame: pl.DataFrame) -> Iterator[Request]:
-        """The requests for the ``frame`` of input rows that begins at row ``start``."""
+        """The requests for the ``frame`` of input rows that begins at row ``start`` (this shard's)."""
+        if not self.shard.sharded:
+            yield from self._requests(start, frame)
+            return
+        counts = self.planner.counts
+        for request in self._requests(start, frame):
+            if self.shard.owns(request.key):
+                yield request
+            else:
+                counts.todo -= 1
+                counts.other_shards += 1
+
+    def _requests(self, start: int, frame: pl.DataFrame) -> Iterator[Request]:
         end = start + frame.height
         if start < self.covered:
             first = bisect.bisect_left(self.todo_rows, start)

@@ -1,7 +1,8 @@
 """The plan index: the request keys an earlier run computed, row by row, so that a resumed run
 over the same input and the same job need not render every row again to find what is done.
 
-It is kept in ``<output>/plan-index/`` (each of several endpoints its own, ``plan-index/<name>/``):
+It is kept in ``<output>/plan-index/`` (each of several endpoints its own, ``plan-index/<name>/``; each
+shard its own below that, ``s<K>of<N>/``):
 a ``fingerprint`` of the job (templates, URL, model, samples, dedupe, prompt policy) and of
 the input files (path, size, mtime, inode, and a digest of
 their first and last 64 KiB), and parts ``part-<first row>-<end row>.parquet`` covering
@@ -115,6 +116,8 @@ class PlanIndex:
         folder = job.output_dir / INDEX_DIR
         if job.several:  # each endpoint plans the rows on its own, and keeps its own index
             folder = folder / job.endpoint.name
+        if job.shard.sharded:  # shards run side by side: each writes an index of its own (of every row)
+            folder = folder / job.shard.name
         try:
             index = cls(folder, fingerprint(job), noting=note)
         except OSError:

@@ -37,6 +37,7 @@ class PlanCounts:
     done_failed: int = 0  # of which failed for good in an earlier run
     skipped: int = 0  # rows with an empty prompt, when the job says to skip them
     todo: int = 0
+    other_shards: int = 0  # to do, but keyed into another shard's part (``--shard K/N``)
     off_limits: int = 0  # requests refused, unsent: their URL's origin is not one the job allows
     first_off_limits: str | None = None  # the first of them: its row and why
 

@@ -12,8 +12,16 @@ from ..sink.files import write_atomic
 LAST_RUN = "last_run.json"
 
 
-def note_last_run(output_dir: Path, fields: dict[str, Any]) -> None:
-    """Best effort: a run that cannot write it still exits as it would (the report says 'not recorded')."""
+def shard_note_name(shard: str) -> str:
+    """Each shard's own last run (``status`` reads them to say which shards finished)."""
+    return f"last_run-{shard}.json"
+
+
+def note_last_run(output_dir: Path, fields: dict[str, Any], *, shard: str | None = None) -> None:
+    """Best effort: a run that cannot write it still exits as it would (the report says 'not recorded').
+    A shard's run writes its own note too."""
     text = json.dumps(fields, ensure_ascii=False, default=str)
     with contextlib.suppress(OSError):
         write_atomic(output_dir / LAST_RUN, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        if shard is not None:
+            write_atomic(output_dir / shard_note_name(shard), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -27,19 +27,20 @@ class Folded:
     dropped: int = 0  # ok image rows whose file is not there (sent again)
 
 
-def fold_journals(output_dir: Path, *, shard: str = "s0of1") -> Folded:
-    """Fold every journal of ``shard`` into parts and remove it (blocking; hold the lock)."""
-    groups: dict[str, list[Segment]] = defaultdict(list)
+def fold_journals(output_dir: Path, *, shard: str | None = "s0of1") -> Folded:
+    """Fold every journal of ``shard`` (None: of every shard, when no other run can be writing one)
+    into parts and remove it (blocking; hold the lock)."""
+    groups: dict[tuple[str, str], list[Segment]] = defaultdict(list)
     for segment in segments(output_dir):
-        if segment.shard == shard:
-            groups[segment.run_id].append(segment)
+        if shard is None or segment.shard == shard:
+            groups[segment.run_id, segment.shard].append(segment)
     journals = rows = dropped = 0
-    for run_id, found in groups.items():
+    for (run_id, of_shard), found in groups.items():
         frames = [
             manifest_frame(r.results, endpoint=r.endpoint, run_id=r.run_id) for r in read_records(output_dir, found)
         ]
         if frames:
-            written, missing = _fold_run(output_dir, run_id, shard, pl.concat(frames))
+            written, missing = _fold_run(output_dir, run_id, of_shard, pl.concat(frames))
             rows, dropped = rows + written, dropped + missing
         for segment in found:
             segment.path.unlink(missing_ok=True)
