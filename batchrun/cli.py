@@ -124,6 +124,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     export.add_argument(
         "--wide", action="store_true", help="one row per input row x sample, each endpoint's results side by side"
     )
+    export.add_argument(
+        "--embed-images", action="store_true", help="with --to FOLDER: Parquet shards with the images inside (Hub)"
+    )
 
     status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
     status.add_argument("target", help="an output folder written by a run, or the job file")
@@ -186,6 +189,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .export import export_imagefolder, export_table, job_for
 
         job = job_for(args.target)
+        if args.embed_images:
+            from .hub import export_hub_command
+
+            return export_hub_command(job, args)
         if args.imagefolder:
             path, n = export_imagefolder(job, args.format)
             print(f"wrote {path}: {n} images; load with datasets.load_dataset('imagefolder', data_dir='{path.parent}')")
