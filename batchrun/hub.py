@@ -29,6 +29,7 @@ from .spec import Job
 SHARD_BYTES = 500 * 1024 * 1024  # the Hub's advice for Parquet files: up to ~500 MB each
 ROW_GROUP_ROWS = 100  # the Hub's viewer reads a row group at a time; it advises ~100 rows for images
 SHARD_NAME = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
+TEMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"train-\d{5}\.parquet")
 IMAGE_FEATURE = {"_type": "Image"}
 DROPPED = [  # chat answers and error details: empty on the ok image rows exported here
     "status",
@@ -69,21 +70,22 @@ def export_hub(job: Job, folder: Path, *, shard_bytes: int = SHARD_BYTES) -> tup
     try:
         make_folder(folder)
         temps = _write_shards(job, frame, folder, shard_bytes)
+        shards = [folder / f"train-{i:05d}-of-{len(temps):05d}.parquet" for i in range(len(temps))]
+        for temp, shard in zip(temps, shards, strict=True):
+            temp.replace(shard)
+        for old in folder.iterdir():  # an earlier export's shards, and a killed one's temp files
+            if (SHARD_NAME.fullmatch(old.name) and old not in shards) or TEMP_NAME.fullmatch(old.name):
+                old.unlink()
     except OSError as exc:
         raise JobError(f"cannot write {folder}: {exc.strerror or exc}") from None
-    count = len(temps)
-    shards = [folder / f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
-    for old in folder.iterdir():
-        if SHARD_NAME.fullmatch(old.name) and old not in shards:
-            old.unlink()
-    for temp, shard in zip(temps, shards, strict=True):
-        temp.replace(shard)
     return shards, frame.height
 
 
 def _image_rows(job: Job) -> pl.DataFrame:
     """The imagefolder export's rows (ok, with an image), joined to their input rows the same way."""
     frame = results(job).filter((pl.col("status") == "ok") & pl.col("image_path").is_not_null())
+    if "image" in frame.columns:  # an input column of that name: kept beside the image, as export keeps clashes
+        frame = frame.rename({"image": "input_image"})
     if "endpoint" not in frame.columns:
         frame = frame.with_columns(pl.lit(job.endpoint.name, dtype=pl.String).alias("endpoint"))
     return frame.select(pl.col("image_path").alias("image"), pl.exclude(DROPPED))

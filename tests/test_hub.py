@@ -39,9 +39,10 @@ def offline_hf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def run_images(write_job: JobWriter, n: int) -> Path:
-    """``n`` prompts x 2 samples against the in-process simulator; the prompt 'style 5' fails."""
+    """``n`` prompts x 2 samples against the in-process simulator; the prompt 'style 5' fails. The
+    input has a column named ``image`` too."""
     job_path = write_job(
-        rows=[{"id": i, "prompt": f"a cat, style {i}", "negative": "blurry"} for i in range(n)],
+        rows=[{"id": i, "prompt": f"a cat, style {i}", "negative": "blurry", "image": f"ref {i}"} for i in range(n)],
         preset="hf-text-to-image",
         endpoint='base_url = "http://sim.test/"\nmodel = "black-forest-labs/FLUX.1-dev"',
         request=HF_REQUEST,
@@ -78,6 +79,7 @@ def test_shards_load_with_images_decoded(
     assert isinstance(ds.features["image"], datasets.Image)
     assert {"prompt", "negative", "id", "seed", "sample", "endpoint", "request_key"} <= set(ds.column_names)
     assert "style 5" not in " ".join(ds["prompt"])
+    assert [f"ref {i}" for i in ds["id"]] == ds["input_image"]  # the input's own image column, renamed
     assert set(ds["endpoint"]) == {job.endpoint.name}
     manifest = {r["request_key"]: r for r in read_manifest(out).iter_rows(named=True)}
     for row in ds:
@@ -112,8 +114,9 @@ def test_a_small_shard_limit_gives_several_shards_and_replaces_old_ones(write_jo
     assert ds.num_rows == 14 and len(set(ds["request_key"])) == 14
     assert ds[13]["image"].size == (48, 32)
 
+    (hub / ".tmp-train-00003.parquet").write_bytes(b"left by a killed export")
     shards, n = export_hub(job, hub)  # one shard now: the earlier ones go
-    assert [p.name for p in hub.iterdir()] == ["train-00000-of-00001.parquet"] and n == 14
+    assert [p.name for p in hub.iterdir()] == ["train-00000-of-00001.parquet"] and (n, len(shards)) == (14, 1)
     assert load(hub).num_rows == 14
 
 
