@@ -15,7 +15,7 @@ import anyio
 
 from . import __version__
 from .durations import parse_duration
-from .errors import BatchrunError, ExitCode, StoppedError, exit_codes_help
+from .errors import BatchrunError, ExitCode, JobError, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
 from .owner import check_owner
@@ -117,15 +117,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--format",
-        choices=["parquet", "jsonl", "openai-batch"],
+        choices=["parquet", "jsonl", "openai-batch", "webdataset"],
         default="parquet",
-        help="imagefolder metadata; openai-batch: --to FILE is the Batch API's output file",
+        help="imagefolder metadata; openai-batch: --to FILE is the Batch API's output file; --embed-images shards",
     )
     export.add_argument(
         "--wide", action="store_true", help="one row per input row x sample, each endpoint's results side by side"
     )
     export.add_argument(
-        "--embed-images", action="store_true", help="with --to FOLDER: Parquet shards with the images inside (Hub)"
+        "--embed-images",
+        action="store_true",
+        help="with --to FOLDER: Parquet (or webdataset) shards with the images inside (Hub)",
     )
 
     status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
@@ -189,6 +191,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .export import export_imagefolder, export_table, job_for
 
         job = job_for(args.target)
+        if args.format == "webdataset" and not args.embed_images:
+            raise JobError("--format webdataset goes with --embed-images --to FOLDER")
         if args.embed_images:
             from .hub import export_hub_command
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from .spec import Job
 
 SHARD_BYTES = 500 * 1024 * 1024  # the Hub's advice for Parquet files: up to ~500 MB each
 ROW_GROUP_ROWS = 100  # the Hub's viewer reads a row group at a time; it advises ~100 rows for images
-SHARD_NAME = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
-TEMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"train-\d{5}\.parquet")
+SHARD_NAME = re.compile(r"train-\d{5}-of-\d{5}\.(parquet|tar)")
+TEMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"train-\d{5}\.(parquet|tar)")
+TAR_HEADERS = 3 * 512  # a member's header and padding, twice a sample, in the shard size
 IMAGE_FEATURE = {"_type": "Image"}
 DROPPED = [  # chat answers and error details: empty on the ok image rows exported here
     "status",
@@ -47,30 +50,35 @@ DROPPED = [  # chat answers and error details: empty on the ok image rows export
 def export_hub_command(job: Job, args: argparse.Namespace) -> int:
     """``export --embed-images --to FOLDER``: the options that go with it, then the shards."""
     if args.to is None:
-        raise JobError("--embed-images writes Parquet shards into a folder: give it with --to FOLDER")
-    if args.format != "parquet" or args.wide:
-        raise JobError("--embed-images writes Parquet, one row per image: leave out --format and --wide")
-    shards, n = export_hub(job, Path(args.to))
-    print(f"wrote {len(shards)} Parquet file(s) to {args.to}: {n} images; load with")
-    print(f"  datasets.load_dataset('parquet', data_files='{Path(args.to) / 'train-*.parquet'}')")
+        raise JobError("--embed-images writes shards into a folder: give it with --to FOLDER")
+    if args.format not in ("parquet", "webdataset") or args.wide:
+        raise JobError("--embed-images writes one row per image: --format parquet or webdataset, without --wide")
+    shards, n = export_hub(job, Path(args.to), fmt=args.format)
+    loader, ext = ("parquet", "parquet") if args.format == "parquet" else ("webdataset", "tar")
+    print(f"wrote {len(shards)} {args.format} file(s) to {args.to}: {n} images; load with")
+    print(f"  datasets.load_dataset('{loader}', data_files='{Path(args.to) / f'train-*.{ext}'}')")
     return 0
 
 
-def export_hub(job: Job, folder: Path, *, shard_bytes: int = SHARD_BYTES) -> tuple[list[Path], int]:
-    """Write ``folder/train-0000i-of-0000N.parquet``: one row per ok image, its bytes embedded, with
-    every input column, ``endpoint``, ``sample`` and ``seed``. Shards from an earlier export there are
-    replaced (a loader given ``folder/*.parquet`` would otherwise read both)."""
-    if importlib.util.find_spec("pyarrow") is None:
+def export_hub(
+    job: Job, folder: Path, *, fmt: str = "parquet", shard_bytes: int = SHARD_BYTES
+) -> tuple[list[Path], int]:
+    """Write ``folder/train-0000i-of-0000N.parquet`` (or ``.tar``, WebDataset): one row per ok image,
+    its bytes embedded, with every input column, ``endpoint``, ``sample`` and ``seed``. Shards from an
+    earlier export there are replaced (a loader given the folder would otherwise read both)."""
+    ext = "parquet" if fmt == "parquet" else "tar"
+    if ext == "parquet" and importlib.util.find_spec("pyarrow") is None:
         raise JobError("--embed-images needs pyarrow: pip install 'batchrun[hub]'")
-    if clash := _input_clash(job, folder / "train-00000-of-00001.parquet"):
+    if clash := _input_clash(job, folder / f"train-00000-of-00001.{ext}"):
         raise JobError(clash)
     frame = _image_rows(job)
     if frame.height == 0:
         raise InputError(f"no images in {job.output_dir}: nothing to export")
+    write = _write_parquet if ext == "parquet" else _write_tars
     try:
         make_folder(folder)
-        temps = _write_shards(job, frame, folder, shard_bytes)
-        shards = [folder / f"train-{i:05d}-of-{len(temps):05d}.parquet" for i in range(len(temps))]
+        temps = write(job, frame, folder, shard_bytes)
+        shards = [folder / f"train-{i:05d}-of-{len(temps):05d}.{ext}" for i in range(len(temps))]
         for temp, shard in zip(temps, shards, strict=True):
             temp.replace(shard)
         for old in folder.iterdir():  # an earlier export's shards, and a killed one's temp files
@@ -91,7 +99,7 @@ def _image_rows(job: Job) -> pl.DataFrame:
     return frame.select(pl.col("image_path").alias("image"), pl.exclude(DROPPED))
 
 
-def _write_shards(job: Job, frame: pl.DataFrame, folder: Path, shard_bytes: int) -> list[Path]:
+def _write_parquet(job: Job, frame: pl.DataFrame, folder: Path, shard_bytes: int) -> list[Path]:
     """Temp shard files in order; a shard is closed before the next row group would take it past
     ``shard_bytes`` of images (a single larger group gets a shard of its own)."""
     import pyarrow.parquet as pq
@@ -126,16 +134,12 @@ def _row_groups(job: Job, frame: pl.DataFrame, shard_bytes: int) -> Iterator[tup
     bytes; a group ends early rather than grow past ``shard_bytes``."""
     import pyarrow as pa
 
-    images_dir = (job.output_dir / IMAGES_DIR).resolve()
     start = 0
     while start < frame.height:
         images: list[bytes] = []
         size = 0
         for image_path in frame["image"].slice(start, ROW_GROUP_ROWS):
-            path = (job.output_dir / image_path).resolve()
-            if not path.is_relative_to(images_dir):
-                raise InputError(f"the manifest names an image outside {images_dir}: {image_path}")
-            data = path.read_bytes()
+            data = _read_image(job, image_path)
             if images and size + len(data) > shard_bytes:
                 break
             images.append(data)
@@ -155,3 +159,52 @@ def _metadata() -> dict[str, str]:
     """The ``huggingface`` schema metadata that ``datasets`` reads its features from. Only the image
     is named: every other column's feature follows from its Arrow type."""
     return {"huggingface": json.dumps({"info": {"features": {"image": IMAGE_FEATURE}}})}
+
+
+def _write_tars(job: Job, frame: pl.DataFrame, folder: Path, shard_bytes: int) -> list[Path]:
+    """WebDataset shards: per image ``<request_key>.<ext>`` and ``<request_key>.json`` (the other
+    columns), one image at a time; a shard is closed before the next sample would take it past
+    ``shard_bytes``. The loader wants the same fields in every sample: one image type."""
+    suffixes = sorted({Path(name).suffix for name in frame["image"]})
+    if len(suffixes) > 1:
+        raise InputError(f"WebDataset wants one image type, {job.output_dir} has {', '.join(suffixes)}: use parquet")
+    temps: list[Path] = []
+    archive: tarfile.TarFile | None = None
+    written = 0
+    try:
+        for row in frame.iter_rows(named=True):
+            data = _read_image(job, row["image"])
+            key = row["request_key"]
+            meta = {name: value for name, value in row.items() if name != "image"}
+            text = json.dumps(meta, ensure_ascii=False, default=str).encode()
+            size = len(data) + len(text) + TAR_HEADERS
+            if archive is not None and written + size > shard_bytes:
+                archive.close()
+                archive = None
+            if archive is None:
+                temps.append(folder / f"{TMP_PREFIX}train-{len(temps):05d}.tar")
+                archive = tarfile.open(temps[-1], "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 (spans rows)
+                written = 0
+            for name, body in ((f"{key}{suffixes[0]}", data), (f"{key}.json", text)):
+                member = tarfile.TarInfo(name)
+                member.size, member.mode = len(body), 0o644
+                archive.addfile(member, io.BytesIO(body))
+            written += size
+        if archive is not None:
+            archive.close()
+    except BaseException:
+        if archive is not None:
+            archive.close()
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        raise
+    return temps
+
+
+def _read_image(job: Job, image_path: str) -> bytes:
+    """An image the manifest names; only from the output folder's ``images/``."""
+    images_dir = (job.output_dir / IMAGES_DIR).resolve()
+    path = (job.output_dir / image_path).resolve()
+    if not path.is_relative_to(images_dir):
+        raise InputError(f"the manifest names an image outside {images_dir}: {image_path}")
+    return path.read_bytes()

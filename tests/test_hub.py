@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -127,5 +128,34 @@ def test_embed_images_wants_a_folder_and_images(
     assert main(["export", str(out), "--embed-images", "--imagefolder"]) == 2
     assert "--to FOLDER" in capsys.readouterr().err
     assert main(["export", str(out), "--embed-images", "--to", str(tmp_path / "h"), "--format", "jsonl"]) == 2
-    assert "writes Parquet" in capsys.readouterr().err
+    assert "--format parquet or webdataset" in capsys.readouterr().err
     assert not (tmp_path / "h").exists()
+
+
+def test_webdataset_shards_load_with_images_decoded(
+    write_job: JobWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = load_job(run_images(write_job, 6))
+    out, hub = job.output_dir, tmp_path / "wds"
+    assert main(["export", str(out), "--embed-images", "--to", str(hub), "--format", "webdataset"]) == 0
+    assert "10 images" in capsys.readouterr().out
+    with tarfile.open(hub / "train-00000-of-00001.tar") as archive:
+        names = archive.getnames()
+    assert len(names) == 20 and names[0].endswith(".png") and names[1] == names[0].replace(".png", ".json")
+    ds = datasets.load_dataset("webdataset", data_files=[str(hub / "train-00000-of-00001.tar")], split="train")
+    assert ds.num_rows == 10 and isinstance(ds.features["png"], datasets.Image)
+    manifest = {r["request_key"]: r for r in read_manifest(out).iter_rows(named=True)}
+    for row in ds:
+        meta = row["json"]
+        assert row["__key__"] == meta["request_key"] and meta["seed"] == manifest[meta["request_key"]]["seed"]
+        expected = render_image(meta["prompt"], seed=meta["seed"], width=48, height=32)
+        assert row["png"].size == (48, 32) and row["png"].tobytes() == Image.open(io.BytesIO(expected)).tobytes()
+        assert meta["input_image"] == f"ref {meta['id']}" and meta["endpoint"] == job.endpoint.name
+
+    sizes = read_manifest(out).filter(pl.col("status") == "ok")["image_bytes"]
+    shards, n = export_hub(job, hub, fmt="webdataset", shard_bytes=2 * int(sizes.max()) + 4096)
+    assert n == 10 and len(shards) >= 4 and sorted(p.name for p in hub.iterdir()) == [p.name for p in shards]
+    files = [str(p) for p in shards]
+    assert datasets.load_dataset("webdataset", data_files=files, split="train").num_rows == 10
+    assert main(["export", str(out), "--imagefolder", "--format", "webdataset"]) == 2
+    assert "goes with --embed-images" in capsys.readouterr().err
