@@ -6,6 +6,7 @@ decode it: ``Features.from_arrow_schema`` takes a feature from that metadata onl
 Arrow type is exactly the feature's, so the struct must hold ``binary``/``string``, not the large types
 polars writes. Hence pyarrow (the ``hub`` extra, already there wherever ``datasets`` is), whose
 ``ParquetWriter`` also appends row groups one at a time: at most one row group of images is in memory.
+WebDataset tar shards are the other form ``datasets`` and the Hub read; the stdlib writes them.
 """
 
 from __future__ import annotations
@@ -207,4 +208,7 @@ def _read_image(job: Job, image_path: str) -> bytes:
     path = (job.output_dir / image_path).resolve()
     if not path.is_relative_to(images_dir):
         raise InputError(f"the manifest names an image outside {images_dir}: {image_path}")
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}, an image the manifest names: {exc.strerror or exc}") from None

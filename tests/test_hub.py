@@ -159,3 +159,8 @@ def test_webdataset_shards_load_with_images_decoded(
     assert datasets.load_dataset("webdataset", data_files=files, split="train").num_rows == 10
     assert main(["export", str(out), "--imagefolder", "--format", "webdataset"]) == 2
     assert "goes with --embed-images" in capsys.readouterr().err
+    gone = next(out.glob("images/*/*.png"))
+    gone.unlink()
+    assert main(["export", str(out), "--embed-images", "--to", str(tmp_path / "h")]) == 2
+    assert f"cannot read {gone}" in capsys.readouterr().err
+    assert not list((tmp_path / "h").iterdir())  # no shard, no temp file left
