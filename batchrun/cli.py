@@ -155,12 +155,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--format",
-        choices=["parquet", "jsonl", "openai-batch"],
+        choices=["parquet", "jsonl", "openai-batch", "webdataset"],
         default="parquet",
-        help="imagefolder metadata; openai-batch: --to FILE is the Batch API's output file",
+        help="imagefolder metadata; openai-batch: --to FILE is the Batch API's output file; --embed-images shards",
     )
     export.add_argument(
         "--wide", action="store_true", help="one row per input row x sample, each endpoint's results side by side"
+    )
+    export.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="with --to FOLDER: Parquet (or webdataset) shards with the images inside (Hub)",
     )
 
     status = sub.add_parser("status", help="what a run made, per endpoint: counts, errors, latency, tokens, cost")
@@ -225,6 +230,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .export import export_imagefolder, export_table, job_for
 
         job = job_for(args.target)
+        if args.format == "webdataset" and not args.embed_images:
+            raise JobError("--format webdataset goes with --embed-images --to FOLDER")
+        if args.embed_images:
+            from .hub import export_hub_command
+
+            return export_hub_command(job, args)
         if args.imagefolder:
             path, n = export_imagefolder(job, args.format)
             print(f"wrote {path}: {n} images; load with datasets.load_dataset('imagefolder', data_dir='{path.parent}')")
