@@ -13,7 +13,9 @@ import pytest
 from helpers import ScriptedEndpoint, chat_reply, questions, read_manifest, write_table
 
 from batchrun.dispatch.pushback import Kind, read_pushback
-from batchrun.errors import ExitCode, JobError, SpecError
+from batchrun.dispatch.wake import Waker
+from batchrun.errors import ExitCode, FatalError, JobError, SpecError
+from batchrun.hfapi import EndpointState
 from batchrun.runner import RunSummary, run_job
 from batchrun.simulator import FaultPlan, Simulator, create_app, serve
 from batchrun.simulator.cli import plan_from_args
@@ -227,3 +229,66 @@ def test_the_simulators_cold_start_option() -> None:
     plan = plan_from_args(parser.parse_args(["--cold-start", "40s", "--no-manage-rights"]))
     assert (plan.endpoint_state, plan.cold_start_s, plan.manage_rights) == ("scaledToZero", 40.0, False)
     assert plan_from_args(parser.parse_args([])).endpoint_state == "running"
+
+
+class FakeManager:
+    """The management API as a list of states: each read takes the next (the last one stays)."""
+
+    def __init__(self, *states: str) -> None:
+        self.states = list(states)
+        self.calls: list[str] = []
+
+    def _next(self, call: str) -> EndpointState:
+        self.calls.append(call)
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return EndpointState(state, "https://xyz.endpoints.huggingface.cloud")
+
+    def get(self) -> EndpointState:
+        return self._next("get")
+
+    def resume(self) -> EndpointState:
+        return self._next("resume")
+
+    def pause(self) -> EndpointState:
+        return self._next("pause")
+
+
+async def test_the_progress_line_says_what_the_waking_endpoint_does() -> None:
+    now = [0.0]
+    said: list[str] = []
+    manager = FakeManager("paused", "pending", "initializing", "initializing", "running")
+
+    async def sleep(seconds: float) -> None:
+        said.append(waker.describe())
+        now[0] += seconds
+
+    waker = Waker("org/llm", 600, manager, pause_after=True, sleep=sleep, clock=lambda: now[0])
+    assert await waker.enter()
+    await waker.prepare()
+    assert manager.calls == ["get", "resume", "get", "get", "get"]
+    assert said == [
+        "waking endpoint org/llm (pending, 0 s)",
+        "waking endpoint org/llm (initializing, 1 s)",
+        "waking endpoint org/llm (initializing, 3 s)",
+    ]
+    waker.answered()
+    waker.leave()
+    assert waker.warm and waker.describe() == ""
+    assert not await waker.enter()  # warm: no prober any more
+    await waker.close()
+    assert manager.calls[-1] == "pause"
+
+
+async def test_the_wake_timeout_covers_the_management_wait() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    waker = Waker("org/llm", 10, FakeManager("scaledToZero", "initializing"), sleep=sleep, clock=lambda: now[0])
+    assert await waker.enter()
+    with pytest.raises(FatalError, match=r"org/llm did not wake within 10s \(still initializing"):
+        await waker.prepare()
+    waker.leave()
+    with pytest.raises(FatalError):  # the others, waiting at the gate, stop too
+        await waker.enter()
