@@ -193,7 +193,7 @@ class Caller:
         """``_send`` while the endpoint may be asleep: one request at a time probes it (after waking
         it through the management API), the others wait at the gate until it has answered. The
         prober's cold-start 503s are sent again after a wait, in the same attempt."""
-        if not await waker.enter():
+        if not await self._at_gate(waker):
             return await self._send(request)  # awake by now
         try:
             await waker.prepare()
@@ -212,6 +212,20 @@ class Caller:
                 return answer
         finally:
             waker.leave()
+
+    async def _at_gate(self, waker: Waker) -> bool:
+        """``waker.enter()`` without a place in flight: nothing is sent while waiting there."""
+        slot = _SLOT.get(None)
+        if slot is None or not slot.held:
+            return await waker.enter()
+        probing = False
+
+        async def enter(_: float) -> None:
+            nonlocal probing
+            probing = await waker.enter()
+
+        await slot.away(enter, 0.0)
+        return probing
 
     def slot(self) -> _Slot | nullcontext[float]:
         """``async with caller.slot():`` around a request and the recording of its result: its place

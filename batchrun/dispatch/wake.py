@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..spec import Endpoint
 
 POLL_S = (1.0, 5.0)  # the state is read after 1 s, then 2, 3, 4, and every 5 s (huggingface_hub's wait: 5)
-PROBE_S = (0.5, 10.0)  # a cold prober waits 0.5 s, doubling up to 10 s, unless the 503 says how long
+PROBE_S = (0.5, 5.0)  # a cold prober waits 0.5 s, doubling up to 5 s (as POLL_S), unless the 503 says how long
 
 
 class ColdStart(Exception):
@@ -151,7 +151,7 @@ class Waker:
 
     async def cold(self, retry_after: float | None) -> None:
         """The prober got a 503 while the endpoint is starting: wait (``Retry-After`` if it says, else
-        0.5 s doubling to 10 s), or stop the job once ``wake_timeout`` is spent."""
+        0.5 s doubling to 5 s), or stop the job once ``wake_timeout`` is spent."""
         self._start()
         self.cold_answers += 1
         self.phase = "initializing"
