@@ -201,7 +201,7 @@ class Caller:
                 try:
                     answer = await self._send(request)
                 except ColdStart as cold:
-                    # it keeps its place in flight: the others wait at the gate holding theirs
+                    # it keeps its place in flight: the one request the endpoint is asked while cold
                     await waker.cold(cold.retry_after)
                     continue
                 except RequestError as exc:
