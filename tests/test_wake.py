@@ -292,3 +292,18 @@ async def test_the_wake_timeout_covers_the_management_wait() -> None:
     waker.leave()
     with pytest.raises(FatalError):  # the others, waiting at the gate, stop too
         await waker.enter()
+
+
+async def test_a_running_endpoint_is_not_said_to_wake_and_another_url_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="batchrun")
+    manager = FakeManager("running")
+    waker = Waker("org/llm", 600, manager, url="https://other.example/v1/chat/completions")
+    assert await waker.enter()
+    await waker.prepare()
+    assert manager.calls == ["get"]
+    assert waker.describe() == ""
+    assert "is at https://xyz.endpoints.huggingface.cloud, the job sends to https://other.example" in caplog.text
+    await waker.close()  # pause_after not asked for
+    assert manager.calls == ["get"]

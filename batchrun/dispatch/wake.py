@@ -146,7 +146,8 @@ class Waker:
                 raise self._stop(f"no Inference Endpoint {self.label} (HTTP 404 from the management API)") from None
             self._fall_back(f"{'no right' if exc.no_rights else 'unable'} to manage it ({exc})")
             return
-        self.phase = RUNNING
+        # running when first asked: nothing to say while its first request is on the way
+        self.phase = RUNNING if self.resumes or self.phase else ""
         self._compare_url(state.url)
 
     async def cold(self, retry_after: float | None) -> None:
