@@ -10,6 +10,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TextIO
@@ -26,8 +27,10 @@ from .dispatch.limits import CoolDown, Sleep, TokenBudget
 from .dispatch.pool import HANDOFF, Call, Pool
 from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
+from .dispatch.wake import make_waker, scale_up_header
 from .errors import ExitCode, JobError
 from .export import remember_job
+from .hfapi import require_installed
 from .log import event
 from .models import Request, Result
 from .owner import JOB_POINTER
@@ -112,6 +115,8 @@ async def run_job(
 ) -> RunSummary:
     """Run ``job`` to the end, or until a signal, the deadline or a fatal error stops it."""
     started = time.monotonic()
+    if any(e.wake is not None and e.wake.hf_endpoint for e in job.endpoints or (job.endpoint,)):
+        require_installed(str(job.path))
     table, total_rows = await anyio.to_thread.run_sync(open_input, job)
     if limit is not None:
         total_rows = min(total_rows, limit)
@@ -158,6 +163,8 @@ async def run_job(
             for lane in lanes:
                 sender = await senders.enter_async_context(_sender(lane, _lane_transport(lane, transport, simulator)))
                 callers.append(_caller(lane, sender, sleep))
+                if (waker := callers[-1].waker) is not None:  # pause_after: however the run ends
+                    senders.push_async_callback(waker.close)
             budget = Budget(job.max_cost, lambda: pools.stop(f"the budget of ${job.max_cost:g} is reached", grace_s))
             calls = [
                 _in_flight(
@@ -289,9 +296,11 @@ def _in_flight(caller: Caller, call: Call) -> Call:
 
 
 def _sender(job: Job, transport: httpx.AsyncBaseTransport | None) -> Sender:
-    return make_sender(
-        job.endpoint, concurrency=job.limits.concurrency, timeout_s=job.limits.timeout_s, transport=transport
-    )
+    endpoint = job.endpoint
+    if wake := scale_up_header(endpoint, job.limits.timeout_s):
+        endpoint = replace(endpoint, headers={**endpoint.headers, **wake})
+    limits = job.limits
+    return make_sender(endpoint, concurrency=limits.concurrency, timeout_s=limits.timeout_s, transport=transport)
 
 
 def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
@@ -306,4 +315,5 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         cooldown=CoolDown(),
         sleep=sleep,
         secrets=job.endpoint.secrets(),
+        waker=make_waker(job.endpoint, sleep),
     )

@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 import urllib.parse
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .durations import parse_duration
 from .endpoints.format import WireFormat
 from .endpoints.registry import wire_format
 from .errors import SpecError
@@ -68,6 +70,11 @@ class EndpointSection(_Strict):
     client_key_password_env: str | None = None
     proxy: str | None = None
     price: PriceSection | None = None
+    # a Hugging Face Inference Endpoint that may be asleep (README "Scaled-to-zero endpoints")
+    hf_endpoint: str | None = None  # "namespace/name": woken through the management API
+    pause_after: bool = False
+    wake_timeout: float | str | None = None  # seconds or "10m"; the default with hf_endpoint: 10 minutes
+    hf_api_url: str | None = None  # the management API root, default huggingface_hub's
 
 
 class EndpointLimits(_Strict):
@@ -185,6 +192,48 @@ class Network:
 
 
 @dataclass(frozen=True, slots=True)
+class Wake:
+    """An endpoint that may be asleep: woken through the management API when ``hf_endpoint`` names
+    it, else by its answers (503s before the first answer are its cold start), within ``timeout_s``."""
+
+    hf_endpoint: str | None
+    timeout_s: float = 600.0
+    pause_after: bool = False
+    api_url: str | None = None  # None: huggingface_hub's (hfapi.MANAGEMENT_API)
+
+
+HF_ENDPOINT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _wake(ep: EndpointSection, where: str) -> Wake | None:
+    """``hf_endpoint``, ``pause_after``, ``wake_timeout`` and ``hf_api_url`` checked together."""
+    if ep.hf_endpoint is None:
+        for name in ("pause_after", "hf_api_url"):
+            if getattr(ep, name):
+                raise SpecError(where, f"endpoint.{name}", "needs hf_endpoint (the endpoint's namespace/name)")
+        if ep.wake_timeout is None:
+            return None
+    elif not HF_ENDPOINT_RE.match(ep.hf_endpoint):
+        raise SpecError(where, "endpoint.hf_endpoint", f"{ep.hf_endpoint!r}: give namespace/name, e.g. 'my-org/my-llm'")
+    timeout = 600.0
+    if ep.wake_timeout is not None:
+        try:
+            timeout = parse_duration(str(ep.wake_timeout))
+        except ArgumentTypeError as exc:
+            raise SpecError(where, "endpoint.wake_timeout", str(exc)) from None
+        if timeout <= 0:
+            raise SpecError(where, "endpoint.wake_timeout", "must be more than 0")
+    if ep.hf_api_url is not None:
+        try:
+            policy_for(ep.hf_api_url, frozenset())  # the token goes there: the same checks as base_url
+        except OriginError as exc:
+            raise SpecError(where, "endpoint.hf_api_url", str(exc)) from None
+        if not re.match(r"^https?://[^{}\s]+$", ep.hf_api_url):
+            raise SpecError(where, "endpoint.hf_api_url", f"not an http(s) URL: {ep.hf_api_url!r}")
+    return Wake(ep.hf_endpoint, timeout, ep.pause_after, ep.hf_api_url)
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """An endpoint with its preset applied; ``api_key`` and ``secret_headers`` never print.
     ``origins``: where its requests (and credentials) may go."""
@@ -209,6 +258,7 @@ class Endpoint:
     price: PriceSection | None = None
     secret_headers: dict[str, SecretStr] = field(default_factory=dict)
     origins: OriginPolicy = field(default_factory=lambda: OriginPolicy(frozenset()))
+    wake: Wake | None = None  # may be asleep: woken before the first request (dispatch/wake.py)
 
     def secrets(self) -> list[str]:
         """Every secret value the run holds, for redaction: never in an error, log or manifest."""
@@ -550,6 +600,7 @@ def _resolve_one(ep: EndpointSection, where: str, env: Any, needs_key: bool) -> 
         secret_headers=secret_headers,
         origins=origins,
         price=ep.price,
+        wake=_wake(ep, where),
     )
     wire.check_endpoint(endpoint, where)
     return endpoint

@@ -26,6 +26,7 @@ from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
 from .tls import ProxyRefused, TLSFailure, refused_by_page
+from .wake import ColdStart, Waker
 
 #: The place in flight of the request this task is working on (set by ``Caller.slot``).
 _SLOT: ContextVar[_Slot] = ContextVar("batchrun_slot")
@@ -106,6 +107,7 @@ class Caller:
         cooldown: CoolDown | None = None,
         sleep: Sleep = anyio.sleep,
         secrets: Sequence[str] = (),
+        waker: Waker | None = None,
     ) -> None:
         self.sender = sender
         self.adapter = adapter
@@ -118,6 +120,7 @@ class Caller:
         self.cooldown = cooldown or CoolDown()
         self.sleep = sleep
         self.secrets = tuple(secrets)
+        self.waker = waker  # an endpoint that may be asleep: woken, one prober while it is cold
         self.attempts = 0  # every HTTP request sent, retries included
         self.retries = 0  # attempts after a request's first: the progress line shows them
         self.fatal: FatalError | None = None  # once set, nothing more is sent
@@ -169,7 +172,10 @@ class Caller:
         if self.tokens is not None:
             await self.tokens.take(estimated_tokens(request.body, self.completion_tokens))
         try:
-            parsed, latency = await self._send(request)
+            if self.waker is None or self.waker.warm:
+                parsed, latency = await self._send(request)
+            else:
+                parsed, latency = await self._send_waking(request, self.waker)
         except FatalError as exc:
             scrub(exc, self.secrets)  # a 401 page may echo the token back
             self.fatal = self.fatal or exc
@@ -182,6 +188,44 @@ class Caller:
             raise
         self.health.succeeded()
         return parsed, latency
+
+    async def _send_waking(self, request: Request, waker: Waker) -> tuple[Parsed, float]:
+        """``_send`` while the endpoint may be asleep: one request at a time probes it (after waking
+        it through the management API), the others wait at the gate until it has answered. The
+        prober's cold-start 503s are sent again after a wait, in the same attempt."""
+        if not await self._at_gate(waker):
+            return await self._send(request)  # awake by now
+        try:
+            await waker.prepare()
+            while True:
+                try:
+                    answer = await self._send(request)
+                except ColdStart as cold:
+                    # it keeps its place in flight: the one request the endpoint is asked while cold
+                    await waker.cold(cold.retry_after)
+                    continue
+                except RequestError as exc:
+                    if exc.http_status is not None:  # an answer, if not the one hoped for
+                        waker.answered()
+                    raise
+                waker.answered()
+                return answer
+        finally:
+            waker.leave()
+
+    async def _at_gate(self, waker: Waker) -> bool:
+        """``waker.enter()`` without a place in flight: nothing is sent while waiting there."""
+        slot = _SLOT.get(None)
+        if slot is None or not slot.held:
+            return await waker.enter()
+        probing = False
+
+        async def enter(_: float) -> None:
+            nonlocal probing
+            probing = await waker.enter()
+
+        await slot.away(enter, 0.0)
+        return probing
 
     def slot(self) -> _Slot | nullcontext[float]:
         """``async with caller.slot():`` around a request and the recording of its result: its place
@@ -249,11 +293,13 @@ class Caller:
         quota stops the job; too many in flight lowers the in-flight limit; a rate limit, when
         sustained, cuts the rate and pauses every worker for its ``Retry-After``."""
         status = error.http_status or 0
-        pushback = read_pushback(status, content)
+        pushback = read_pushback(status, content, starting=self.waker is not None and not self.waker.warm)
         if pushback is None:
             if status == 503 and error.retry_after:
                 self._pause(error.retry_after, f"HTTP 503, Retry-After {error.retry_after:g}s")
             return
+        if pushback.kind is Kind.COLD:
+            raise ColdStart(error.retry_after)
         if pushback.kind is Kind.QUOTA:
             raise FatalError(
                 f"quota exhausted (HTTP {status}): {redact(pushback.cause, self.secrets)}",
@@ -288,7 +334,8 @@ class Caller:
 
     def describe(self) -> str:
         """The adaptive limits and any pause, for the progress line and the summary."""
-        parts = [self.cooldown.describe(), self.rate.describe()]
+        waking = self.waker.describe() if self.waker is not None else ""
+        parts = [waking, self.cooldown.describe(), self.rate.describe()]
         if self.concurrency is not None:
             parts.append(self.concurrency.describe())
         return "; ".join(p for p in parts if p)

@@ -6,6 +6,9 @@ exhausted quota. Each needs its own response, so they are told apart here, in on
 - ``OVERLOAD``: too many requests in flight (TGI above ``--max-concurrent-requests``). Send fewer at
   once (the adaptive concurrency limit); the rate is not the problem.
 - ``QUOTA``: no credit or quota left. No waiting fixes it: the job stops.
+- ``COLD``: the endpoint is starting (scaled to zero, resumed). Only while ``starting`` (a job that
+  expects a cold start, before the endpoint's first answer): one request probes, the others wait,
+  and neither the waits nor the 503s count as attempts or failures (``dispatch/wake.py``).
 
 Pure: no I/O, tested with plain asserts.
 
@@ -24,6 +27,10 @@ The shapes, as the servers send them:
   "overloaded"}``, no ``Retry-After`` (text-generation-inference ``InferError::Overloaded``; the
   hugchat client's ``ModelOverloadedError`` quotes the same body).
 - Anthropic-style overload: 529 ``{"type": "error", "error": {"type": "overloaded_error"}}``.
+- Hugging Face Inference Endpoint scaled to zero: "the proxy will respond with the status code 503
+  while the new replica is initializing", unless the request carries ``X-Scale-Up-Timeout: <s>``,
+  which holds it until a replica is ready or that many seconds pass (Inference Endpoints docs,
+  Autoscaling, "Scale to Zero"). No body to go by: any 503 before the first answer is the start.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class Kind(Enum):
     RATE = "rate"
     OVERLOAD = "overload"
     QUOTA = "quota"
+    COLD = "cold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +79,15 @@ PHRASES: tuple[tuple[str, Kind], ...] = (
 STATUSES: dict[int, Kind] = {402: Kind.QUOTA, 529: Kind.OVERLOAD}
 
 
-def read_pushback(status: int, content: bytes) -> Pushback | None:
+def read_pushback(status: int, content: bytes, *, starting: bool = False) -> Pushback | None:
     """What a non-2xx answer says about the endpoint's limits; None when it is no pushback at all
-    (a 500, a 400). A 429 that names nothing is a rate limit."""
+    (a 500, a 400). A 429 that names nothing is a rate limit. ``starting``: the endpoint has not
+    answered yet and may be waking up, so a 503 is its cold start."""
     if status not in (402, 429, 503, 529):
         return None
     message, codes = _error_fields(content)
+    if starting and status == 503:
+        return Pushback(Kind.COLD, message or "HTTP 503")
     lowered = message.lower()
     for code in codes:
         if code in CODES:

@@ -37,6 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import handlers
 from .faults import Decision, FaultPlan, FaultState, Trigger, decide, token_ok
+from .hfendpoint import EndpointLife
 from .incoming import Disconnected, Incoming, read_body
 from .responses import (
     BadRequest,
@@ -122,6 +123,7 @@ class Simulator:
         self.plan = plan if plan is not None else FaultPlan()
         self.stats = SimStats()
         self.state = FaultState()
+        self.life = EndpointLife(self.plan)
         self._killers: list[Killer] = []
         self._ids = itertools.count(1)
         self._exact = {
@@ -140,6 +142,7 @@ class Simulator:
                 Route("/_sim/stats", self._stats, methods=["GET"]),
                 Route("/_sim/reset", self._reset, methods=["POST"]),
                 Route("/_sim/plan", self._plan, methods=["GET", "POST"]),
+                *self.life.routes(),
             ],
             exception_handlers={HTTPException: self._http_error},
         )
@@ -192,6 +195,7 @@ class Simulator:
         """Clear the counters and the fault memory (rate window, random stream)."""
         self.stats.reset()
         self.state = FaultState()
+        self.life.reset()
 
     def attach_killer(self, kill: Killer) -> Callable[[], None]:
         """Register how a server aborts a client's connection; returns the function that detaches it."""
@@ -206,9 +210,12 @@ class Simulator:
         """Decide the request's fate, count it, and wait out its latency."""
         now = time.monotonic()
         auth = incoming.authorization
-        decision = decide(
-            self.plan, self.state, now=now, prompt=prompt, stream=stream, authorized=token_ok(self.plan, auth)
-        )
+        authorized = token_ok(self.plan, auth)
+        asleep = self.life.gate() if authorized and self.life.state != "running" else None
+        if asleep is not None:  # an Inference Endpoint scaled to zero, initializing or paused
+            decision = Decision(asleep)
+        else:
+            decision = decide(self.plan, self.state, now=now, prompt=prompt, stream=stream, authorized=authorized)
         self.stats.record(RequestRecord(incoming.path, model, prompt, decision.outcome, now, auth is not None, stream))
         if decision.delay_s > 0:
             await anyio.sleep(decision.delay_s)
@@ -245,7 +252,7 @@ class Simulator:
         return FastJSONResponse({"status": "ok"})
 
     async def _stats(self, request: Request) -> Response:
-        return FastJSONResponse(self.stats.as_dict())
+        return FastJSONResponse({**self.stats.as_dict(), "manage": dict(self.life.calls)})
 
     async def _reset(self, request: Request) -> Response:
         self.reset()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..durations import parse_duration
-from .faults import FaultPlan
+from .faults import ENDPOINT_STATES, FaultPlan
 
 if TYPE_CHECKING:
     from .app import Simulator
@@ -41,6 +41,7 @@ ENDPOINTS = (
     "POST /models/{model}                 HF serverless text generation / text-to-image",
     "POST /hf-inference/models/{model}    HF router text-to-image (raw image bytes)",
     "POST /v1/images/generations          OpenAI images (b64_json)",
+    "GET  /v2/endpoint/{ns}/{name}        HF Inference Endpoints API (POST .../resume, .../pause, ...)",
     "GET  /health  GET /_sim/stats  POST /_sim/reset  GET|POST /_sim/plan",
 )
 
@@ -96,6 +97,22 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         help="estimated_time sent with 'Model is loading'",
     )
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (401 otherwise)")
+    hf = parser.add_argument_group("a Hugging Face Inference Endpoint (management API under /v2/endpoint/NS/NAME)")
+    hf.add_argument(
+        "--cold-start",
+        type=parse_duration,
+        default=0.0,
+        help="scaled to zero at start; a replica takes this long to start (503 meanwhile), e.g. 40s",
+    )
+    hf.add_argument(
+        "--endpoint-state",
+        choices=ENDPOINT_STATES,
+        default=None,
+        help="its state at start (default: scaledToZero with --cold-start, else running)",
+    )
+    hf.add_argument(
+        "--no-manage-rights", action="store_true", help="answer 403 to the management calls (a token without rights)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default: 0)")
     parser.add_argument(
         "--close-after-response",
@@ -167,6 +184,9 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
         estimated_time_s=args.estimated_time,
         require_token=args.token,
         close_after_response=args.close_after_response,
+        cold_start_s=args.cold_start,
+        endpoint_state=args.endpoint_state or ("scaledToZero" if args.cold_start else "running"),
+        manage_rights=not args.no_manage_rights,
         seed=args.seed,
         **rates,
     )

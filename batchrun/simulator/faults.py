@@ -51,6 +51,7 @@ QUOTA_OUTCOMES = {"openai": "quota_openai", "hf": "quota_hf"}
 FORCIBLE = frozenset(
     {OK, "400", "401", "403", "overloaded", *QUOTA_OUTCOMES.values()} | {kind for kind, _ in RATE_FIELDS}
 )
+ENDPOINT_STATES = ("running", "scaledToZero", "paused", "failed")
 STREAM_ONLY = frozenset({"stream_cut", "midstream_error"})
 
 
@@ -97,6 +98,12 @@ class FaultPlan:
     #: Advertise keep-alive, then close the connection once each response is complete, as llama.cpp's
     #: llama-server does after a streamed answer (over a real socket only: in-process there is none).
     close_after_response: bool = False
+    #: A Hugging Face Inference Endpoint's life (``hfendpoint.py``): its state at start (running,
+    #: scaledToZero, paused, failed), the seconds a replica takes to start (after a resume, or the first
+    #: request while scaled to zero; 503 meanwhile), and whether the token may manage it (403 if not).
+    endpoint_state: str = "running"
+    cold_start_s: float = 0.0
+    manage_rights: bool = True
     seed: int = 0
     script: list[str] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)
@@ -120,6 +127,11 @@ class FaultPlan:
         for name in ("max_concurrent", "queue_after"):
             if (value := getattr(self, name)) is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.endpoint_state not in ENDPOINT_STATES:
+            known = ", ".join(ENDPOINT_STATES)
+            raise ValueError(f"unknown endpoint_state {self.endpoint_state!r}; known: {known}")
+        if self.cold_start_s < 0:
+            raise ValueError(f"cold_start_s must be at least 0, got {self.cold_start_s}")
         for outcome in [*self.script, *(t.outcome for t in self.triggers)]:
             if outcome not in FORCIBLE:
                 raise ValueError(f"unknown outcome {outcome!r}; known: {sorted(FORCIBLE)}")

@@ -51,6 +51,9 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
     "502": (502, "Bad gateway (simulated)", "server_error", "bad_gateway"),
     "503": (503, "Service unavailable (simulated)", "server_error", "service_unavailable"),
     "loading": (503, "Model is loading", "server_error", "model_loading"),
+    # an Inference Endpoint not running: a replica starting (HF's proxy says 503), or paused
+    "cold": (503, "Service Unavailable: the endpoint is initializing (simulated)", "server_error", "unavailable"),
+    "paused": (400, "Bad Request: Invalid state", "invalid_request_error", "invalid_state"),
     # the bodies of these three are the real servers', whatever the route (see dispatch/pushback.py)
     "overloaded": (429, "Model is overloaded", "", ""),
     "quota_openai": (429, "", "insufficient_quota", "insufficient_quota"),
