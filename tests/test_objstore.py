@@ -142,7 +142,7 @@ async def test_a_chat_job_writes_its_parts_to_the_bucket_and_resumes_from_it(
 
 @pytest.mark.anyio
 async def test_an_image_job_puts_every_image_before_the_part_that_names_it(
-    write_job: JobWriter, bucket: str, monkeypatch: pytest.MonkeyPatch
+    write_job: JobWriter, bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     sim = create_app()
@@ -154,13 +154,24 @@ async def test_an_image_job_puts_every_image_before_the_part_that_names_it(
         top='id_column = "id"',
     )
     path.write_text(path.read_text().replace('output = "out"', f'output = "s3://{bucket}/jobs/one"'))
-    summary = await run_job(load_job(path), transport=httpx.ASGITransport(sim), quiet=True)
+    job = load_job(path)
+    summary = await run_job(job, transport=httpx.ASGITransport(sim), quiet=True)
     assert summary.ok == 24
     rows = bucket_rows(bucket, "jobs/one")
     images = [n for n in keys(bucket, "jobs/one") if n.startswith("images/")]
     assert sorted(rows["image_path"]) == sorted(images) and len(images) == 24
     first = rows.row(0, named=True)
     assert len(object_bytes(bucket, f"jobs/one/{first['image_path']}")) == first["image_bytes"]
+
+    # another machine: the image exports and the report fetch the images they show from the bucket
+    shutil.rmtree(job.output_dir)
+    url = f"s3://{bucket}/jobs/one"
+    assert main(["export", url, "--imagefolder"]) == 0
+    assert sorted(p.relative_to(job.output_dir).as_posix() for p in job.output_dir.glob("images/*/*.png")) == images
+    shutil.rmtree(job.output_dir)
+    assert main(["report", url, "-o", str(tmp_path / "report.html")]) == 0
+    assert (tmp_path / "report.html").read_text().count("data:image/jpeg;base64,") == 24
+    assert len(list(job.output_dir.glob("images/*/*.png"))) == 24  # the contact sheet's sample: all 24 here
 
 
 def test_a_live_lease_of_another_run_is_the_locked_exit(
