@@ -25,13 +25,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import JobError, OutputLockedError
 from ..owner import JOB_POINTER
 from ..shard import Shard
 from .lock import LOCK_NAME, shard_lock_name
 from .remote import Mirror
+
+if TYPE_CHECKING:
+    from obstore import UpdateVersion
 
 LEASE_S = 60.0  # a dead holder on another machine keeps the output this long at most
 RENEW_S = 20.0  # three renewals a lease: one slow request does not lose it
@@ -55,7 +58,7 @@ class Lease:
         self.lease_s = lease_s
         self.renew_s = renew_s
         self.clock = clock
-        self._etag: str | None = None
+        self._etag: UpdateVersion | None = None  # e-tag and version of what we last wrote
         self._renewed = 0.0  # clock() of the last write that held
         self._lost: str | None = None
         self._stop = threading.Event()
@@ -93,7 +96,7 @@ class Lease:
             try:
                 with self.mirror.errors("read", self.name, JobError, handled):
                     got = obstore.get(self.mirror.store, self.name)
-                    info, etag = _parse(bytes(got.bytes())), got.meta["e_tag"]
+                    info, seen = _parse(bytes(got.bytes())), _version(got.meta)
             except NotFoundError:
                 continue  # released and removed by hand between our two calls
             if self._live(info):
@@ -101,7 +104,7 @@ class Lease:
                 raise OutputLockedError(f"{self.mirror.remote.url} is in use by another {self._which()} ({holder})")
             try:
                 with self.mirror.errors("take over", self.name, JobError, handled):
-                    self._wrote(obstore.put(self.mirror.store, self.name, self._body(), mode={"e_tag": etag}))
+                    self._wrote(obstore.put(self.mirror.store, self.name, self._body(), mode=seen))
                 return
             except PreconditionError:
                 continue
@@ -151,15 +154,18 @@ class Lease:
         return json.dumps(info).encode()
 
     def _wrote(self, result: Any) -> None:
-        self._etag = result["e_tag"]
+        self._etag = _version(result)
         self._renewed = self.clock()
 
     # -- holding it ----------------------------------------------------------------------------
 
     def lost(self) -> str | None:
         """Why the lock is no longer ours, or None while it is."""
-        if self._lost is None and self._etag is not None and self.clock() - self._renewed >= self.lease_s:
-            self._lost = f"the lock {self.mirror.remote.where(self.name)} was not renewed for {self.lease_s:g} s"
+        # given up one renewal before the lease runs out, by this machine's clock: a newcomer's clock
+        # may run up to that much ahead (20 s) before the two could both write
+        give_up = self.lease_s - self.renew_s
+        if self._lost is None and self._etag is not None and self.clock() - self._renewed >= give_up:
+            self._lost = f"the lock {self.mirror.remote.where(self.name)} could not be renewed for {give_up:g} s"
         return self._lost
 
     def renew(self) -> None:
@@ -170,7 +176,7 @@ class Lease:
         if self._etag is None or self.lost() is not None:
             return
         try:
-            self._wrote(obstore.put(self.mirror.store, self.name, self._body(), mode={"e_tag": self._etag}))
+            self._wrote(obstore.put(self.mirror.store, self.name, self._body(), mode=self._etag))
         except PreconditionError:
             self._lost = f"the lock {self.mirror.remote.where(self.name)} was taken over by another run"
             self._etag = None
@@ -191,7 +197,7 @@ class Lease:
         if self._etag is not None and self._lost is None:
             # taken over, or unreachable: either way the lease expires on its own
             with contextlib.suppress(Exception):
-                obstore.put(self.mirror.store, self.name, self._body(released=True), mode={"e_tag": self._etag})
+                obstore.put(self.mirror.store, self.name, self._body(released=True), mode=self._etag)
         self._etag = None
 
     def __enter__(self) -> Lease:
@@ -215,6 +221,17 @@ def open_remote(mirror: Mirror, run_id: str, shard: Shard | None = None) -> Leas
         lease.release()
         raise
     return lease
+
+
+def _version(meta: Any) -> UpdateVersion:
+    """What ``If-Match`` needs: S3 and Azure use the e-tag, GCS the generation (obstore's
+    ``version``); obstore asks to keep both."""
+    found: UpdateVersion = {}
+    if meta.get("e_tag") is not None:
+        found["e_tag"] = meta["e_tag"]
+    if meta.get("version") is not None:  # obstore refuses a None
+        found["version"] = meta["version"]
+    return found
 
 
 def _parse(data: bytes) -> dict[str, Any]:

@@ -44,7 +44,7 @@ INSTALL = "pip install 'batchrun[s3]'"
 # an image's name as sink/layout makes it: a name read from a manifest in the bucket is never a path
 # that could leave the staging folder
 _IMAGE = re.compile(r"^images/[0-9a-f]{2}/[0-9a-f]{16,64}\.[a-z]{2,4}$")
-UPLOADS = 16  # images sent up at once after a part: ~1,000 images of a part in a few seconds
+UPLOADS = 16  # objects sent or fetched at once: ~1,000 images of a part in a few seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +194,14 @@ class Mirror:
         )
         if missing:
             make_folder(local)
-        for name in missing:
+
+        def fetch(name: str) -> None:
             data = self.read(name)
             if data is not None:
                 write_bytes_atomic(local / name.rpartition("/")[2], data)
-                self.downloaded += 1
+
+        _each(fetch, missing)
+        self.downloaded += len(missing)
         return len(missing)
 
     def pull_images(self, relpaths: Iterable[str]) -> int:
@@ -211,8 +214,7 @@ class Mirror:
                 make_folder((self.staging / relpath).parent)
                 write_bytes_atomic(self.staging / relpath, data)
 
-        with ThreadPoolExecutor(UPLOADS) as pool:
-            list(pool.map(fetch, wanted))
+        _each(fetch, wanted)
         self.downloaded += len(wanted)
         return len(wanted)
 
@@ -233,9 +235,7 @@ class Mirror:
 
     def push_part(self, part: Path, images: Iterable[str]) -> None:
         """``images`` (paths relative to the staging folder), then the part that names them."""
-        names = [p for p in images if _IMAGE.match(p)]
-        with ThreadPoolExecutor(UPLOADS) as pool:
-            list(pool.map(lambda relpath: self.put(relpath, self.staging / relpath), names))
+        _each(lambda relpath: self.put(relpath, self.staging / relpath), [p for p in images if _IMAGE.match(p)])
         self.put(part.relative_to(self.staging).as_posix(), part)
 
     def part_written(self, part: Path, results: list[Result]) -> None:
@@ -246,6 +246,18 @@ class Mirror:
         path = self.staging / name
         if path.is_file():
             self.put(name, path)
+
+
+def _each(call: Callable[[str], object], names: list[str]) -> None:
+    """``call`` on every name, ``UPLOADS`` at a time (obstore releases the GIL while it waits); the
+    first error is raised once all are done."""
+    if len(names) <= 1:
+        for name in names:
+            call(name)
+        return
+    with ThreadPoolExecutor(min(UPLOADS, len(names))) as pool:
+        for _ in pool.map(call, names):
+            pass
 
 
 def _is_part(name: str) -> bool:
