@@ -193,6 +193,32 @@ def test_a_live_lease_of_another_run_is_the_locked_exit(
     assert "another-machine" in capsys.readouterr().err
 
 
+def test_a_run_on_another_machine_is_locked_out_while_one_runs(
+    write_job: JobWriter, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    sim = create_app(FaultPlan(latency_ms=50))
+    with serve_in_thread(sim) as url:
+        path = chat_job(write_job, bucket, 40, base_url=url)
+        path.write_text(path.read_text().replace("concurrency = 4", "concurrency = 1"))
+        first = subprocess.Popen(
+            [sys.executable, "-m", "batchrun", "run", str(path), "--quiet"], stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while sim.stats.total < 1 and first.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # sending: it holds the lease
+            monkeypatch.setenv("BATCHRUN_CACHE_DIR", str(tmp_path / "another-machine"))  # its own staging folder
+            assert main(["run", str(path), "--quiet"]) == 5
+            assert "is in use by another run" in capsys.readouterr().err
+            assert first.poll() is None  # the first was still running: the refusal was its lease's
+        finally:
+            _, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err.decode()
+    assert sim.stats.total == 40  # every request once: the refused run sent none
+    rows = bucket_rows(bucket, "jobs/one")
+    assert rows.height == 40 and rows["request_key"].is_unique().all()
+
+
 @pytest.mark.anyio
 async def test_an_expired_lease_is_taken_over(write_job: JobWriter, bucket: str) -> None:
     write_lease(bucket, ".batchrun.lock", expires=time.time() - 1)  # its holder died a while ago
