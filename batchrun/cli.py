@@ -22,7 +22,7 @@ from .log import event
 from .owner import JOB_POINTER, check_owner
 from .prepare import Estimate, plan_job
 from .presets import PRESETS
-from .report.last_run import note_last_run
+from .report.last_run import note_last_run, send_last_run
 from .runner import run_job
 from .shard import parse_shard
 from .spec import Job, load_job
@@ -316,6 +316,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             backend="asyncio",
         )
     note_last_run(job.output_dir, summary.fields(), shard=job.shard.name if job.shard.sharded else None)
+    if job.remote is not None:
+        send_last_run(job.remote, shard=job.shard.name if job.shard.sharded else None)
     if args.log_format == "json":
         event(summary.line(), **summary.fields())
     else:

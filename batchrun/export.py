@@ -54,7 +54,7 @@ def job_for(target: str, output: str | None = None) -> Job:
     """``target`` is a job file, or an output folder that a run has written. Export sends
     nothing, so the API key variable need not be set."""
     if (remote := remote_target(target)) is not None:
-        Mirror(remote).pull((JOB_POINTER,))
+        Mirror(remote).pull((JOB_POINTER,), notes=True)
         owner = read_owner(remote.staging)
         if owner is None:
             raise JobError(f"{target} holds no output of batchrun (no {JOB_POINTER}); pass the job file")
@@ -71,7 +71,7 @@ def job_for(target: str, output: str | None = None) -> Job:
         return load_job(owner.job_file, output=str(path), needs_key=False)
     job = load_job(path, output=output, needs_key=False)
     if job.remote is not None:
-        Mirror(job.remote).pull((JOB_POINTER,))
+        Mirror(job.remote).pull((JOB_POINTER,), notes=True)
     check_owner(job)
     return job
 

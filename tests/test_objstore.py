@@ -320,6 +320,7 @@ def test_credentials_reach_no_file_no_log_and_no_error_line(
     path = chat_job(write_job, bucket, 4)
     path.write_text(path.read_text().replace('preset = "openai-compatible"', 'preset = "simulator"'))
     assert main(["run", str(path)]) == 0
+    assert json.loads(object_bytes(bucket, "jobs/one/last_run.json"))["exit_code"] == 0  # for status elsewhere
     assert main(["status", f"s3://{bucket}/jobs/one"]) == 0
     # a run refused by the server: its error line names the object, never the key
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONG")

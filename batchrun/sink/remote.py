@@ -44,6 +44,7 @@ INSTALL = "pip install 'batchrun[s3]'"
 # an image's name as sink/layout makes it: a name read from a manifest in the bucket is never a path
 # that could leave the staging folder
 _IMAGE = re.compile(r"^images/[0-9a-f]{2}/[0-9a-f]{16,64}\.[a-z]{2,4}$")
+_NOTE = re.compile(r"^last_run(-s\d+of\d+)?\.json$")  # report/last_run.py's names
 UPLOADS = 16  # objects sent or fetched at once: ~1,000 images of a part in a few seconds
 
 
@@ -177,14 +178,18 @@ class Mirror:
 
     # -- down ----------------------------------------------------------------------------------
 
-    def pull(self, files: tuple[str, ...] = ()) -> int:
-        """``files`` (the job pointer) that the staging folder lacks, and every part it lacks;
-        returns the number of parts fetched."""
+    def pull(self, files: tuple[str, ...] = (), *, notes: bool = False) -> int:
+        """``files`` (the job pointer) that the staging folder lacks, and every part it lacks; with
+        ``notes``, the last-run notes too, as the bucket has them (``status`` and ``report`` read
+        them); returns the number of parts fetched."""
         from .manifest import MANIFEST_DIR
 
         make_folder(self.staging)
         for name in files:
             if not (self.staging / name).exists() and (data := self.read(name)) is not None:
+                write_bytes_atomic(self.staging / name, data)
+        for name in sorted(self.top_names()) if notes else ():
+            if _NOTE.match(name) and (data := self.read(name)) is not None:
                 write_bytes_atomic(self.staging / name, data)
         local = self.staging / MANIFEST_DIR
         missing = sorted(
