@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ from batchrun.errors import OutputLockedError, SinkError  # noqa: E402
 from batchrun.runner import run_job  # noqa: E402
 from batchrun.shard import Shard  # noqa: E402
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread  # noqa: E402
-from batchrun.sink.lease import Lease  # noqa: E402
+from batchrun.sink.lease import Lease, running_shards  # noqa: E402
 from batchrun.sink.remote import Mirror  # noqa: E402
 from batchrun.spec import load_job  # noqa: E402
+from batchrun.status import read_status  # noqa: E402
 
 SECRET = "moto-secret-" + uuid.uuid4().hex  # found nowhere but in the environment
 
@@ -270,6 +272,8 @@ def test_shards_take_their_own_lock_objects(write_job: JobWriter, bucket: str) -
     zero.acquire()
     one.acquire()  # siblings run together
     assert {".lock-s0of2", ".lock-s1of2"} <= set(keys(bucket, "jobs/one"))
+    shards = read_status(replace(job, output_dir=job.output_dir.with_name("elsewhere"))).shards
+    assert {name: shard["running"] for name, shard in shards.items()} == {"s0of2": True, "s1of2": True}
     with pytest.raises(OutputLockedError, match="shard s0of2"):
         lease(None).acquire()  # an unsharded run would send what the shards send
     with pytest.raises(OutputLockedError, match="shard s"):
@@ -278,6 +282,7 @@ def test_shards_take_their_own_lock_objects(write_job: JobWriter, bucket: str) -
         lease(Shard(0, 2)).acquire()
     zero.release()
     one.release()
+    assert not running_shards(Mirror(job.remote))
     alone = lease(None)
     alone.acquire()  # released shards: the unsharded run goes
     with pytest.raises(OutputLockedError, match="unsharded run"):

@@ -128,14 +128,7 @@ class Lease:
                 raise OutputLockedError(f"{self.mirror.remote.url} is in use by {what} ({_describe(info)})")
 
     def _live(self, info: dict[str, Any]) -> bool:
-        """Whether the lease in ``info`` still holds: not released, not expired, and not left by a
-        process of this host and staging folder that is gone (a killed run, resumed at once)."""
-        if info.get("released") or not isinstance(info.get("expires"), int | float):
-            return False
-        if info["expires"] <= self.clock():
-            return False
-        same_place = info.get("host") == socket.gethostname() and info.get("staging") == str(self.mirror.staging)
-        return not (same_place and isinstance(info.get("pid"), int) and not _alive(info["pid"]))
+        return live(info, self.mirror, self.clock())
 
     def _body(self, *, released: bool = False) -> bytes:
         now = self.clock()
@@ -206,6 +199,30 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def live(info: dict[str, Any], mirror: Mirror, now: float) -> bool:
+    """Whether the lease in ``info`` still holds: not released, not expired, and not left by a
+    process of this host and staging folder that is gone (a killed run, resumed at once)."""
+    if info.get("released") or not isinstance(info.get("expires"), int | float):
+        return False
+    if info["expires"] <= now:
+        return False
+    same_place = info.get("host") == socket.gethostname() and info.get("staging") == str(mirror.staging)
+    return not (same_place and isinstance(info.get("pid"), int) and not _alive(info["pid"]))
+
+
+def running_shards(mirror: Mirror) -> set[str]:
+    """The shards whose lease is live (``status`` on another machine than theirs)."""
+    found = set()
+    for key in mirror.top_names():
+        if (
+            key.startswith(".lock-s")
+            and (data := mirror.read(key)) is not None
+            and live(_parse(data), mirror, time.time())
+        ):
+            found.add(key.removeprefix(".lock-"))
+    return found
 
 
 def open_remote(mirror: Mirror, run_id: str, shard: Shard | None = None) -> Lease:
