@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ from .remote import Mirror
 if TYPE_CHECKING:
     from obstore import UpdateVersion
 
+_SHARD_LOCK = re.compile(r"^\.lock-s\d+of(\d+)$")  # lock.shard_lock_name's
 LEASE_S = 60.0  # a dead holder on another machine keeps the output this long at most
 RENEW_S = 20.0  # three renewals a lease: one slow request does not lose it
 
@@ -117,9 +119,10 @@ class Lease:
         """An unsharded run refuses live shards; a shard refuses a live unsharded run and live
         shards of another count."""
         for key in sorted(self.mirror.top_names()):
-            if key == self.name or not (key == LOCK_NAME or key.startswith(".lock-s")):
+            shard = _SHARD_LOCK.match(key)
+            if key == self.name or (key != LOCK_NAME and shard is None):
                 continue
-            if self.shard.sharded and key != LOCK_NAME and key.endswith(f"of{self.shard.count}"):
+            if self.shard.sharded and shard is not None and int(shard[1]) == self.shard.count:
                 continue  # a sibling shard: that is the point of shards
             data = self.mirror.read(key)
             info = _parse(data) if data is not None else {}
