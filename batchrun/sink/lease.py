@@ -8,8 +8,10 @@ wrote, and released by a conditional write that marks it released. A newcomer th
 or expired (or left by a dead process of this same host and staging folder) takes it over with
 ``If-Match`` on the e-tag it read, so of two newcomers only one wins; the other sees a live lease.
 
-A holder that cannot renew for a whole lease (or finds its e-tag changed) has lost the lock:
-``lost()`` says why, and the mirror stops sending results up.
+``If-Match`` carries the e-tag and obstore's version (GCS matches on the generation). A holder that
+cannot renew for a lease less one renewal (40 s: a newcomer's clock may run ahead by the rest), or
+finds its e-tag changed, has lost the lock: ``lost()`` says why, and the mirror stops sending
+results up. moto's S3 server answers both preconditions as S3 does (412), which the tests rely on.
 
 As on a local folder, an unsharded run and the shards exclude each other, and so do shards of
 different counts (shard 0 of 2 and shard 0 of 4 would send the same requests): each takes its own
