@@ -19,10 +19,10 @@ from .durations import parse_duration
 from .errors import BatchrunError, ExitCode, JobError, StoppedError, exit_codes_help
 from .log import configure as configure_logging
 from .log import event
-from .owner import check_owner
+from .owner import JOB_POINTER, check_owner
 from .prepare import Estimate, plan_job
 from .presets import PRESETS
-from .report.last_run import note_last_run
+from .report.last_run import note_last_run, send_last_run
 from .runner import run_job
 from .shard import parse_shard
 from .spec import Job, load_job
@@ -232,6 +232,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         job = job_for(args.target)
         if args.format == "webdataset" and not args.embed_images:
             raise JobError("--format webdataset goes with --embed-images --to FOLDER")
+        if job.remote is not None and (args.embed_images or args.imagefolder):
+            from .export import fetch_images
+
+            fetch_images(job)
         if args.embed_images:
             from .hub import export_hub_command
 
@@ -254,6 +258,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return report_command(args.target, args.output)
     job = _sharded(load_job(args.job, output=args.output, needs_key=args.command == "run"), args)  # plan sends nothing
     if args.command == "plan":
+        if job.remote is not None:  # the bucket's parts: its done keys and its owner
+            from .sink.remote import Mirror
+
+            Mirror(job.remote).pull((JOB_POINTER,))
         check_owner(job)
         estimate = Estimate()
         per_shard = [0] * args.shards if args.shards and args.shard is None else None
@@ -308,6 +316,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             backend="asyncio",
         )
     note_last_run(job.output_dir, summary.fields(), shard=job.shard.name if job.shard.sharded else None)
+    if job.remote is not None:
+        send_last_run(job.remote, shard=job.shard.name if job.shard.sharded else None)
     if args.log_format == "json":
         event(summary.line(), **summary.fields())
     else:

@@ -21,7 +21,8 @@ from .plan.sources import input_files, is_glob
 from .sink.files import write_atomic
 from .sink.layout import IMAGES_DIR
 from .sink.manifest import scan_latest
-from .spec import Job, load_job
+from .sink.remote import Mirror
+from .spec import Job, load_job, remote_target
 
 RESULT_COLUMNS = [
     "request_key",
@@ -52,6 +53,14 @@ def remember_job(job: Job) -> None:
 def job_for(target: str, output: str | None = None) -> Job:
     """``target`` is a job file, or an output folder that a run has written. Export sends
     nothing, so the API key variable need not be set."""
+    if (remote := remote_target(target)) is not None:
+        Mirror(remote).pull((JOB_POINTER,), notes=True)
+        owner = read_owner(remote.staging)
+        if owner is None:
+            raise JobError(f"{target} holds no output of batchrun (no {JOB_POINTER}); pass the job file")
+        if not owner.job_file.is_file():
+            raise JobError(f"the job file that wrote {target} is not on this machine: {owner.job_file}")
+        return load_job(owner.job_file, output=target, needs_key=False)
     path = Path(target)
     if path.is_dir():
         owner = read_owner(path)
@@ -61,8 +70,20 @@ def job_for(target: str, output: str | None = None) -> Job:
             raise JobError(f"the job file that wrote {path} is gone: {owner.job_file}")
         return load_job(owner.job_file, output=str(path), needs_key=False)
     job = load_job(path, output=output, needs_key=False)
+    if job.remote is not None:
+        Mirror(job.remote).pull((JOB_POINTER,), notes=True)
     check_owner(job)
     return job
+
+
+def fetch_images(job: Job) -> int:
+    """An output on object storage: the images of its ok rows that the staging folder lacks come
+    down (for the exports that read images); returns how many."""
+    latest = scan_latest(job.output_dir)
+    if job.remote is None or latest is None:
+        return 0
+    paths = latest.filter(pl.col("status") == "ok").select("image_path").drop_nulls().collect()
+    return Mirror(job.remote).pull_images(paths.get_column("image_path").to_list())
 
 
 def keyed_input(job: Job) -> pl.DataFrame:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 import httpx
@@ -52,6 +52,9 @@ from .sink.recording import recording
 from .sink.writer import ManifestWriter
 from .spec import Job
 from .summary import RunSummary
+
+if TYPE_CHECKING:
+    from .sink.remote import Mirror
 
 
 def new_run_id() -> str:
@@ -130,7 +133,10 @@ async def run_job(
         refuse_links(job.output_dir, (MANIFEST_DIR, JOURNAL_DIR, IMAGES_DIR, INDEX_DIR, JOB_POINTER))
         if not lock.alone:  # other shards run: only this shard's journals are known to be dead
             await anyio.to_thread.run_sync(partial(fold_journals, job.output_dir, shard=job.shard.name))
+        mirror = await anyio.to_thread.run_sync(_open_remote, job, run_id, stack) if job.remote else None
         await anyio.to_thread.run_sync(remember_job, job)
+        if mirror is not None:
+            await anyio.to_thread.run_sync(mirror.push_file, JOB_POINTER)
         lanes = job.lanes()
         feeds = []
         for lane in lanes:
@@ -156,6 +162,7 @@ async def run_job(
             flush_seconds=job.sink.flush_seconds,
             before_part=store.sync,
             keep_request=job.sink.keep_request,
+            after_part=None if mirror is None else mirror.part_written,
         )
 
         async with _simulator(job, transport) as simulator, contextlib.AsyncExitStack() as senders:
@@ -263,6 +270,18 @@ async def run_job(
         output=str(job.output_dir),
         causes=progress.failures.causes(),
     )
+
+
+def _open_remote(job: Job, run_id: str, stack: contextlib.ExitStack) -> Mirror:
+    """An output on object storage: its lease (released when the run ends), then the parts the
+    bucket has come down and those it lacks go up (blocking)."""
+    from .sink.lease import open_remote
+    from .sink.remote import Mirror
+
+    assert job.remote is not None
+    mirror = Mirror(job.remote)
+    stack.callback(open_remote(mirror, run_id, job.shard).release)
+    return mirror
 
 
 def _tidy(job: Job) -> None:

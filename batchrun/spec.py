@@ -22,13 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .durations import parse_duration
 from .endpoints.format import WireFormat
 from .endpoints.registry import wire_format
-from .errors import SpecError
+from .errors import JobError, SpecError
 from .origins import OriginError, OriginPolicy, allowed_origin, policy_for
 from .owner import moved_default
 from .plan.batchfile import MODEL_FROM_BODY, looks_like_batch
 from .plan.sources import kind_of
 from .presets import PRESETS, Auth
 from .shard import Shard
+from .sink.remote import RemoteOutput, remote_output
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DICT_JOB = "<job dict>"  # names a job given as a dict where a job file's path would be
@@ -311,6 +312,7 @@ class Job:
     endpoints: tuple[Endpoint, ...] = ()  # every endpoint, ``endpoint`` the one this view is for
     max_cost: float | None = None  # USD
     shard: Shard = field(default_factory=Shard)  # ``--shard K/N``: which requests this process sends
+    remote: RemoteOutput | None = None  # output on object storage; ``output_dir`` is then its staging folder
 
     @property
     def batch_input(self) -> bool:
@@ -370,6 +372,21 @@ def validate(data: Any, where: str) -> JobFile:
         raise SpecError(where, loc, msg) from None
 
 
+def _remote_output(text: str | None, env: Any, where: str) -> RemoteOutput | None:
+    try:
+        return None if text is None else remote_output(text, env)
+    except JobError as exc:
+        raise SpecError(where, "output", str(exc)) from None
+
+
+def remote_target(text: str) -> RemoteOutput | None:
+    """A command's target (``status s3://bucket/prefix``) as an object-storage output, or None."""
+    try:
+        return remote_output(text, os.environ)
+    except JobError as exc:
+        raise JobError(f"{text}: {exc}") from None
+
+
 def resolve(
     jf: JobFile, path: Path, *, output: str | None, env: Any, needs_key: bool = True, where: str | None = None
 ) -> Job:
@@ -383,7 +400,10 @@ def resolve(
     base = path.resolve().parent
     given = jf.input.path
     input_path = Path(given) if Path(given).is_absolute() else base / given
-    if output is not None:
+    remote = _remote_output(output if output is not None else jf.output, env, where)
+    if remote is not None:  # the run works in a local staging folder, mirrored to the bucket
+        out = remote.staging
+    elif output is not None:
         out = Path(os.path.abspath(output))
     elif jf.output is not None:
         out = Path(os.path.normpath(base / jf.output))
@@ -405,6 +425,7 @@ def resolve(
         input=str(input_path),
         id_column=jf.id_column,
         output_dir=out,
+        remote=remote,
         dedupe=jf.dedupe,
         empty_prompts=jf.empty_prompts,
         endpoint=endpoint,

@@ -145,6 +145,12 @@ def read_status(job: Job) -> Status:
     latest = scan_latest(job.output_dir)
     expected = None if job.shard.sharded else _expected(job)  # a shard's share is known only by planning
     shards = read_shards(job.output_dir)
+    if job.remote is not None:  # the shards that run elsewhere hold a live lease in the bucket
+        from .sink.lease import running_shards
+        from .sink.remote import Mirror
+
+        for name in running_shards(Mirror(job.remote)):
+            shards.setdefault(name, dict.fromkeys(("exit_code", "ok", "failed", "run_id")))["running"] = True
     if latest is not None and job.shard.sharded:
         latest = latest.filter(short_keys(pl.col("request_key")) % job.shard.count == job.shard.index)
     if latest is None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import BatchrunError
 from ..sink.files import write_atomic
+
+if TYPE_CHECKING:
+    from ..sink.remote import RemoteOutput
 
 LAST_RUN = "last_run.json"
 
@@ -25,3 +29,14 @@ def note_last_run(output_dir: Path, fields: dict[str, Any], *, shard: str | None
         write_atomic(output_dir / LAST_RUN, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         if shard is not None:
             write_atomic(output_dir / shard_note_name(shard), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def send_last_run(remote: RemoteOutput, *, shard: str | None = None) -> None:
+    """An output on object storage: the notes go to the bucket beside the manifest, for ``status``
+    and ``report`` on another machine. Best effort, as the notes themselves."""
+    from ..sink.remote import Mirror
+
+    with contextlib.suppress(BatchrunError):
+        mirror = Mirror(remote)
+        for name in (LAST_RUN, *((shard_note_name(shard),) if shard is not None else ())):
+            mirror.push_file(name)

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ from .thumbs import thumbnail
 _HERE = Path(__file__).parent
 
 
-def write_report(output_dir: Path, destination: Path) -> Path:
+def write_report(output_dir: Path, destination: Path, before_render: Callable[[Report], object] | None = None) -> Path:
+    """``before_render``: an output on object storage fetches the sampled images here."""
     report = load(output_dir)
+    if before_render is not None:
+        before_render(report)
     html = render(report, destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(destination, lambda tmp: tmp.write_text(html, encoding="utf-8"))

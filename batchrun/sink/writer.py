@@ -32,9 +32,12 @@ class ManifestWriter:
         flush_seconds: float = 5.0,
         before_part: Callable[[], object] | None = None,
         keep_request: bool = False,
+        after_part: Callable[[Path, list[Result]], object] | None = None,
     ) -> None:
         """``before_part`` runs in the flush, before each part is written: ``ImageStore.sync``,
-        so that every image a part names is durable before the part is."""
+        so that every image a part names is durable before the part is. ``after_part`` gets each
+        part written and its results (``Mirror.part_written`` sends them to object storage); its
+        failure stops the run, and the part, on disk, goes up at the next start."""
         self.folder = output_dir / MANIFEST_DIR
         self.run_id = run_id
         self.endpoint = endpoint
@@ -43,6 +46,7 @@ class ManifestWriter:
         self.flush_seconds = flush_seconds
         self.before_part = before_part
         self.keep_request = keep_request
+        self.after_part = after_part
         self.buffer: list[Result] = []  # made into rows only when written, in the worker thread
         self.seq = 0
         self.written = 0
@@ -78,7 +82,7 @@ class ManifestWriter:
                 fsync_dir(self.folder.parent)
                 fsync_dir(self.folder.parent.parent)
                 self._folder_synced = True
-            write_part(self.folder, part_name(self.run_id, self.shard, self.seq), frame)
+            part = write_part(self.folder, part_name(self.run_id, self.shard, self.seq), frame)
         except OSError as exc:
             self.buffer = rows + self.buffer  # keep them for a later try
             reason = write_failure(exc)
@@ -89,6 +93,8 @@ class ManifestWriter:
         self.seq += 1
         self.written += len(rows)
         self.journal.recorded(rows)  # the segments whose every result is in a part go
+        if self.after_part is not None:
+            self.after_part(part, rows)
 
     async def consume(
         self,
