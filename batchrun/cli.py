@@ -74,6 +74,10 @@ def _count(text: str) -> int:
 
 def _sharded(job: Job, args: argparse.Namespace) -> Job:
     """The job as ``--shard`` gives it (a bad value is exit 2, one line)."""
+    if getattr(args, "ray", None) is not None:
+        if args.shard is not None:
+            raise JobError("--ray runs every shard: give --shards N, not --shard")
+        return job
     if args.shard is None:
         if args.shards is not None and args.command != "plan":
             raise JobError(f"--shards {args.shards}: give the shard too (--shard K/N, or --shard auto)")
@@ -136,6 +140,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     for command_parser in (run,):
         _add_shard_arguments(command_parser)
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run --shards N shards as Ray tasks (default: one per CPU); no ADDRESS: a local Ray; "
+        "auto or host:port: that cluster (needs batchrun[ray])",
+    )
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
@@ -287,6 +299,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if estimate.cost_usd is not None and counts.todo:
             print(f"cost at most     ${estimate.cost_usd:,.4f}")
         return 0
+    if args.ray is not None:
+        return _run_on_ray(job, args)
     if args.max_cost is not None:
         job = dataclasses.replace(job, max_cost=args.max_cost)
     interactive = {"auto": None, "bar": True, "lines": False}[args.progress]
@@ -313,6 +327,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         print(summary.line() if args.quiet else summary.text())
     return int(summary.exit_code)
+
+
+def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
+    from .rayrun import Options, import_ray, run_on_ray
+
+    import_ray(local=not args.ray)  # not installed: exit 2 before anything starts
+    output = args.output
+    if output is not None and "://" not in output:
+        output = str(Path(output).resolve())  # the workers' working folder is not this one
+    shards = args.shards
+    options = Options(
+        retry_failed=args.retry_failed,
+        grace_s=args.grace,
+        max_runtime_s=args.max_runtime,
+        limit=args.limit,
+        max_cost=None if args.max_cost is None else args.max_cost / shards if shards else None,
+    )
+    if args.max_cost is not None and not shards:
+        raise JobError("--max-cost with --ray: give --shards N too (each shard spends at most its part)")
+    outcome = run_on_ray(
+        job, args.job, address=args.ray or None, shards=shards, options=options, output=output, quiet=args.quiet
+    )
+    lines = outcome.lines()
+    print("\n".join(lines[-1:] if args.quiet else lines))
+    return int(outcome.exit_code)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,307 @@
+"""A job's shards as Ray tasks (issue 19): ``batchrun run job.toml --ray [ADDRESS]``.
+
+The driver starts a local Ray (no address) or joins a cluster (``auto`` or an address), starts one
+small actor, the ``Coordinator``, and N tasks; task K runs shard K/N of the job in its worker: the
+same run as ``--shard K/N``, called in-process.
+
+- A task whose worker dies is run again by Ray (``max_retries``); the new run resumes from the
+  manifest and folds the dead run's journal (the kernel released the dead process's shard lock),
+  so what finished is never sent again and only what was in flight is.
+- One rate for the whole job: the coordinator keeps each endpoint's ``SlotSchedule``; a shard
+  draws send slots a quarter of a second's worth at a time (``SlotBatches``), so the actor is
+  called a few times a second, not per request. Slots handed to a worker that dies are lost:
+  the job stays under its limit. ``tokens_per_minute`` stays divided by N, as with ``--shard``.
+- Progress: each shard reports its counts to the coordinator every half second; the driver prints
+  one line for the job and, at the end, each shard's summary and their sum.
+
+Secrets never travel through Ray (task arguments are kept by its control store, and its object
+store may spill to disk): each worker reads the job file and the key's environment variable itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import anyio
+
+from .dispatch.limits import SlotBatches, SlotSchedule
+from .errors import BatchrunError, ExitCode, JobError
+from .progress import Progress
+from .report.last_run import note_last_run
+from .runner import run_job
+from .shard import Shard
+from .spec import Job, load_job
+from .summary import RunSummary
+
+INSTALL = "pip install 'batchrun[ray]'"
+SLOT_WINDOW_S = 0.25  # one batch of send slots: this long at the job's rate (10/s: 2 slots a call)
+MAX_BATCH = 64
+REPORT_S = 0.5
+TASK_RETRIES = 3  # a shard whose worker dies is run again this many times
+
+
+def import_ray(local: bool) -> ModuleType:
+    """Ray, or exit 2 with the pip command. ``local``: the Ray this process will start listens on
+    loopback only: Ray turns a node address of 127.0.0.1 into the machine's public one unless
+    this variable (read when ray is first imported, ``ray/_private/services.py``) says not to."""
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise JobError(f"--ray needs Ray: {INSTALL}") from None
+    return ray
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the command line says about the run, for every shard."""
+
+    retry_failed: bool = False
+    grace_s: float = 30.0
+    max_runtime_s: float | None = None
+    limit: int | None = None
+    max_cost: float | None = None  # each shard's part
+
+
+@dataclass(slots=True)
+class ShardCounts:
+    ok: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    to_do: int = 0
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The job's progress as the shards last reported it; ``pids``: each shard's live attempt."""
+
+    shards: int
+    counts: dict[int, ShardCounts] = field(default_factory=dict)
+    pids: dict[int, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def line(self, finished: int) -> str:
+        ok = sum(c.ok for c in self.counts.values())
+        failed = sum(c.failed for c in self.counts.values())
+        in_flight = sum(c.in_flight for c in self.counts.values())
+        to_do = sum(c.to_do for c in self.counts.values())
+        rate = (ok + failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return (
+            f"ray: {len(self.pids) - finished} of {self.shards} shards running, {finished} finished; "
+            f"{ok} ok, {failed} failed, in flight {in_flight}, {rate:.1f}/s, about {to_do} to do"
+        )
+
+
+class Coordinator:
+    """The Ray actor: each endpoint's send slots for the whole job, and the shards' counts. The
+    counts of a shard's dead attempts are kept: what they finished is done."""
+
+    def __init__(self, shards: int, rates: dict[str, float]) -> None:
+        self._schedules = {name: SlotSchedule(rate) for name, rate in rates.items()}
+        self._shards = shards
+        self._attempts: dict[int, dict[int, ShardCounts]] = {}
+        self._started = time.monotonic()
+
+    def slots(self, endpoint: str, count: int) -> list[float]:
+        return self._schedules[endpoint].take(count)
+
+    def report(self, shard: int, pid: int, counts: ShardCounts) -> None:
+        self._attempts.setdefault(shard, {})[pid] = counts
+
+    def snapshot(self) -> Snapshot:
+        snap = Snapshot(self._shards, elapsed_s=time.monotonic() - self._started)
+        for shard, attempts in self._attempts.items():
+            latest = list(attempts)[-1]
+            snap.pids[shard] = latest
+            snap.counts[shard] = ShardCounts(
+                ok=sum(a.ok for a in attempts.values()),
+                failed=sum(a.failed for a in attempts.values()),
+                in_flight=attempts[latest].in_flight,
+                to_do=attempts[latest].to_do,
+            )
+        return snap
+
+
+def _rates(job: Job) -> dict[str, float]:
+    return {lane.endpoint.name: rpm for lane in job.lanes() if (rpm := lane.limits.requests_per_minute)}
+
+
+def _pacer(coordinator: Any, rates: dict[str, float]) -> Callable[[Job], SlotBatches | None]:
+    def pacer(lane: Job) -> SlotBatches | None:
+        rate = rates.get(lane.endpoint.name)
+        if rate is None:
+            return None
+
+        async def fetch(count: int) -> list[float]:
+            slots: list[float] = await coordinator.slots.remote(lane.endpoint.name, count)
+            return slots
+
+        batch = max(1, min(MAX_BATCH, int(rate / 60 * SLOT_WINDOW_S)))
+        return SlotBatches(fetch, batch, SlotSchedule(rate).interval)
+
+    return pacer
+
+
+def _counts(progress: Progress) -> ShardCounts:
+    in_flight, _ = progress.activity()
+    return ShardCounts(progress.ok, progress.failed, in_flight, max(0, progress.total - progress.done))
+
+
+async def _run_shard(job: Job, coordinator: Any, options: Options) -> RunSummary:
+    seen: list[Progress] = []
+
+    async def report() -> None:
+        while True:
+            if seen:
+                await coordinator.report.remote(job.shard.index, os.getpid(), _counts(seen[0]))
+            await anyio.sleep(REPORT_S)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(report)
+        try:
+            summary = await run_job(
+                job,
+                retry_failed=options.retry_failed,
+                quiet=True,
+                interactive=False,
+                grace_s=options.grace_s,
+                max_runtime_s=options.max_runtime_s,
+                limit=options.limit,
+                shared_rate=_pacer(coordinator, _rates(job)),
+                observe=seen.append,
+            )
+        finally:
+            tg.cancel_scope.cancel()
+    if seen:
+        await coordinator.report.remote(job.shard.index, os.getpid(), _counts(seen[0]))
+    return summary
+
+
+def run_shard(job_file: str, output: str | None, shard: Shard, options: Options, coordinator: Any) -> RunSummary:
+    """One Ray task: shard K/N of the job, run in this worker (a bad job is the same error here as
+    on the driver, which checked it first)."""
+    job = dataclasses.replace(load_job(job_file, output=output), shard=shard)
+    if options.max_cost is not None:
+        job = dataclasses.replace(job, max_cost=options.max_cost)
+    summary = anyio.run(_run_shard, job, coordinator, options, backend="asyncio")
+    note_last_run(job.output_dir, summary.fields(), shard=shard.name)
+    return summary
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Each shard's summary, or why it has none (its task failed for good)."""
+
+    shards: int
+    summaries: dict[int, RunSummary] = field(default_factory=dict)
+    errors: dict[int, tuple[str, ExitCode]] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The worst shard's (a shard lost for good leaves the job incomplete)."""
+        codes = [s.exit_code for s in self.summaries.values()] + [code for _, code in self.errors.values()]
+        return max(codes, key=_severity, default=ExitCode.OK)
+
+    def lines(self) -> list[str]:
+        """Each shard's summary line, then the job's: the shards' counts summed, the worst exit code."""
+        lines = []
+        for k in range(self.shards):
+            if k in self.summaries:
+                lines.append(f"shard {k}/{self.shards}: {self.summaries[k].line()}")
+            elif k in self.errors:
+                lines.append(f"shard {k}/{self.shards}: error: {self.errors[k][0]}")
+        ok = sum(s.ok for s in self.summaries.values())
+        failed = sum(s.failed for s in self.summaries.values())
+        sent = sum(s.sent for s in self.summaries.values())
+        code = self.exit_code
+        lines.append(
+            f"ray, {self.shards} shards: finished {ok + failed} requests ({ok} ok, {failed} failed) in the shards' "
+            f"last runs; {sent} HTTP requests sent; exit {int(code)}: {code.meaning}"
+        )
+        return lines
+
+
+def _severity(code: ExitCode) -> int:
+    order = (ExitCode.OK, ExitCode.FAILED_ROWS, ExitCode.INCOMPLETE, ExitCode.LOCKED, ExitCode.BAD_JOB)
+    return order.index(code)
+
+
+def run_on_ray(
+    job: Job,
+    job_file: str,
+    *,
+    address: str | None,
+    shards: int | None,
+    options: Options,
+    output: str | None = None,
+    stream: TextIO | None = None,
+    quiet: bool = False,
+    cpus: int | None = None,
+    watch: Callable[[Snapshot], None] | None = None,
+) -> Outcome:
+    """Run the job's shards on Ray; ``watch`` sees every snapshot the driver reads (tests kill a
+    worker from it). ``cpus``: a local Ray's CPU count (default: the machine's)."""
+    ray = import_ray(local=address is None)
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
+        if address is None:
+            kwargs.update(num_cpus=cpus, _node_ip_address="127.0.0.1")
+        ray.init(address=address, **kwargs)
+    try:
+        count = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        coordinator = ray.remote(num_cpus=0)(Coordinator).remote(count, _rates(job))
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(run_shard)
+        refs = {
+            task.remote(str(Path(job_file).resolve()), output, Shard(k, count), options, coordinator): k
+            for k in range(count)
+        }
+        return _follow(ray, refs, coordinator, count, stream or sys.stderr, quiet, watch)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _follow(
+    ray: ModuleType,
+    refs: dict[Any, int],
+    coordinator: Any,
+    count: int,
+    stream: TextIO,
+    quiet: bool,
+    watch: Callable[[Snapshot], None] | None,
+) -> Outcome:
+    """Wait for the tasks, a progress line every few seconds, then collect what each returned."""
+    outcome, pending, said = Outcome(count), list(refs), 0.0
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_S)
+            for ref in done:
+                try:
+                    outcome.summaries[refs[ref]] = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the run raised: the job's error, or a bug
+                    cause = exc.cause
+                    code = cause.exit_code if isinstance(cause, BatchrunError) else ExitCode.INCOMPLETE
+                    outcome.errors[refs[ref]] = (str(cause) if cause else str(exc).strip().splitlines()[-1], code)
+                except ray.exceptions.RayError as exc:  # its worker died once more than Ray retries
+                    outcome.errors[refs[ref]] = (str(exc).strip().splitlines()[-1], ExitCode.INCOMPLETE)
+            snapshot = ray.get(coordinator.snapshot.remote())
+            if watch is not None:
+                watch(snapshot)
+            if not quiet and (time.monotonic() - said >= 5 or not pending):
+                print(snapshot.line(len(outcome.summaries) + len(outcome.errors)), file=stream, flush=True)
+                said = time.monotonic()
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    return outcome
