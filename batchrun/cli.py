@@ -337,15 +337,15 @@ def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
     if output is not None and "://" not in output:
         output = str(Path(output).resolve())  # the workers' working folder is not this one
     shards = args.shards
+    if args.max_cost is not None and not shards:
+        raise JobError("--max-cost with --ray: give --shards N too (each shard spends at most its part)")
     options = Options(
         retry_failed=args.retry_failed,
         grace_s=args.grace,
         max_runtime_s=args.max_runtime,
         limit=args.limit,
-        max_cost=None if args.max_cost is None else args.max_cost / shards if shards else None,
+        max_cost=None if args.max_cost is None or not shards else args.max_cost / shards,
     )
-    if args.max_cost is not None and not shards:
-        raise JobError("--max-cost with --ray: give --shards N too (each shard spends at most its part)")
     outcome = run_on_ray(
         job, args.job, address=args.ray or None, shards=shards, options=options, output=output, quiet=args.quiet
     )

@@ -21,6 +21,7 @@ store may spill to disk): each worker reads the job file and the key's environme
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -253,7 +254,7 @@ def run_on_ray(
     ray = import_ray(local=address is None)
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
         if address is None:
             kwargs.update(num_cpus=cpus, _node_ip_address="127.0.0.1")
         ray.init(address=address, **kwargs)

@@ -9,19 +9,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import polars as pl
 import pytest
 from helpers import JobWriter
 
+from batchrun.cli import main
+from batchrun.dispatch.limits import SlotBatches, SlotSchedule
 from batchrun.errors import ExitCode
-from batchrun.rayrun import SLOT_WINDOW_S, Options, Snapshot, run_on_ray
+from batchrun.rayrun import SLOT_WINDOW_S, Options, Outcome, Snapshot, run_on_ray
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import journal_frame, part_files
 from batchrun.spec import load_job
 
-pytestmark = pytest.mark.skipif(
+needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'batchrun[ray]')"
 )
 
@@ -49,6 +54,7 @@ def most_in_one_second(arrivals: list[float]) -> int:
     return most
 
 
+@needs_ray
 def test_two_shards_on_ray_survive_a_killed_worker_and_share_one_rate(
     write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -88,3 +94,70 @@ def test_two_shards_on_ray_survive_a_killed_worker_and_share_one_rate(
     assert ROWS <= answered <= ROWS + CONCURRENCY  # only what the dead worker had in flight went twice
     batch = int(PER_MINUTE / 60 * SLOT_WINDOW_S)
     assert most_in_one_second(sim.stats.arrivals) <= PER_MINUTE / 60 + batch
+
+
+def test_run_ray_without_ray_installed_is_one_line_and_exit_2(
+    write_job: JobWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    job = write_job(rows=[{"question": "q"}])
+    assert main(["run", str(job), "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["batchrun: error: --ray needs Ray: pip install 'batchrun[ray]'"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_ray_takes_shards_not_a_shard(
+    write_job: JobWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job(rows=[{"question": "q"}])
+    assert main(["run", str(job), "--ray", "--shard", "0/2"]) == 2
+    assert capsys.readouterr().err.strip() == "batchrun: error: --ray runs every shard: give --shards N, not --shard"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_slot_schedule_hands_out_evenly_spaced_slots_and_banks_none() -> None:
+    clock = Clock()
+    schedule = SlotSchedule(61, clock)  # one slot spare: a second apart
+    assert schedule.take(3) == [0.0, 1.0, 2.0]
+    clock.now += 0.5
+    assert schedule.take(2) == [2.5, 3.5]  # after the slots already handed out
+    clock.now += 60
+    assert schedule.take(1) == [0.0]  # an idle spell is not followed by a burst
+
+
+@pytest.mark.anyio
+async def test_slot_batches_fetch_a_batch_per_call_and_drop_stale_slots() -> None:
+    clock = Clock()
+    calls: list[int] = []
+
+    async def fetch(count: int) -> Sequence[float]:
+        calls.append(count)
+        return [0.0] * count
+
+    slots = SlotBatches(fetch, batch=4, interval=1.0, clock=clock)
+    for _ in range(10):
+        await slots.acquire()
+    assert calls == [4, 4, 4] and slots.fetched == 12
+    clock.now += 5  # the two slots left are stale: dropped, not sent in a burst
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(slots.acquire)
+    assert calls == [4, 4, 4, 4]  # the three waiters shared one fetch
+
+
+def test_the_job_exits_with_the_worst_shard_code() -> None:
+    outcome = Outcome(3, errors={2: ("lost", ExitCode.INCOMPLETE)})
+    assert outcome.exit_code == ExitCode.INCOMPLETE
+    assert outcome.lines()[-2:] == [
+        "shard 2/3: error: lost",
+        "ray, 3 shards: finished 0 requests (0 ok, 0 failed) in the shards' last runs; 0 HTTP requests sent; "
+        "exit 4: stopped early; run again to resume",
+    ]
