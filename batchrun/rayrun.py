@@ -10,7 +10,8 @@ same run as ``--shard K/N``, called in-process.
 - One rate for the whole job: the coordinator keeps each endpoint's ``SlotSchedule``; a shard
   draws send slots a quarter of a second's worth at a time (``SlotBatches``), so the actor is
   called a few times a second, not per request. Slots handed to a worker that dies are lost:
-  the job stays under its limit. ``tokens_per_minute`` stays divided by N, as with ``--shard``.
+  the job stays under its limit. ``tokens_per_minute`` likewise, in chunks of a quarter second's
+  tokens (``TokenGrants``).
 - Progress: each shard reports its counts to the coordinator every half second; the driver prints
   one line for the job and, at the end, each shard's summary and their sum.
 
@@ -33,7 +34,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from .dispatch.limits import SlotBatches, SlotSchedule
+from .dispatch.limits import Shared, SlotBatches, SlotSchedule, TokenGrants
 from .errors import BatchrunError, ExitCode, JobError
 from .progress import Progress
 from .report.last_run import note_last_run
@@ -115,6 +116,9 @@ class Coordinator:
     def slots(self, endpoint: str, count: int) -> list[float]:
         return self._schedules[endpoint].take(count)
 
+    def grant(self, schedule: str, amount: float) -> float:
+        return self._schedules[schedule].grant(amount)
+
     def report(self, shard: int, pid: int, counts: ShardCounts) -> None:
         self._attempts.setdefault(shard, {})[pid] = counts
 
@@ -133,23 +137,39 @@ class Coordinator:
 
 
 def _rates(job: Job) -> dict[str, float]:
-    return {lane.endpoint.name: rpm for lane in job.lanes() if (rpm := lane.limits.requests_per_minute)}
+    """Each endpoint's job-wide limits, by schedule name: ``<endpoint>`` requests, ``<endpoint>#tokens``."""
+    rates: dict[str, float] = {}
+    for lane in job.lanes():
+        if rpm := lane.limits.requests_per_minute:
+            rates[lane.endpoint.name] = rpm
+        if tpm := lane.limits.tokens_per_minute:
+            rates[f"{lane.endpoint.name}#tokens"] = tpm
+    return rates
 
 
-def _pacer(coordinator: Any, rates: dict[str, float]) -> Callable[[Job], SlotBatches | None]:
-    def pacer(lane: Job) -> SlotBatches | None:
-        rate = rates.get(lane.endpoint.name)
-        if rate is None:
-            return None
+def _shared(coordinator: Any, rates: dict[str, float]) -> Callable[[Job], Shared]:
+    def shared(lane: Job) -> Shared:
+        name = lane.endpoint.name
+        rate, tokens = rates.get(name), rates.get(f"{name}#tokens")
+        pacer, meter = None, None
+        if rate is not None:
 
-        async def fetch(count: int) -> list[float]:
-            slots: list[float] = await coordinator.slots.remote(lane.endpoint.name, count)
-            return slots
+            async def slots(count: int) -> list[float]:
+                delays: list[float] = await coordinator.slots.remote(name, count)
+                return delays
 
-        batch = max(1, min(MAX_BATCH, int(rate / 60 * SLOT_WINDOW_S)))
-        return SlotBatches(fetch, batch, SlotSchedule(rate).interval)
+            batch = max(1, min(MAX_BATCH, int(rate / 60 * SLOT_WINDOW_S)))
+            pacer = SlotBatches(slots, batch, SlotSchedule(rate).interval)
+        if tokens is not None:
 
-    return pacer
+            async def grant(amount: float) -> float:
+                delay: float = await coordinator.grant.remote(f"{name}#tokens", amount)
+                return delay
+
+            meter = TokenGrants(grant, max(1.0, tokens / 60 * SLOT_WINDOW_S))
+        return Shared(pacer, meter)
+
+    return shared
 
 
 def _counts(progress: Progress) -> ShardCounts:
@@ -177,7 +197,7 @@ async def _run_shard(job: Job, coordinator: Any, options: Options) -> RunSummary
                 grace_s=options.grace_s,
                 max_runtime_s=options.max_runtime_s,
                 limit=options.limit,
-                shared_rate=_pacer(coordinator, _rates(job)),
+                shared=_shared(coordinator, _rates(job)),
                 observe=seen.append,
             )
         finally:

@@ -22,7 +22,7 @@ from .dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
 from .dispatch.lanes import Lanes, LaneTally
-from .dispatch.limits import CoolDown, Pacer, Sleep, TokenBudget
+from .dispatch.limits import CoolDown, Shared, Sleep, TokenBudget
 from .dispatch.pool import HANDOFF, Call, Pool
 from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
@@ -109,11 +109,11 @@ async def run_job(
     max_runtime_s: float | None = None,
     handle_signals: bool = False,
     limit: int | None = None,
-    shared_rate: Callable[[Job], Pacer | None] | None = None,
+    shared: Callable[[Job], Shared] | None = None,
     observe: Callable[[Progress], None] | None = None,
 ) -> RunSummary:
     """Run ``job`` to the end, or until a signal, the deadline or a fatal error stops it.
-    ``shared_rate``: a lane's job-wide send slots (``--ray``), in place of its share of the limit;
+    ``shared``: a lane's job-wide limits (``--ray``), in place of its share of them;
     ``observe`` is given the run's progress (its counts, read by whoever reports them)."""
     started = time.monotonic()
     table, total_rows = await anyio.to_thread.run_sync(open_input, job)
@@ -163,7 +163,7 @@ async def run_job(
             callers = []
             for lane in lanes:
                 sender = await senders.enter_async_context(_sender(lane, _lane_transport(lane, transport, simulator)))
-                callers.append(_caller(lane, sender, sleep, None if shared_rate is None else shared_rate(lane)))
+                callers.append(_caller(lane, sender, sleep, Shared() if shared is None else shared(lane)))
             budget = Budget(job.max_cost, lambda: pools.stop(f"the budget of ${job.max_cost:g} is reached", grace_s))
             calls = [
                 _in_flight(
@@ -300,15 +300,18 @@ def _sender(job: Job, transport: httpx.AsyncBaseTransport | None) -> Sender:
     )
 
 
-def _caller(job: Job, sender: Sender, sleep: Sleep, shared: Pacer | None = None) -> Caller:
-    own = None if shared is not None else job.shard.share(job.limits.requests_per_minute)
+def _caller(job: Job, sender: Sender, sleep: Sleep, shared: Shared) -> Caller:
+    own = None if shared.rate is not None else job.shard.share(job.limits.requests_per_minute)
+    tokens = shared.tokens
+    if tokens is None and (tpm := job.limits.tokens_per_minute):
+        tokens = TokenBudget(tpm / job.shard.count)
     return Caller(
         sender,
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
-        rate=AdaptiveRate(own, shared=shared),
+        rate=AdaptiveRate(own, shared=shared.rate),
         concurrency=AdaptiveConcurrency(job.limits.concurrency),
-        tokens=TokenBudget(tpm / job.shard.count) if (tpm := job.limits.tokens_per_minute) else None,
+        tokens=tokens,
         completion_tokens=completion_cap(job),
         cooldown=CoolDown(),
         sleep=sleep,

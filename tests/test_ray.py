@@ -19,7 +19,7 @@ import pytest
 from helpers import JobWriter
 
 from batchrun.cli import main
-from batchrun.dispatch.limits import SlotBatches, SlotSchedule
+from batchrun.dispatch.limits import SlotBatches, SlotSchedule, TokenGrants
 from batchrun.errors import ExitCode
 from batchrun.rayrun import SLOT_WINDOW_S, Options, Outcome, Snapshot, run_on_ray
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
@@ -131,6 +131,29 @@ def test_slot_schedule_hands_out_evenly_spaced_slots_and_banks_none() -> None:
     assert schedule.take(2) == [2.5, 3.5]  # after the slots already handed out
     clock.now += 60
     assert schedule.take(1) == [0.0]  # an idle spell is not followed by a burst
+
+
+def test_slot_schedule_grants_tokens_a_chunk_at_a_time() -> None:
+    clock = Clock()
+    schedule = SlotSchedule(61, clock)  # a token a second
+    assert schedule.grant(3) == 0.0
+    assert schedule.grant(2) == 3.0  # once the first chunk's time has passed
+    clock.now += 60
+    assert schedule.grant(1) == 0.0
+
+
+@pytest.mark.anyio
+async def test_token_grants_fetch_only_what_the_credit_lacks() -> None:
+    fetched: list[float] = []
+
+    async def fetch(amount: float) -> float:
+        fetched.append(amount)
+        return 0.0
+
+    tokens = TokenGrants(fetch, chunk=100)
+    for take in (30, 60, 500):
+        await tokens.take(take)
+    assert fetched == [100, 490]  # 30 and 60 from the first chunk; 500 needs 490 more than the 10 left
 
 
 @pytest.mark.anyio

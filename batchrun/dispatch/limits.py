@@ -6,6 +6,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
@@ -68,6 +69,21 @@ class Pacer(Protocol):
     async def acquire(self) -> None: ...
 
 
+class TokenMeter(Protocol):
+    """What holds a request until its tokens are free: ``TokenBudget`` in one process,
+    ``TokenGrants`` when a whole job's shards share one ``tokens_per_minute`` (``--ray``)."""
+
+    async def take(self, tokens: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """An endpoint's job-wide limits (``--ray``), used in place of this process's share of them."""
+
+    rate: Pacer | None = None
+    tokens: TokenMeter | None = None
+
+
 class SlotSchedule:
     """The job-wide schedule behind ``SlotBatches`` (kept by one process, e.g. a Ray actor): hands
     out evenly spaced send slots, ``count`` at a time, as delays from now. Unused slots are not
@@ -84,6 +100,13 @@ class SlotSchedule:
         first = max(self._next, now)
         self._next = first + count * self.interval
         return [first + i * self.interval - now for i in range(count)]
+
+    def grant(self, amount: float) -> float:
+        """``amount`` units (tokens) at once: the delay from now until they may be spent."""
+        now = self._clock()
+        first = max(self._next, now)
+        self._next = first + amount * self.interval
+        return first - now
 
 
 class SlotBatches:
@@ -123,6 +146,29 @@ class SlotBatches:
                     received = self._clock()  # later than the keeper's now: slots only move later
                     self._slots.extend(received + delay for delay in delays)
                     self.fetched += len(delays)
+
+
+class TokenGrants:
+    """A ``TokenMeter`` that draws tokens from a shared ``SlotSchedule`` a chunk at a time (at least
+    ``chunk``), waits until the chunk is granted, then spends it; requests take tokens in turn. Credit
+    left over is at most one chunk, so the job goes over its rate by at most one chunk."""
+
+    def __init__(self, fetch: Callable[[float], Awaitable[float]], chunk: float) -> None:
+        self.chunk = chunk
+        self._fetch = fetch
+        self._credit = 0.0
+        self._lock: anyio.Lock | None = None
+
+    async def take(self, tokens: float) -> None:
+        self._lock = self._lock or anyio.Lock()
+        async with self._lock:
+            while self._credit < tokens:
+                amount = max(self.chunk, tokens - self._credit)
+                delay = await self._fetch(amount)
+                if delay > 0:
+                    await anyio.sleep(delay)
+                self._credit += amount
+            self._credit -= tokens
 
 
 class TokenBudget:
