@@ -330,7 +330,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
-    from .rayrun import Options, import_ray, run_on_ray
+    from .rayrun import Options, import_ray, manifest_line, run_on_ray
 
     import_ray(local=not args.ray)  # not installed: exit 2 before anything starts
     output = args.output
@@ -350,7 +350,8 @@ def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
         job, args.job, address=args.ray or None, shards=shards, options=options, output=output, quiet=args.quiet
     )
     lines = outcome.lines()
-    print("\n".join(lines[-1:] if args.quiet else lines))
+    shown = [] if args.quiet else [*lines[:-1], manifest_line(job)]
+    print("\n".join([*shown, lines[-1]]))
     return int(outcome.exit_code)
 
 

@@ -251,6 +251,18 @@ class Outcome:
         return lines
 
 
+def manifest_line(job: Job) -> str:
+    """The whole job as its manifest has it now: a shard run again after its worker died counts
+    only its last run in its summary, the manifest counts all."""
+    from .status import read_status
+
+    found = read_status(job).endpoints.values()
+    ok, failed = sum(e["ok"] for e in found), sum(e["failed"] for e in found)
+    left = [e["left"] for e in found]
+    tail = f", {sum(left)} to do" if left and None not in left else ""
+    return f"the manifest: {ok} requests ok, {failed} failed{tail} (batchrun status: by endpoint)"
+
+
 def _severity(code: ExitCode) -> int:
     order = (ExitCode.OK, ExitCode.FAILED_ROWS, ExitCode.INCOMPLETE, ExitCode.LOCKED, ExitCode.BAD_JOB)
     return order.index(code)

@@ -21,7 +21,7 @@ from helpers import JobWriter
 from batchrun.cli import main
 from batchrun.dispatch.limits import SlotBatches, SlotSchedule, TokenGrants
 from batchrun.errors import ExitCode
-from batchrun.rayrun import SLOT_WINDOW_S, Options, Outcome, Snapshot, run_on_ray
+from batchrun.rayrun import SLOT_WINDOW_S, Options, Outcome, Snapshot, manifest_line, run_on_ray
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import journal_frame, part_files
 from batchrun.spec import load_job
@@ -90,8 +90,10 @@ def test_two_shards_on_ray_survive_a_killed_worker_and_share_one_rate(
     rows_made = every_row(job.output_dir)
     assert rows_made.height == ROWS and rows_made["request_key"].is_unique().all()
     assert set(rows_made["status"]) == {"ok"}
+    assert manifest_line(job).startswith(f"the manifest: {ROWS} requests ok, 0 failed, 0 to do")
     answered = sim.stats.by_outcome["ok"]
-    assert ROWS <= answered <= ROWS + CONCURRENCY  # only what the dead worker had in flight went twice
+    assert ROWS <= answered <= ROWS + CONCURRENCY  # only what the dead worker had in flight (at most its
+    # concurrency) went twice
     batch = int(PER_MINUTE / 60 * SLOT_WINDOW_S)
     assert most_in_one_second(sim.stats.arrivals) <= PER_MINUTE / 60 + batch
 
