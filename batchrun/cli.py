@@ -58,7 +58,10 @@ def _add_shard_arguments(parser: argparse.ArgumentParser, shards_help: str | Non
         help="send only shard K of N (by request key); auto: from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID",
     )
     parser.add_argument(
-        "--shards", type=_count, metavar="N", help=shards_help or "the number of shards, for --shard auto on Kubernetes"
+        "--shards",
+        type=_count,
+        metavar="N",
+        help=shards_help or "the number of shards: for --shard auto on Kubernetes, or --ray",
     )
 
 
@@ -346,12 +349,25 @@ def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
         limit=args.limit,
         max_cost=None if args.max_cost is None or not shards else args.max_cost / shards,
     )
+    configure_logging(args.log_format)
     outcome = run_on_ray(
-        job, args.job, address=args.ray or None, shards=shards, options=options, output=output, quiet=args.quiet
+        job,
+        args.job,
+        address=args.ray or None,
+        shards=shards,
+        options=options,
+        output=output,
+        quiet=args.quiet,
+        say=(lambda line: event(line, event="progress")) if args.log_format == "json" else None,
     )
     lines = outcome.lines()
     shown = [] if args.quiet else [*lines[:-1], manifest_line(job)]
-    print("\n".join([*shown, lines[-1]]))
+    if args.log_format == "json":
+        for line in shown:
+            event(line, event="ray")
+        event(lines[-1], event="summary", shards=outcome.shards, exit_code=int(outcome.exit_code))
+    else:
+        print("\n".join([*shown, lines[-1]]))
     return int(outcome.exit_code)
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 
@@ -276,13 +276,14 @@ def run_on_ray(
     shards: int | None,
     options: Options,
     output: str | None = None,
-    stream: TextIO | None = None,
+    say: Callable[[str], None] | None = None,
     quiet: bool = False,
     cpus: int | None = None,
     watch: Callable[[Snapshot], None] | None = None,
 ) -> Outcome:
     """Run the job's shards on Ray; ``watch`` sees every snapshot the driver reads (tests kill a
-    worker from it). ``cpus``: a local Ray's CPU count (default: the machine's)."""
+    worker from it); ``say`` prints a progress line (default: to stderr). ``cpus``: a local Ray's CPU
+    count (default: the machine's)."""
     ray = import_ray(local=address is None)
     started_here = not ray.is_initialized()
     if started_here:
@@ -298,10 +299,14 @@ def run_on_ray(
             task.remote(str(Path(job_file).resolve()), output, Shard(k, count), options, coordinator): k
             for k in range(count)
         }
-        return _follow(ray, refs, coordinator, count, stream or sys.stderr, quiet, watch)
+        return _follow(ray, refs, coordinator, count, say or _to_stderr, quiet, watch)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _follow(
@@ -309,7 +314,7 @@ def _follow(
     refs: dict[Any, int],
     coordinator: Any,
     count: int,
-    stream: TextIO,
+    say: Callable[[str], None],
     quiet: bool,
     watch: Callable[[Snapshot], None] | None,
 ) -> Outcome:
@@ -330,8 +335,8 @@ def _follow(
             snapshot = ray.get(coordinator.snapshot.remote())
             if watch is not None:
                 watch(snapshot)
-            if not quiet and (time.monotonic() - said >= 5 or not pending):
-                print(snapshot.line(len(outcome.summaries) + len(outcome.errors)), file=stream, flush=True)
+            if not quiet and (snapshot.pids or not pending) and (time.monotonic() - said >= 5 or not pending):
+                say(snapshot.line(len(outcome.summaries) + len(outcome.errors)))
                 said = time.monotonic()
     except KeyboardInterrupt:
         for ref in pending:

@@ -21,7 +21,16 @@ from helpers import JobWriter
 from batchrun.cli import main
 from batchrun.dispatch.limits import SlotBatches, SlotSchedule, TokenGrants
 from batchrun.errors import ExitCode
-from batchrun.rayrun import SLOT_WINDOW_S, Options, Outcome, Snapshot, manifest_line, run_on_ray
+from batchrun.rayrun import (
+    SLOT_WINDOW_S,
+    Coordinator,
+    Options,
+    Outcome,
+    ShardCounts,
+    Snapshot,
+    manifest_line,
+    run_on_ray,
+)
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import journal_frame, part_files
 from batchrun.spec import load_job
@@ -186,3 +195,16 @@ def test_the_job_exits_with_the_worst_shard_code() -> None:
         "ray, 3 shards: finished 0 requests (0 ok, 0 failed) in the shards' last runs; 0 HTTP requests sent; "
         "exit 4: stopped early; run again to resume",
     ]
+
+
+def test_the_coordinator_keeps_what_a_dead_attempt_finished() -> None:
+    coordinator = Coordinator(2, {"a": 600})
+    coordinator.report(0, 101, ShardCounts(ok=30, failed=1, in_flight=4, to_do=90))
+    coordinator.report(1, 102, ShardCounts(ok=40, in_flight=4, to_do=80))
+    coordinator.report(0, 103, ShardCounts(ok=5, in_flight=2, to_do=60))  # shard 0 again, in a new worker
+    snapshot = coordinator.snapshot()
+    assert snapshot.pids == {0: 103, 1: 102}
+    assert snapshot.counts[0] == ShardCounts(ok=35, failed=1, in_flight=2, to_do=60)
+    line = snapshot.line(finished=1)
+    assert line.startswith("ray: 1 of 2 shards running, 1 finished; 75 ok, 1 failed, in flight 6, ")
+    assert line.endswith(", about 140 to do")
