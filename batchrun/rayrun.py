@@ -293,7 +293,9 @@ def run_on_ray(
         ray.init(address=address, **kwargs)
     try:
         count = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        coordinator = ray.remote(num_cpus=0)(Coordinator).remote(count, _rates(job))
+        # restarted if its process dies (a fresh schedule, the counts so far lost), calls retried
+        actor = ray.remote(num_cpus=0, max_restarts=TASK_RETRIES, max_task_retries=TASK_RETRIES)(Coordinator)
+        coordinator = actor.remote(count, _rates(job))
         task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(run_shard)
         refs = {
             task.remote(str(Path(job_file).resolve()), output, Shard(k, count), options, coordinator): k
