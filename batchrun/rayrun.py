@@ -91,14 +91,14 @@ class Snapshot:
     pids: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
-    def line(self, finished: int) -> str:
+    def line(self, finished: set[int]) -> str:
         ok = sum(c.ok for c in self.counts.values())
         failed = sum(c.failed for c in self.counts.values())
         in_flight = sum(c.in_flight for c in self.counts.values())
         to_do = sum(c.to_do for c in self.counts.values())
         rate = (ok + failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
         return (
-            f"ray: {len(self.pids) - finished} of {self.shards} shards running, {finished} finished; "
+            f"ray: {len(set(self.pids) - finished)} of {self.shards} shards running, {len(finished)} finished; "
             f"{ok} ok, {failed} failed, in flight {in_flight}, {rate:.1f}/s, about {to_do} to do"
         )
 
@@ -186,6 +186,7 @@ async def _run_shard(job: Job, coordinator: Any, options: Options) -> RunSummary
                 await coordinator.report.remote(job.shard.index, os.getpid(), _counts(seen[0]))
             await anyio.sleep(REPORT_S)
 
+    failed: BatchrunError | None = None  # raised as itself, not inside the task group's ExceptionGroup
     async with anyio.create_task_group() as tg:
         tg.start_soon(report)
         try:
@@ -200,8 +201,12 @@ async def _run_shard(job: Job, coordinator: Any, options: Options) -> RunSummary
                 shared=_shared(coordinator, _rates(job)),
                 observe=seen.append,
             )
+        except BatchrunError as exc:
+            failed = exc
         finally:
             tg.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
     if seen:
         await coordinator.report.remote(job.shard.index, os.getpid(), _counts(seen[0]))
     return summary
@@ -338,7 +343,7 @@ def _follow(
             if watch is not None:
                 watch(snapshot)
             if not quiet and (snapshot.pids or not pending) and (time.monotonic() - said >= 5 or not pending):
-                say(snapshot.line(len(outcome.summaries) + len(outcome.errors)))
+                say(snapshot.line({*outcome.summaries, *outcome.errors}))
                 said = time.monotonic()
     except KeyboardInterrupt:
         for ref in pending:

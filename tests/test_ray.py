@@ -6,12 +6,15 @@ both shards."""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import importlib.util
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import polars as pl
@@ -20,7 +23,7 @@ from helpers import JobWriter
 
 from batchrun.cli import main
 from batchrun.dispatch.limits import SlotBatches, SlotSchedule, TokenGrants
-from batchrun.errors import ExitCode
+from batchrun.errors import ExitCode, OutputLockedError
 from batchrun.rayrun import (
     SLOT_WINDOW_S,
     Coordinator,
@@ -28,9 +31,12 @@ from batchrun.rayrun import (
     Outcome,
     ShardCounts,
     Snapshot,
+    _rates,
+    _run_shard,
     manifest_line,
     run_on_ray,
 )
+from batchrun.shard import Shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import journal_frame, part_files
 from batchrun.spec import load_job
@@ -205,6 +211,65 @@ def test_the_coordinator_keeps_what_a_dead_attempt_finished() -> None:
     snapshot = coordinator.snapshot()
     assert snapshot.pids == {0: 103, 1: 102}
     assert snapshot.counts[0] == ShardCounts(ok=35, failed=1, in_flight=2, to_do=60)
-    line = snapshot.line(finished=1)
+    line = snapshot.line(finished={1})
     assert line.startswith("ray: 1 of 2 shards running, 1 finished; 75 ok, 1 failed, in flight 6, ")
     assert line.endswith(", about 140 to do")
+
+
+class InProcess:
+    """A coordinator handle without Ray: ``handle.method.remote(...)`` is awaitable, as an actor's is."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    def snapshot_now(self) -> Snapshot:
+        return self._coordinator.snapshot()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._coordinator, name)
+
+        class Remote:
+            @staticmethod
+            async def remote(*args: Any) -> Any:
+                return method(*args)
+
+        return Remote
+
+
+@pytest.mark.anyio
+async def test_shards_in_one_process_share_the_coordinator_rate(write_job: JobWriter) -> None:
+    rows = [{"id": f"r{i}", "question": f"question {i}"} for i in range(100)]
+    sim = create_app(FaultPlan(latency_ms=20))
+    with serve_in_thread(sim) as url:
+        job = load_job(
+            write_job(
+                rows=rows,
+                endpoint=f'base_url = "{url}"\nmodel = "m"',
+                limits=f"concurrency = {CONCURRENCY}\nrequests_per_minute = {PER_MINUTE}",
+            )
+        )
+        coordinator = InProcess(Coordinator(2, _rates(job)))
+        async with anyio.create_task_group() as tg:
+            for k in range(2):
+                tg.start_soon(_run_shard, dataclasses.replace(job, shard=Shard(k, 2)), coordinator, Options())
+                while k not in coordinator.snapshot_now().pids:  # one process: its temp file names are the
+                    await anyio.sleep(0.01)  # same for both shards, so they start one after the other
+    assert sim.stats.by_outcome == {"ok": 100}
+    assert every_row(job.output_dir).height == 100
+    batch = int(PER_MINUTE / 60 * SLOT_WINDOW_S)
+    assert most_in_one_second(sim.stats.arrivals) <= PER_MINUTE / 60 + batch  # not 2 x the rate
+    snapshot = coordinator.snapshot_now()
+    assert sum(c.ok for c in snapshot.counts.values()) == 100
+
+
+@pytest.mark.anyio
+async def test_a_shard_that_cannot_run_raises_its_own_error(write_job: JobWriter) -> None:
+    job = dataclasses.replace(load_job(write_job(rows=[{"question": "q"}])), shard=Shard(0, 2))
+    job.output_dir.mkdir()
+    held = os.open(job.output_dir / ".lock-s0of2", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(OutputLockedError):  # itself, not in an ExceptionGroup: Ray hands it to the driver
+            await _run_shard(job, InProcess(Coordinator(2, {})), Options())
+    finally:
+        os.close(held)
