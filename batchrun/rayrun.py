@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,6 +37,7 @@ import anyio
 from .dispatch.limits import Shared, SlotBatches, SlotSchedule, TokenGrants
 from .errors import BatchrunError, ExitCode, JobError
 from .progress import Progress
+from .raystate import Coordinator, Outcome, ShardCounts, Snapshot
 from .report.last_run import note_last_run
 from .runner import run_job
 from .shard import Shard
@@ -72,68 +73,6 @@ class Options:
     max_runtime_s: float | None = None
     limit: int | None = None
     max_cost: float | None = None  # each shard's part
-
-
-@dataclass(slots=True)
-class ShardCounts:
-    ok: int = 0
-    failed: int = 0
-    in_flight: int = 0
-    to_do: int = 0
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """The job's progress as the shards last reported it; ``pids``: each shard's live attempt."""
-
-    shards: int
-    counts: dict[int, ShardCounts] = field(default_factory=dict)
-    pids: dict[int, int] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-
-    def line(self, finished: set[int]) -> str:
-        ok = sum(c.ok for c in self.counts.values())
-        failed = sum(c.failed for c in self.counts.values())
-        in_flight = sum(c.in_flight for c in self.counts.values())
-        to_do = sum(c.to_do for c in self.counts.values())
-        rate = (ok + failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return (
-            f"ray: {len(set(self.pids) - finished)} of {self.shards} shards running, {len(finished)} finished; "
-            f"{ok} ok, {failed} failed, in flight {in_flight}, {rate:.1f}/s, about {to_do} to do"
-        )
-
-
-class Coordinator:
-    """The Ray actor: each endpoint's send slots for the whole job, and the shards' counts. The
-    counts of a shard's dead attempts are kept: what they finished is done."""
-
-    def __init__(self, shards: int, rates: dict[str, float]) -> None:
-        self._schedules = {name: SlotSchedule(rate) for name, rate in rates.items()}
-        self._shards = shards
-        self._attempts: dict[int, dict[int, ShardCounts]] = {}
-        self._started = time.monotonic()
-
-    def slots(self, endpoint: str, count: int) -> list[float]:
-        return self._schedules[endpoint].take(count)
-
-    def grant(self, schedule: str, amount: float) -> float:
-        return self._schedules[schedule].grant(amount)
-
-    def report(self, shard: int, pid: int, counts: ShardCounts) -> None:
-        self._attempts.setdefault(shard, {})[pid] = counts
-
-    def snapshot(self) -> Snapshot:
-        snap = Snapshot(self._shards, elapsed_s=time.monotonic() - self._started)
-        for shard, attempts in self._attempts.items():
-            latest = list(attempts)[-1]
-            snap.pids[shard] = latest
-            snap.counts[shard] = ShardCounts(
-                ok=sum(a.ok for a in attempts.values()),
-                failed=sum(a.failed for a in attempts.values()),
-                in_flight=attempts[latest].in_flight,
-                to_do=attempts[latest].to_do,
-            )
-        return snap
 
 
 def _rates(job: Job) -> dict[str, float]:
@@ -223,39 +162,6 @@ def run_shard(job_file: str, output: str | None, shard: Shard, options: Options,
     return summary
 
 
-@dataclass(slots=True)
-class Outcome:
-    """Each shard's summary, or why it has none (its task failed for good)."""
-
-    shards: int
-    summaries: dict[int, RunSummary] = field(default_factory=dict)
-    errors: dict[int, tuple[str, ExitCode]] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> ExitCode:
-        """The worst shard's (a shard lost for good leaves the job incomplete)."""
-        codes = [s.exit_code for s in self.summaries.values()] + [code for _, code in self.errors.values()]
-        return max(codes, key=_severity, default=ExitCode.OK)
-
-    def lines(self) -> list[str]:
-        """Each shard's summary line, then the job's: the shards' counts summed, the worst exit code."""
-        lines = []
-        for k in range(self.shards):
-            if k in self.summaries:
-                lines.append(f"shard {k}/{self.shards}: {self.summaries[k].line()}")
-            elif k in self.errors:
-                lines.append(f"shard {k}/{self.shards}: error: {self.errors[k][0]}")
-        ok = sum(s.ok for s in self.summaries.values())
-        failed = sum(s.failed for s in self.summaries.values())
-        sent = sum(s.sent for s in self.summaries.values())
-        code = self.exit_code
-        lines.append(
-            f"ray, {self.shards} shards: finished {ok + failed} requests ({ok} ok, {failed} failed) in the shards' "
-            f"last runs; {sent} HTTP requests sent; exit {int(code)}: {code.meaning}"
-        )
-        return lines
-
-
 def manifest_line(job: Job) -> str:
     """The whole job as its manifest has it now: a shard run again after its worker died counts
     only its last run in its summary, the manifest counts all."""
@@ -266,11 +172,6 @@ def manifest_line(job: Job) -> str:
     left = [e["left"] for e in found]
     tail = f", {sum(left)} to do" if left and None not in left else ""
     return f"the manifest: {ok} requests ok, {failed} failed{tail} (batchrun status: by endpoint)"
-
-
-def _severity(code: ExitCode) -> int:
-    order = (ExitCode.OK, ExitCode.FAILED_ROWS, ExitCode.INCOMPLETE, ExitCode.LOCKED, ExitCode.BAD_JOB)
-    return order.index(code)
 
 
 def run_on_ray(

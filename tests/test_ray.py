@@ -26,16 +26,13 @@ from batchrun.dispatch.limits import SlotBatches, SlotSchedule, TokenGrants
 from batchrun.errors import ExitCode, OutputLockedError
 from batchrun.rayrun import (
     SLOT_WINDOW_S,
-    Coordinator,
     Options,
-    Outcome,
-    ShardCounts,
-    Snapshot,
     _rates,
     _run_shard,
     manifest_line,
     run_on_ray,
 )
+from batchrun.raystate import Coordinator, Outcome, ShardCounts, Snapshot
 from batchrun.shard import Shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import journal_frame, part_files
