@@ -21,6 +21,7 @@ store may spill to disk): each worker reads the job file and the key's environme
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -122,7 +123,7 @@ async def _run_shard(job: Job, coordinator: Any, options: Options) -> RunSummary
     async def report() -> None:
         while True:
             if seen:
-                await coordinator.report.remote(job.shard.index, os.getpid(), _counts(seen[0]))
+                await _tell(coordinator, job.shard.index, _counts(seen[0]))
             await anyio.sleep(REPORT_S)
 
     failed: BatchrunError | None = None  # raised as itself, not inside the task group's ExceptionGroup
@@ -147,8 +148,15 @@ async def _run_shard(job: Job, coordinator: Any, options: Options) -> RunSummary
     if failed is not None:
         raise failed
     if seen:
-        await coordinator.report.remote(job.shard.index, os.getpid(), _counts(seen[0]))
+        await _tell(coordinator, job.shard.index, _counts(seen[0]))
     return summary
+
+
+async def _tell(coordinator: Any, shard: int, counts: ShardCounts) -> None:
+    """Progress is for the driver's line only: a coordinator that cannot be reached (its process
+    restarting) costs a line, never the shard's run (whatever Ray raises for it)."""
+    with contextlib.suppress(Exception):
+        await coordinator.report.remote(shard, os.getpid(), counts)
 
 
 def run_shard(job_file: str, output: str | None, shard: Shard, options: Options, coordinator: Any) -> RunSummary:
