@@ -335,7 +335,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
     from .rayrun import Options, import_ray, manifest_line, run_on_ray
 
-    import_ray(local=not args.ray)  # not installed: exit 2 before anything starts
+    import_ray(args.ray or None)  # not installed: exit 2 before anything starts
     output = args.output
     if output is not None and "://" not in output:
         output = str(Path(output).resolve())  # the workers' working folder is not this one

@@ -52,11 +52,12 @@ REPORT_S = 0.5
 TASK_RETRIES = 3  # a shard whose worker dies is run again this many times
 
 
-def import_ray(local: bool) -> ModuleType:
-    """Ray, or exit 2 with the pip command. ``local``: the Ray this process will start listens on
-    loopback only: Ray turns a node address of 127.0.0.1 into the machine's public one unless
-    this variable (read when ray is first imported, ``ray/_private/services.py``) says not to."""
-    if local and "ray" not in sys.modules:
+def import_ray(address: str | None) -> ModuleType:
+    """Ray, or exit 2 with the pip command. No address: the Ray this process will start listens on
+    loopback only; a loopback address: a Ray started so. Ray turns 127.0.0.1 into the machine's
+    public address unless this variable (read when ray is first imported,
+    ``ray/_private/services.py``) says not to."""
+    if _on_loopback(address) and "ray" not in sys.modules:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
@@ -198,13 +199,10 @@ def run_on_ray(
     """Run the job's shards on Ray; ``watch`` sees every snapshot the driver reads (tests kill a
     worker from it); ``say`` prints a progress line (default: to stderr). ``cpus``: a local Ray's CPU
     count (default: the machine's)."""
-    ray = import_ray(local=address is None)
+    ray = import_ray(address)
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-        if address is None:
-            kwargs.update(num_cpus=cpus, _node_ip_address="127.0.0.1")
-        ray.init(address=address, **kwargs)
+        _connect(ray, address, cpus)
     try:
         count = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # restarted if its process dies (a fresh schedule, the counts so far lost), calls retried
@@ -219,6 +217,25 @@ def run_on_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _on_loopback(address: str | None) -> bool:
+    if address is None:
+        return True
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _connect(ray: ModuleType, address: str | None, cpus: int | None) -> None:
+    """No address: a new local Ray (``local``: not one that ``RAY_ADDRESS`` or an earlier
+    ``ray start`` on this machine points to, which Ray would join for no address at all)."""
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if address is None:
+        kwargs.update(num_cpus=cpus, _node_ip_address="127.0.0.1")
+    try:
+        ray.init(address=address or "local", **kwargs)
+    except (ConnectionError, ValueError) as exc:  # nothing there, or not an address: nothing was sent
+        raise JobError(f"--ray {address}: cannot connect to a Ray cluster: {exc}") from None
 
 
 def _to_stderr(line: str) -> None:

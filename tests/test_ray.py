@@ -27,6 +27,7 @@ from batchrun.errors import ExitCode, OutputLockedError
 from batchrun.rayrun import (
     SLOT_WINDOW_S,
     Options,
+    _on_loopback,
     _rates,
     _run_shard,
     manifest_line,
@@ -270,3 +271,8 @@ async def test_a_shard_that_cannot_run_raises_its_own_error(write_job: JobWriter
             await _run_shard(job, InProcess(Coordinator(2, {})), Options())
     finally:
         os.close(held)
+
+
+def test_a_loopback_address_keeps_ray_on_loopback() -> None:
+    assert _on_loopback(None) and _on_loopback("127.0.0.1:6379") and _on_loopback("ray://localhost:10001")
+    assert not _on_loopback("auto") and not _on_loopback("10.0.0.5:6379")
