@@ -109,10 +109,14 @@ class SlotSchedule:
         return first - now
 
 
+STALE_S = 0.02
+
+
 class SlotBatches:
     """A ``Pacer`` that draws send slots from a shared ``SlotSchedule`` a batch at a time (one call
-    to the schedule's keeper per batch, not per request). A slot still unused one interval after
-    its time is dropped: a process that was busy must not send a stale batch in a burst."""
+    to the schedule's keeper per batch, not per request). A slot still unused one interval (at least
+    ``STALE_S``) after its time is dropped: a process that was busy must not send a stale batch in a
+    burst."""
 
     def __init__(
         self,
@@ -124,7 +128,8 @@ class SlotBatches:
         self.batch = batch
         self.fetched = 0
         self._fetch = fetch
-        self._interval = interval
+        # a late wake-up of the event loop (a few ms under load) keeps its slot, even at 1 ms a slot
+        self._stale = max(interval, STALE_S)
         self._clock = clock
         self._slots: deque[float] = deque()
         self._lock: anyio.Lock | None = None
@@ -132,7 +137,7 @@ class SlotBatches:
     async def acquire(self) -> None:
         while True:
             now = self._clock()
-            while self._slots and self._slots[0] < now - self._interval:
+            while self._slots and self._slots[0] < now - self._stale:
                 self._slots.popleft()
             if self._slots:
                 wait = self._slots.popleft() - now
