@@ -58,7 +58,10 @@ def _add_shard_arguments(parser: argparse.ArgumentParser, shards_help: str | Non
         help="send only shard K of N (by request key); auto: from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID",
     )
     parser.add_argument(
-        "--shards", type=_count, metavar="N", help=shards_help or "the number of shards, for --shard auto on Kubernetes"
+        "--shards",
+        type=_count,
+        metavar="N",
+        help=shards_help or "the number of shards: for --shard auto on Kubernetes, or --ray",
     )
 
 
@@ -74,6 +77,10 @@ def _count(text: str) -> int:
 
 def _sharded(job: Job, args: argparse.Namespace) -> Job:
     """The job as ``--shard`` gives it (a bad value is exit 2, one line)."""
+    if getattr(args, "ray", None) is not None:
+        if args.shard is not None:
+            raise JobError("--ray runs every shard: give --shards N, not --shard")
+        return job
     if args.shard is None:
         if args.shards is not None and args.command != "plan":
             raise JobError(f"--shards {args.shards}: give the shard too (--shard K/N, or --shard auto)")
@@ -136,6 +143,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     for command_parser in (run,):
         _add_shard_arguments(command_parser)
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run --shards N shards as Ray tasks (default: one per CPU); no ADDRESS: a local Ray; "
+        "auto or host:port: that cluster (needs batchrun[ray])",
+    )
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
@@ -295,6 +310,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if estimate.cost_usd is not None and counts.todo:
             print(f"cost at most     ${estimate.cost_usd:,.4f}")
         return 0
+    if args.ray is not None:
+        return _run_on_ray(job, args)
     if args.max_cost is not None:
         job = dataclasses.replace(job, max_cost=args.max_cost)
     interactive = {"auto": None, "bar": True, "lines": False}[args.progress]
@@ -323,6 +340,45 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         print(summary.line() if args.quiet else summary.text())
     return int(summary.exit_code)
+
+
+def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
+    from .rayrun import Options, import_ray, manifest_line, run_on_ray
+
+    import_ray(args.ray or None)  # not installed: exit 2 before anything starts
+    output = args.output
+    if output is not None and "://" not in output:
+        output = str(Path(output).resolve())  # the workers' working folder is not this one
+    shards = args.shards
+    if args.max_cost is not None and not shards:
+        raise JobError("--max-cost with --ray: give --shards N too (each shard spends at most its part)")
+    options = Options(
+        retry_failed=args.retry_failed,
+        grace_s=args.grace,
+        max_runtime_s=args.max_runtime,
+        limit=args.limit,
+        max_cost=None if args.max_cost is None or not shards else args.max_cost / shards,
+    )
+    configure_logging(args.log_format)
+    outcome = run_on_ray(
+        job,
+        args.job,
+        address=args.ray or None,
+        shards=shards,
+        options=options,
+        output=output,
+        quiet=args.quiet,
+        say=(lambda line: event(line, event="progress")) if args.log_format == "json" else None,
+    )
+    lines = outcome.lines()
+    shown = [] if args.quiet else [*lines[:-1], manifest_line(job)]
+    if args.log_format == "json":
+        for line in shown:
+            event(line, event="ray")
+        event(lines[-1], event="summary", shards=outcome.shards, exit_code=int(outcome.exit_code))
+    else:
+        print("\n".join([*shown, lines[-1]]))
+    return int(outcome.exit_code)
 
 
 @contextlib.contextmanager

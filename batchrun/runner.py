@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -23,7 +23,7 @@ from .dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
 from .dispatch.lanes import Lanes, LaneTally
-from .dispatch.limits import CoolDown, Sleep, TokenBudget
+from .dispatch.limits import CoolDown, Shared, Sleep, TokenBudget
 from .dispatch.pool import HANDOFF, Call, Pool
 from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
@@ -115,8 +115,12 @@ async def run_job(
     max_runtime_s: float | None = None,
     handle_signals: bool = False,
     limit: int | None = None,
+    shared: Callable[[Job], Shared] | None = None,
+    observe: Callable[[Progress], None] | None = None,
 ) -> RunSummary:
-    """Run ``job`` to the end, or until a signal, the deadline or a fatal error stops it."""
+    """Run ``job`` to the end, or until a signal, the deadline or a fatal error stops it.
+    ``shared``: a lane's job-wide limits (``--ray``), in place of its share of them;
+    ``observe`` is given the run's progress (its counts, read by whoever reports them)."""
     started = time.monotonic()
     if any(e.wake is not None and e.wake.hf_endpoint for e in job.endpoints or (job.endpoint,)):
         require_installed(str(job.path))
@@ -152,6 +156,8 @@ async def run_job(
             interactive=interactive,
             quiet=quiet,
         )
+        if observe is not None:
+            observe(progress)
         store = ImageStore(job.output_dir)
         writer = ManifestWriter(
             job.output_dir,
@@ -169,7 +175,7 @@ async def run_job(
             callers = []
             for lane in lanes:
                 sender = await senders.enter_async_context(_sender(lane, _lane_transport(lane, transport, simulator)))
-                callers.append(_caller(lane, sender, sleep))
+                callers.append(_caller(lane, sender, sleep, Shared() if shared is None else shared(lane)))
                 if (waker := callers[-1].waker) is not None:  # pause_after: however the run ends
                     senders.push_async_callback(waker.close)
             budget = Budget(job.max_cost, lambda: pools.stop(f"the budget of ${job.max_cost:g} is reached", grace_s))
@@ -322,14 +328,18 @@ def _sender(job: Job, transport: httpx.AsyncBaseTransport | None) -> Sender:
     return make_sender(endpoint, concurrency=limits.concurrency, timeout_s=limits.timeout_s, transport=transport)
 
 
-def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
+def _caller(job: Job, sender: Sender, sleep: Sleep, shared: Shared) -> Caller:
+    own = None if shared.rate is not None else job.shard.share(job.limits.requests_per_minute)
+    tokens = shared.tokens
+    if tokens is None and (tpm := job.limits.tokens_per_minute):
+        tokens = TokenBudget(tpm / job.shard.count)
     return Caller(
         sender,
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
-        rate=AdaptiveRate(job.shard.share(job.limits.requests_per_minute)),
+        rate=AdaptiveRate(own, shared=shared.rate),
         concurrency=AdaptiveConcurrency(job.limits.concurrency),
-        tokens=TokenBudget(tpm / job.shard.count) if (tpm := job.limits.tokens_per_minute) else None,
+        tokens=tokens,
         completion_tokens=completion_cap(job),
         cooldown=CoolDown(),
         sleep=sleep,

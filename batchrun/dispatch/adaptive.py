@@ -26,7 +26,7 @@ from types import TracebackType
 
 import anyio
 
-from .limits import SmoothRate
+from .limits import Pacer, SmoothRate
 
 MIN_PER_MINUTE = 6.0  # one request every 10 s: the floor of any cut
 CUT = 0.5  # when nothing was accepted lately to measure
@@ -52,8 +52,14 @@ CONCURRENCY_RAISE = 0.5
 
 
 class AdaptiveRate:
-    def __init__(self, ceiling_per_minute: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ceiling_per_minute: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        shared: Pacer | None = None,
+    ) -> None:
         self.ceiling = ceiling_per_minute
+        self.shared = shared  # a job-wide rate (--ray) held after this process's own
         self.per_minute = ceiling_per_minute  # None: unlimited
         self.cuts = 0
         self.throttled = 0  # 429s seen, sustained or not
@@ -74,6 +80,8 @@ class AdaptiveRate:
             await limiter.acquire()
             if limiter is self._limiter:
                 break  # else the rate changed while we waited: queue again at the new one
+        if self.shared is not None:
+            await self.shared.acquire()
         now = self._clock()
         self._sent.append(now)
         while now - self._sent[0] > WINDOW_S:

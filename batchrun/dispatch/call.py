@@ -21,7 +21,7 @@ from ..models import Parsed, Request, Result, estimated_tokens
 from .adaptive import AdaptiveConcurrency, AdaptiveRate, _Slot
 from .client import Sender
 from .health import EndpointHealth
-from .limits import CoolDown, Sleep, TokenBudget, duration
+from .limits import CoolDown, Sleep, TokenMeter, duration
 from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
 from .stream import is_event_stream, read_event_stream
@@ -101,7 +101,7 @@ class Caller:
         policy: RetryPolicy,
         rate: AdaptiveRate | None = None,
         concurrency: AdaptiveConcurrency | None = None,
-        tokens: TokenBudget | None = None,
+        tokens: TokenMeter | None = None,
         completion_tokens: int = 0,
         health: EndpointHealth | None = None,
         cooldown: CoolDown | None = None,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 from aiolimiter import AsyncLimiter
@@ -58,6 +60,120 @@ class SmoothRate:
 
     def __repr__(self) -> str:
         return f"SmoothRate(per_minute={self.per_minute:g})"
+
+
+class Pacer(Protocol):
+    """What holds a request until its send slot: ``SmoothRate`` in one process, ``SlotBatches``
+    when a whole job's shards share one rate (``--ray``)."""
+
+    async def acquire(self) -> None: ...
+
+
+class TokenMeter(Protocol):
+    """What holds a request until its tokens are free: ``TokenBudget`` in one process,
+    ``TokenGrants`` when a whole job's shards share one ``tokens_per_minute`` (``--ray``)."""
+
+    async def take(self, tokens: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """An endpoint's job-wide limits (``--ray``), used in place of this process's share of them."""
+
+    rate: Pacer | None = None
+    tokens: TokenMeter | None = None
+
+
+class SlotSchedule:
+    """The job-wide schedule behind ``SlotBatches`` (kept by one process, e.g. a Ray actor): hands
+    out evenly spaced send slots, ``count`` at a time, as delays from now. Unused slots are not
+    banked, as in ``SmoothRate``; slots handed to a process that dies are simply lost."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.interval = 60.0 / max(per_minute - 1, per_minute / 2)  # as SmoothRate: one slot spare
+        self._clock = clock
+        self._next = clock()
+
+    def take(self, count: int) -> list[float]:
+        now = self._clock()
+        first = max(self._next, now)
+        self._next = first + count * self.interval
+        return [first + i * self.interval - now for i in range(count)]
+
+    def grant(self, amount: float) -> float:
+        """``amount`` units (tokens) at once: the delay from now until they may be spent."""
+        now = self._clock()
+        first = max(self._next, now)
+        self._next = first + amount * self.interval
+        return first - now
+
+
+STALE_S = 0.02
+
+
+class SlotBatches:
+    """A ``Pacer`` that draws send slots from a shared ``SlotSchedule`` a batch at a time (one call
+    to the schedule's keeper per batch, not per request). A slot still unused one interval (at least
+    ``STALE_S``) after its time is dropped: a process that was busy must not send a stale batch in a
+    burst."""
+
+    def __init__(
+        self,
+        fetch: Callable[[int], Awaitable[Sequence[float]]],
+        batch: int,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.batch = batch
+        self.fetched = 0
+        self._fetch = fetch
+        # a late wake-up of the event loop (a few ms under load) keeps its slot, even at 1 ms a slot
+        self._stale = max(interval, STALE_S)
+        self._clock = clock
+        self._slots: deque[float] = deque()
+        self._lock: anyio.Lock | None = None
+
+    async def acquire(self) -> None:
+        while True:
+            now = self._clock()
+            while self._slots and self._slots[0] < now - self._stale:
+                self._slots.popleft()
+            if self._slots:
+                wait = self._slots.popleft() - now
+                if wait > 0:
+                    await anyio.sleep(wait)
+                return
+            self._lock = self._lock or anyio.Lock()
+            async with self._lock:
+                if not self._slots:
+                    delays = await self._fetch(self.batch)
+                    received = self._clock()  # later than the keeper's now: slots only move later
+                    self._slots.extend(received + delay for delay in delays)
+                    self.fetched += len(delays)
+
+
+class TokenGrants:
+    """A ``TokenMeter`` that draws tokens from a shared ``SlotSchedule`` a chunk at a time (at least
+    ``chunk``), waits until the chunk is granted, then spends it; requests take tokens in turn. Credit
+    left over is at most one chunk, so the job goes over its rate by at most one chunk."""
+
+    def __init__(self, fetch: Callable[[float], Awaitable[float]], chunk: float) -> None:
+        self.chunk = chunk
+        self._fetch = fetch
+        self._credit = 0.0
+        self._lock: anyio.Lock | None = None
+
+    async def take(self, tokens: float) -> None:
+        self._lock = self._lock or anyio.Lock()
+        async with self._lock:
+            while self._credit < tokens:
+                amount = max(self.chunk, tokens - self._credit)
+                delay = await self._fetch(amount)
+                if delay > 0:
+                    await anyio.sleep(delay)
+                self._credit += amount
+            self._credit -= tokens
 
 
 class TokenBudget:
