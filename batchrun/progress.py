@@ -52,7 +52,7 @@ class Progress:
         self._bar: RichProgress | None = None
         self._task: TaskID | None = None
 
-    def start(self, job: str = "", output: Path | None = None, *, rows: int = 0, exact: bool = True) -> None:
+    def start(self, job: str = "", output: Path | str | None = None, *, rows: int = 0, exact: bool = True) -> None:
         """Say what the run is about to do (the start line, or a JSON ``start`` event), then show
         the bar on a terminal. ``exact``: every row's work is known already (else ``to do`` is an
         upper bound, until the rows past the plan index are checked against the manifest)."""

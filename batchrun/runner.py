@@ -221,7 +221,8 @@ async def run_job(
             exact = exact and not job.shard.sharded  # a shard learns which requests are its own as it plans
             if job.shard.sharded and not quiet:
                 event(job.shard.describe(), event="shard", shard=job.shard.name)
-            progress.start(job.name, job.output_dir, rows=total_rows, exact=exact)
+            where = job.remote.url if job.remote is not None else job.output_dir  # a bucket: its URL, not staging
+            progress.start(job.name, where, rows=total_rows, exact=exact)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(writer.consume, results_receive, on_result, stop_on(pools))

@@ -306,8 +306,9 @@ def test_a_killed_run_is_resumed_with_one_ok_row_per_key(write_job: JobWriter, b
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
         # the lease of the killed run is live, but its process (this host, this staging folder) is gone
-        final = subprocess.run(command, capture_output=True, timeout=120)
+        final = subprocess.run([*command[:-1], "--progress", "lines"], capture_output=True, timeout=120)
         assert final.returncode == 0, final.stderr.decode()
+    assert f"-> s3://{bucket}/jobs/one: {n} rows" in final.stderr.decode()  # the bucket, not the staging folder
     rows = bucket_rows(bucket, "jobs/one")
     assert rows.height == n and rows["request_key"].is_unique().all() and set(rows["status"]) == {"ok"}
     assert n <= sim.stats.by_outcome["ok"] <= n + 2 * concurrency
