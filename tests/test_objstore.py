@@ -358,3 +358,13 @@ def test_unsupported_urls_and_a_missing_obstore_are_one_line(
     assert main(["plan", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'batchrun[s3]'" in err[0] and "output" in err[0]
+
+
+def test_no_credentials_is_said_so_not_as_the_metadata_address() -> None:
+    from batchrun.sink.remote import _first_line
+
+    seen = OSError("Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token in 1ms - 403")
+    assert _first_line(seen) == (
+        "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a role the machine has)"
+    )
+    assert _first_line(OSError("NoSuchBucket\nmore")) == "NoSuchBucket"

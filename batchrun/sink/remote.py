@@ -109,8 +109,15 @@ def staging_dir(url: str, env: Mapping[str, str]) -> Path:
     return root.absolute() / "objects" / f"{''.join(c if c.isalnum() or c in '.-_' else '_' for c in bucket)}-{tag}"
 
 
+# where object_store looks for credentials once the environment has none (EC2's instance metadata)
+_METADATA = "169.254.169.254"
+
+
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if _METADATA in line:  # the message would only name an address the user never gave
+        return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a role the machine has)"
+    return line
 
 
 class Mirror:
