@@ -24,7 +24,7 @@ from .prepare import Estimate, plan_job
 from .presets import PRESETS
 from .report.last_run import note_last_run
 from .runner import run_job
-from .shard import parse_shard
+from .shard import parse_shard, shard_count
 from .spec import Job, load_job
 
 EXIT_CODES_HELP = exit_codes_help()
@@ -58,7 +58,10 @@ def _add_shard_arguments(parser: argparse.ArgumentParser, shards_help: str | Non
         help="send only shard K of N (by request key); auto: from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID",
     )
     parser.add_argument(
-        "--shards", type=_count, metavar="N", help=shards_help or "the number of shards, for --shard auto on Kubernetes"
+        "--shards",
+        type=_count,
+        metavar="N",
+        help=shards_help or "the number of shards, for --shard auto on Kubernetes (overrides the job file's shards)",
     )
 
 
@@ -78,7 +81,8 @@ def _sharded(job: Job, args: argparse.Namespace) -> Job:
         if args.shards is not None and args.command != "plan":
             raise JobError(f"--shards {args.shards}: give the shard too (--shard K/N, or --shard auto)")
         return job
-    return dataclasses.replace(job, shard=parse_shard(args.shard, shards=args.shards, env=os.environ))
+    shard = parse_shard(args.shard, shards=args.shards, env=os.environ, in_file=job.limits.shards)
+    return dataclasses.replace(job, shard=shard)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -256,7 +260,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "plan":
         check_owner(job)
         estimate = Estimate()
-        per_shard = [0] * args.shards if args.shards and args.shard is None else None
+        count = shard_count(args.shards, job.limits.shards)
+        per_shard = [0] * count if count and args.shard is None else None
         counts, stale = anyio.run(
             lambda: plan_job(
                 job, retry_failed=args.retry_failed, limit=args.limit, estimate=estimate, per_shard=per_shard
