@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -15,6 +16,7 @@ from helpers import JobWriter
 
 from batchrun.cli import main
 from batchrun.errors import JobError, OutputLockedError
+from batchrun.plan.planner import Planner
 from batchrun.shard import Shard, parse_shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.lock import OutputLock
@@ -120,3 +122,33 @@ def test_two_processes_of_different_n_never_send_a_request_twice(write_job: JobW
     ok = pl.read_parquet(part_files(tmp_path / "out")).filter(pl.col("status") == "ok")
     assert sim.stats.total == sim.stats.by_outcome["ok"] == len(rows)
     assert ok.height == len(rows) and ok["request_key"].n_unique() == len(rows)
+
+
+def test_a_resumed_shard_renders_only_its_own_rows_again(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-count")
+    rows = [{"question": f"q{i % 40}"} for i in range(200)]  # repeats: occurrence numbers matter
+    sim = create_app(FaultPlan())
+    with serve_in_thread(sim) as url:
+        job = str(write_job(rows=rows, endpoint=f'base_url = "{url}"\nmodel = "m"'))
+        assert main(["plan", job, "--shards", "2"]) == 0
+        mine, theirs = per_shard(capsys.readouterr().out)
+        assert main(["run", job, "-q", "--shard", "0/2"]) == 0  # writes its plan index of every row
+        assert sim.stats.total == mine
+        rendered: list[int] = []
+        real = Planner._render
+
+        def counted(self: Planner, row: Any, context: Any, index: int) -> Any:
+            rendered.append(index)
+            return real(self, row, context, index)
+
+        monkeypatch.setattr(Planner, "_render", counted)
+        capsys.readouterr()
+        assert main(["plan", job, "--shard", "0/2"]) == 0
+        out = capsys.readouterr().out
+        assert "to do            0 (shard 0/2)" in out and f"other shards     {theirs}" in out
+        assert rendered == [0]  # the templates' check; shard 1's rows, not done yet, are not rendered again
+        assert main(["run", job, "-q", "--shard", "1/2"]) == 0  # no index of its own yet: renders all
+        assert set(rendered) == set(range(len(rows)))
+    assert sim.stats.total == len(rows)
