@@ -28,6 +28,8 @@ from .shard import parse_shard, shard_count
 from .spec import Job, load_job
 
 EXIT_CODES_HELP = exit_codes_help()
+#: the loaded job's secrets (every endpoint's), taken out of a ``--debug`` traceback as out of the log
+_SECRETS: list[str] = []
 LIMIT_HELP = "only the first N rows (a smoke test; what it sends counts toward the whole job later)"
 
 
@@ -200,18 +202,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except BatchrunError as exc:
-        print(f"batchrun: error: {exc}", file=sys.stderr)
+        print(_redacted(f"batchrun: error: {exc}"), file=sys.stderr)
         if args.debug and exc.__cause__ is not None:
-            traceback.print_exception(exc.__cause__, file=sys.stderr)
+            _print_traceback(exc.__cause__)
         return int(exc.exit_code)
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         if args.debug:
-            traceback.print_exc(file=sys.stderr)
-        print(f"batchrun: error: {StoppedError.after(exc)}", file=sys.stderr)
+            _print_traceback(exc)
+        print(_redacted(f"batchrun: error: {StoppedError.after(exc)}"), file=sys.stderr)
         return int(ExitCode.INCOMPLETE)
     except KeyboardInterrupt:
         print("batchrun: interrupted; what finished is saved, run again to resume", file=sys.stderr)
         return int(ExitCode.INCOMPLETE)
+
+
+def _redacted(text: str) -> str:
+    """``text`` as the log would say it: a server may echo a credential into an error."""
+    from .dispatch.call import redact
+
+    return redact(text, _SECRETS)
+
+
+def _print_traceback(exc: BaseException) -> None:
+    print(_redacted("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -257,6 +270,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return report_command(args.target, args.output)
     job = _sharded(load_job(args.job, output=args.output, needs_key=args.command == "run"), args)  # plan sends nothing
+    _SECRETS[:] = [secret for endpoint in job.endpoints or (job.endpoint,) for secret in endpoint.secrets()]
     if args.command == "plan":
         check_owner(job)
         estimate = Estimate()
