@@ -299,7 +299,7 @@ def _caller(job: Job, sender: Sender, sleep: Sleep) -> Caller:
         sender,
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
-        rate=AdaptiveRate(job.shard.share(job.limits.requests_per_minute)),
+        rate=AdaptiveRate(job.shard.share(job.limits.requests_per_minute), share=job.shard.sharded),
         concurrency=AdaptiveConcurrency(job.limits.concurrency),
         tokens=TokenBudget(tpm / job.shard.count) if (tpm := job.limits.tokens_per_minute) else None,
         completion_tokens=completion_cap(job),
