@@ -152,3 +152,39 @@ def test_a_resumed_shard_renders_only_its_own_rows_again(
         assert main(["run", job, "-q", "--shard", "1/2"]) == 0  # no index of its own yet: renders all
         assert set(rendered) == set(range(len(rows)))
     assert sim.stats.total == len(rows)
+
+
+def _start_together(folder: Path, shards: tuple[Shard, Shard]) -> tuple[bool, bool]:
+    """Two locks of ``shards`` taken at the same instant (threads: flock goes by open file, as
+    between processes); which were taken, once both have tried."""
+    import threading
+
+    barrier, held = threading.Barrier(2), threading.Barrier(2)
+    ok = [False, False]
+
+    def start(i: int) -> None:
+        lock = OutputLock(folder, f"r{i}", shards[i])
+        barrier.wait()
+        try:
+            lock.acquire(shared_tries=2)
+            ok[i] = True
+        except OutputLockedError:
+            pass
+        held.wait()  # both have tried before either lets go
+        lock.release()
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok[0], ok[1]
+
+
+def test_shards_of_two_n_starting_together_never_both_run(tmp_path: Path) -> None:
+    outcomes = []
+    for round_ in range(12):
+        (tmp_path / str(round_)).mkdir()
+        outcomes.append(_start_together(tmp_path / str(round_), (Shard(0, 2), Shard(1, 3))))
+    assert (True, True) not in outcomes
+    assert any(a or b for a, b in outcomes)

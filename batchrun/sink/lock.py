@@ -34,7 +34,7 @@ LOCK_NAME = ".batchrun.lock"
 
 
 SHARED_TRIES = 100  # x 0.05 s: a shard waits this long for another shard's start-up clean-up
-PROBE_TRIES = 5  # x 0.01 s: another N's probe holds a count's lock for microseconds; a live shard for its run
+PROBE_TRIES = 20  # x 0.01 s: another N's probe holds a count's lock for microseconds; a live shard for its run
 _COUNT_LOCK = re.compile(r"^\.lock-of(\d+)$")
 
 
