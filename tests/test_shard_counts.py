@@ -188,3 +188,23 @@ def test_shards_of_two_n_starting_together_never_both_run(tmp_path: Path) -> Non
         outcomes.append(_start_together(tmp_path / str(round_), (Shard(0, 2), Shard(1, 3))))
     assert (True, True) not in outcomes
     assert any(a or b for a, b in outcomes)
+
+
+@pytest.mark.parametrize("shard", ["0/2", "1/2"])
+def test_every_shard_checks_the_first_row_before_sending(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], shard: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-count")
+    sim = create_app(FaultPlan())
+    with serve_in_thread(sim) as url:
+        job = str(
+            write_job(
+                rows=[{"question": "a long question " * 20}],
+                endpoint=f'base_url = "{url}"\nmodel = "m"',
+                request='prompt = "{{ question }}"\nparams = { max_tokens = 64 }',
+                limits="concurrency = 4\ntokens_per_minute = 50",
+            )
+        )
+        assert main(["run", job, "-q", "--shard", shard]) == 2  # whichever shard row 0's key is in
+    assert "tokens_per_minute" in capsys.readouterr().err
+    assert sim.stats.total == 0
