@@ -78,12 +78,15 @@ def _count(text: str) -> int:
 
 
 def _sharded(job: Job, args: argparse.Namespace) -> Job:
-    """The job as ``--shard`` gives it (a bad value is exit 2, one line)."""
+    """The job as ``--shard`` gives it (a bad value is exit 2, one line). ``status --shard K/N``
+    reads what shards of any N wrote (N changes between runs), so the job file's N binds only
+    what sends or plans."""
     if args.shard is None:
         if args.shards is not None and args.command != "plan":
             raise JobError(f"--shards {args.shards}: give the shard too (--shard K/N, or --shard auto)")
         return job
-    shard = parse_shard(args.shard, shards=args.shards, env=os.environ, in_file=job.limits.shards)
+    in_file = job.limits.shards if args.command in ("run", "plan") or args.shard == "auto" else None
+    shard = parse_shard(args.shard, shards=args.shards, env=os.environ, in_file=in_file)
     return dataclasses.replace(job, shard=shard)
 
 

@@ -74,6 +74,9 @@ def test_a_shard_that_disagrees_with_the_job_file_is_exit_2_before_sending(
         assert 0 < first < 20
         assert main(["run", job, "-q", "--shard", "0/2", "--shards", "2"]) == 0  # overridden: N changes, safely
         assert main(["run", job, "-q"]) == 0
+        capsys.readouterr()
+        assert main(["status", job, "--shard", "0/2"]) == 0  # reads shards of any N: no clash with the file's
+        assert "batchrun: error" not in capsys.readouterr().err
     assert sim.stats.total == sim.stats.by_outcome["ok"] == 20
 
 
