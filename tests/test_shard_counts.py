@@ -186,11 +186,13 @@ def _start_together(folder: Path, shards: tuple[Shard, Shard]) -> tuple[bool, bo
 
 def test_shards_of_two_n_starting_together_never_both_run(tmp_path: Path) -> None:
     outcomes = []
-    for round_ in range(12):
+    for round_ in range(8):
         (tmp_path / str(round_)).mkdir()
         outcomes.append(_start_together(tmp_path / str(round_), (Shard(0, 2), Shard(1, 3))))
-    assert (True, True) not in outcomes
-    assert any(a or b for a, b in outcomes)
+    assert (True, True) not in outcomes, outcomes
+    # one runs: the smaller N, or the one that was there first (both refused only if a loaded
+    # machine stalls the greater N's shard past YIELD_S before it gives way)
+    assert outcomes.count((False, False)) <= 2, outcomes
 
 
 @pytest.mark.parametrize("shard", ["0/2", "1/2"])

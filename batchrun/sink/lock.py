@@ -10,8 +10,9 @@ Shards of different N at once would send some requests twice (a key that is 1 mo
 3), so each shard also holds ``.lock-of<N>`` shared, and before it sends anything it probes every
 other ``.lock-of<M>`` with an exclusive lock: one that is held means live shards of M, and this
 shard is refused (exit 5). Each shard takes its own count's lock before it probes the others, so of
-two shards of different N starting together at least one sees the other (both may be refused;
-never neither). One N after another is safe: done keys are global."""
+two shards of different N starting together at least one sees the other: never both run. Then the
+greater N gives way at once and the smaller looks again a moment later, so one of them runs. One
+N after another is safe: done keys are global."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ LOCK_NAME = ".batchrun.lock"
 
 
 SHARED_TRIES = 100  # x 0.05 s: a shard waits this long for another shard's start-up clean-up
+YIELD_S = 0.5  # > PROBE_TRIES x 0.01 s: the greater N's shard has seen us, given way and let go by then
 PROBE_TRIES = 20  # x 0.01 s: another N's probe holds a count's lock for microseconds; a live shard for its run
 _COUNT_LOCK = re.compile(r"^\.lock-of(\d+)$")
 
@@ -114,18 +116,29 @@ class OutputLock:
         raise OutputLockedError(f"{self.path.parent}: {name} stays locked (holder unknown)")
 
     def _refuse_other_counts(self) -> None:
-        """Exit 5 if shards of another N are running in this folder."""
+        """Exit 5 if shards of another N are running in this folder. Two shards of different N
+        that start together see each other: the one of the greater N gives way at once, the other
+        looks again after ``YIELD_S`` (it keeps its own count's lock meanwhile), so one of them runs."""
+        others = self._live_counts()
+        if others and min(others) > self.shard.count:
+            time.sleep(YIELD_S)
+            others = self._live_counts()
+        if others:
+            other = min(others)
+            raise OutputLockedError(
+                f"{self.path.parent} is in use by shards of N={other} ({_shards(self.path.parent, other)}): "
+                f"--shard {self.shard.index}/{self.shard.count} beside them could send their requests again; "
+                f"wait for them, or run shard K/{other}"
+            )
+
+    def _live_counts(self) -> list[int]:
+        """The other N whose count lock someone holds: shards of that N are running."""
+        live = []
         for path in sorted(self.path.parent.glob(".lock-of*")):
             match = _COUNT_LOCK.match(path.name)
-            if match is None or int(match[1]) == self.shard.count:
-                continue
-            other = int(match[1])
-            if _in_use(self._open(path)):
-                raise OutputLockedError(
-                    f"{self.path.parent} is in use by shards of N={other} ({_shards(self.path.parent, other)}): "
-                    f"--shard {self.shard.index}/{self.shard.count} beside them could send their requests again; "
-                    f"wait for them, or run shard K/{other}"
-                )
+            if match is not None and int(match[1]) != self.shard.count and _in_use(self._open(path)):
+                live.append(int(match[1]))
+        return live
 
     def _open(self, path: Path) -> int:
         try:  # never through a link: a planted one would have us truncate and write its target
