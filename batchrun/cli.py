@@ -24,10 +24,12 @@ from .prepare import Estimate, plan_job
 from .presets import PRESETS
 from .report.last_run import note_last_run, send_last_run
 from .runner import run_job
-from .shard import parse_shard
+from .shard import parse_shard, shard_count
 from .spec import Job, load_job
 
 EXIT_CODES_HELP = exit_codes_help()
+#: the loaded job's secrets (every endpoint's), taken out of a ``--debug`` traceback as out of the log
+_SECRETS: list[str] = []
 LIMIT_HELP = "only the first N rows (a smoke test; what it sends counts toward the whole job later)"
 
 
@@ -61,7 +63,8 @@ def _add_shard_arguments(parser: argparse.ArgumentParser, shards_help: str | Non
         "--shards",
         type=_count,
         metavar="N",
-        help=shards_help or "the number of shards: for --shard auto on Kubernetes, or --ray",
+        help=shards_help
+        or "the number of shards (overrides the job file's shards): for --shard auto on Kubernetes, or --ray",
     )
 
 
@@ -76,7 +79,9 @@ def _count(text: str) -> int:
 
 
 def _sharded(job: Job, args: argparse.Namespace) -> Job:
-    """The job as ``--shard`` gives it (a bad value is exit 2, one line)."""
+    """The job as ``--shard`` gives it (a bad value is exit 2, one line). ``status --shard K/N``
+    reads what shards of any N wrote (N changes between runs), so the job file's N binds only
+    what sends or plans."""
     if getattr(args, "ray", None) is not None:
         if args.shard is not None:
             raise JobError("--ray runs every shard: give --shards N, not --shard")
@@ -85,7 +90,9 @@ def _sharded(job: Job, args: argparse.Namespace) -> Job:
         if args.shards is not None and args.command != "plan":
             raise JobError(f"--shards {args.shards}: give the shard too (--shard K/N, or --shard auto)")
         return job
-    return dataclasses.replace(job, shard=parse_shard(args.shard, shards=args.shards, env=os.environ))
+    in_file = job.limits.shards if args.command in ("run", "plan") or args.shard == "auto" else None
+    shard = parse_shard(args.shard, shards=args.shards, env=os.environ, in_file=in_file)
+    return dataclasses.replace(job, shard=shard)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -211,18 +218,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except BatchrunError as exc:
-        print(f"batchrun: error: {exc}", file=sys.stderr)
+        print(_redacted(f"batchrun: error: {exc}"), file=sys.stderr)
         if args.debug and exc.__cause__ is not None:
-            traceback.print_exception(exc.__cause__, file=sys.stderr)
+            _print_traceback(exc.__cause__)
         return int(exc.exit_code)
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         if args.debug:
-            traceback.print_exc(file=sys.stderr)
-        print(f"batchrun: error: {StoppedError.after(exc)}", file=sys.stderr)
+            _print_traceback(exc)
+        print(_redacted(f"batchrun: error: {StoppedError.after(exc)}"), file=sys.stderr)
         return int(ExitCode.INCOMPLETE)
     except KeyboardInterrupt:
         print("batchrun: interrupted; what finished is saved, run again to resume", file=sys.stderr)
         return int(ExitCode.INCOMPLETE)
+
+
+def _redacted(text: str) -> str:
+    """``text`` as the log would say it: a server may echo a credential into an error."""
+    from .dispatch.call import redact
+
+    return redact(text, _SECRETS)
+
+
+def _print_traceback(exc: BaseException) -> None:
+    print(_redacted("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -272,6 +290,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return report_command(args.target, args.output)
     job = _sharded(load_job(args.job, output=args.output, needs_key=args.command == "run"), args)  # plan sends nothing
+    _SECRETS[:] = [secret for endpoint in job.endpoints or (job.endpoint,) for secret in endpoint.secrets()]
     if args.command == "plan":
         if job.remote is not None:  # the bucket's parts: its done keys and its owner
             from .sink.remote import Mirror
@@ -279,7 +298,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             Mirror(job.remote).pull((JOB_POINTER,))
         check_owner(job)
         estimate = Estimate()
-        per_shard = [0] * args.shards if args.shards and args.shard is None else None
+        count = shard_count(args.shards, job.limits.shards)
+        per_shard = [0] * count if count and args.shard is None else None
         counts, stale = anyio.run(
             lambda: plan_job(
                 job, retry_failed=args.retry_failed, limit=args.limit, estimate=estimate, per_shard=per_shard
@@ -349,9 +369,9 @@ def _run_on_ray(job: Job, args: argparse.Namespace) -> int:
     output = args.output
     if output is not None and "://" not in output:
         output = str(Path(output).resolve())  # the workers' working folder is not this one
-    shards = args.shards
+    shards = args.shards or job.limits.shards
     if args.max_cost is not None and not shards:
-        raise JobError("--max-cost with --ray: give --shards N too (each shard spends at most its part)")
+        raise JobError("--max-cost with --ray: give --shards N or the job file's shards (each shard spends its part)")
     options = Options(
         retry_failed=args.retry_failed,
         grace_s=args.grace,

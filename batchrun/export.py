@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from .plan.occurrences import Occurrences
 from .plan.planner import Planner
 from .plan.reader import Table, plain
 from .plan.sources import input_files, is_glob
+from .shard import Shard
 from .sink.files import write_atomic
 from .sink.layout import IMAGES_DIR
 from .sink.manifest import scan_latest
@@ -90,7 +92,7 @@ def keyed_input(job: Job) -> pl.DataFrame:
     """Every input row with the request key of each of its samples (no resume filtering)."""
     table = Table(job.input, job.input_options)
     expected = table.inspect().rows * job.request.samples  # the occurrence index's filter is sized by it
-    planner = Planner(job, occurrences=Occurrences(expected))
+    planner = Planner(replace(job, shard=Shard()), occurrences=Occurrences(expected))  # every shard's keys
     planner.include_shared = True
     keys: list[str] = []
     samples: list[int] = []

@@ -3,7 +3,7 @@ done keys and the plan index; and ``plan``, the dry run, which stops there."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 
@@ -17,6 +17,7 @@ from .plan.occurrences import Occurrences
 from .plan.planner import PlanCounts, Planner
 from .plan.reader import Table
 from .plan.shape import check_columns, completion_cap, prompt_columns
+from .shard import Shard
 from .sink.manifest import read_done
 from .spec import Job
 
@@ -47,7 +48,9 @@ def open_input(job: Job) -> tuple[Table, int]:
         )
     first = next(table.batches(1))
     for lane in job.lanes():
-        planner = Planner(lane, occurrences=Occurrences(1))
+        # every shard checks the first row, whichever shard's its key is (a planner of a shard
+        # builds only its own requests)
+        planner = Planner(replace(lane, shard=Shard()), occurrences=Occurrences(1))
         planner.strict = True  # the first row is the templates' check: one that does not render is exit 2
         for request in planner.plan(first[:1]):
             if request.refused is not None:

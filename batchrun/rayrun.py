@@ -204,7 +204,7 @@ def run_on_ray(
     if started_here:
         _connect(ray, address, cpus)
     try:
-        count = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        count = shards or job.limits.shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # restarted if its process dies (a fresh schedule, the counts so far lost), calls retried
         actor = ray.remote(num_cpus=0, max_restarts=TASK_RETRIES, max_task_retries=TASK_RETRIES)(Coordinator)
         coordinator = actor.remote(count, _rates(job))

@@ -338,7 +338,7 @@ def _caller(job: Job, sender: Sender, sleep: Sleep, shared: Shared) -> Caller:
         sender,
         make_adapter(job),
         policy=RetryPolicy(max_attempts=job.limits.max_attempts, max_wait=job.limits.max_retry_wait_s),
-        rate=AdaptiveRate(own, shared=shared.rate),
+        rate=AdaptiveRate(own, shared=shared.rate, share=job.shard.sharded),
         concurrency=AdaptiveConcurrency(job.limits.concurrency),
         tokens=tokens,
         completion_tokens=completion_cap(job),

@@ -8,8 +8,14 @@ shard plans every row (the occurrence numbers stay those of an unsharded run) an
 own keys. That costs each shard the whole planning pass; it is the price of exact keys.
 
 ``--shard auto`` reads the index a batch scheduler gives each task: Kubernetes Indexed Jobs
-(``JOB_COMPLETION_INDEX``; the count from ``--shards N``) and Slurm job arrays
-(``SLURM_ARRAY_TASK_ID`` from ``SLURM_ARRAY_TASK_MIN``, ``SLURM_ARRAY_TASK_COUNT`` tasks).
+(``JOB_COMPLETION_INDEX``; the count from ``--shards N`` or the job file's ``[limits] shards``) and
+Slurm job arrays (``SLURM_ARRAY_TASK_ID`` from ``SLURM_ARRAY_TASK_MIN``, ``SLURM_ARRAY_TASK_COUNT`` tasks).
+
+Where N is said twice, ``--shards`` overrides the job file; any other disagreement (``--shard 0/2``
+beside ``shards = 4``, a Slurm array of 8 beside ``shards = 4``) is exit 2 before anything is sent.
+Which N was meant is a guess, and a wrong one either runs shards that cover only part of the keys
+(each exits 0, ``finished``) or meets the other N's shards at the folder's lock; a warning would
+scroll away in a scheduler's log, one edit fixes the refusal.
 """
 
 from __future__ import annotations
@@ -54,15 +60,31 @@ class Shard:
         return None if limit is None else limit / self.count
 
 
-def parse_shard(text: str, *, shards: int | None = None, env: Mapping[str, str] | None = None) -> Shard:
-    """``K/N`` or ``auto``; a bad value is a ``JobError`` (exit 2, one line)."""
+def parse_shard(
+    text: str, *, shards: int | None = None, env: Mapping[str, str] | None = None, in_file: int | None = None
+) -> Shard:
+    """``K/N`` or ``auto``; ``shards``: ``--shards N``; ``in_file``: the job file's ``shards``. A bad
+    value, or an N that disagrees with the job file's (``--shards`` overrides it), is a ``JobError``
+    (exit 2, one line)."""
+    if shards is None and in_file is not None:
+        shards, said = in_file, f"the job file's shards = {in_file}"
+    else:
+        said = f"--shards {shards}"
     if text == "auto":
-        return _from_scheduler({} if env is None else env, shards)
+        return _from_scheduler({} if env is None else env, shards, said)
     match = _SPEC.match(text.strip())
     if match is None:
         raise JobError(f"--shard {text}: K/N (shard K of N, K from 0 to N-1) or auto")
     index, count = int(match[1]), int(match[2])
+    if shards is not None and shards != count:
+        fix = f"--shards {count} overrides the job file" if said.startswith("the job") else "give one N"
+        raise JobError(f"--shard {text} disagrees with {said} ({fix})")
     return _checked(index, count, f"--shard {text}")
+
+
+def shard_count(shards: int | None, in_file: int | None) -> int | None:
+    """The N of ``plan``'s per-shard counts: ``--shards``, else the job file's."""
+    return shards if shards is not None else in_file
 
 
 def _checked(index: int, count: int, where: str) -> Shard:
@@ -80,10 +102,13 @@ def _int(env: Mapping[str, str], name: str) -> int:
         raise JobError(f"--shard auto: {name}={env[name]!r} is not a whole number") from None
 
 
-def _from_scheduler(env: Mapping[str, str], shards: int | None) -> Shard:
+def _from_scheduler(env: Mapping[str, str], shards: int | None, said: str) -> Shard:
     if "JOB_COMPLETION_INDEX" in env:  # Kubernetes Indexed Job: 0..completions-1
         if shards is None:
-            raise JobError("--shard auto: JOB_COMPLETION_INDEX is set; give the job's completions as --shards N")
+            raise JobError(
+                "--shard auto: JOB_COMPLETION_INDEX is set; give the job's completions as --shards N "
+                "(or shards = N in the job file's [limits])"
+            )
         return _checked(_int(env, "JOB_COMPLETION_INDEX"), shards, "--shard auto (JOB_COMPLETION_INDEX)")
     if "SLURM_ARRAY_TASK_ID" in env:  # --array=1-8 numbers tasks from 1: the index counts from the minimum
         task = _int(env, "SLURM_ARRAY_TASK_ID")
@@ -95,6 +120,6 @@ def _from_scheduler(env: Mapping[str, str], shards: int | None) -> Shard:
         else:
             raise JobError("--shard auto: SLURM_ARRAY_TASK_COUNT is not set; give the count as --shards N")
         if shards is not None and shards != count:
-            raise JobError(f"--shard auto: --shards {shards} but the Slurm array has {count} tasks")
+            raise JobError(f"--shard auto: {said} but the Slurm array has {count} tasks")
         return _checked(task - first, count, "--shard auto (SLURM_ARRAY_TASK_ID)")
     raise JobError("--shard auto: neither JOB_COMPLETION_INDEX (Kubernetes) nor SLURM_ARRAY_TASK_ID (Slurm) is set")

@@ -113,6 +113,7 @@ class LimitsSection(_Strict):
     max_attempts: int = Field(default=6, ge=1, le=100)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retry_wait_s: float = Field(default=120.0, gt=0)
+    shards: int | None = Field(default=None, ge=1, le=10_000)  # the N of ``--shard auto`` and ``plan`` (issue 19)
 
 
 class OutputSection(_Strict):

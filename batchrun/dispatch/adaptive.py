@@ -57,14 +57,17 @@ class AdaptiveRate:
         ceiling_per_minute: float | None,
         clock: Callable[[], float] = time.monotonic,
         shared: Pacer | None = None,
+        *,
+        share: bool = False,
     ) -> None:
         self.ceiling = ceiling_per_minute
         self.shared = shared  # a job-wide rate (--ray) held after this process's own
+        self.share = share  # one shard's part of the limit (``SmoothRate``'s ``share``)
         self.per_minute = ceiling_per_minute  # None: unlimited
         self.cuts = 0
         self.throttled = 0  # 429s seen, sustained or not
         self._clock = clock
-        self._limiter: SmoothRate | None = SmoothRate(ceiling_per_minute) if ceiling_per_minute else None
+        self._limiter: SmoothRate | None = SmoothRate(ceiling_per_minute, share=share) if ceiling_per_minute else None
         self._last_cut = -1e9
         self._last_raise = clock()
         self._started = clock()
@@ -160,7 +163,7 @@ class AdaptiveRate:
     def _set(self, per_minute: float | None) -> None:
         if per_minute != self.per_minute:
             self.per_minute = per_minute
-            self._limiter = SmoothRate(per_minute) if per_minute else None
+            self._limiter = SmoothRate(per_minute, share=self.share) if per_minute else None
 
     def describe(self) -> str:
         if not self.cuts:

@@ -28,15 +28,18 @@ class SmoothRate:
     A stalled event loop wakes several sleepers at once, their slots gone by. They leave half a
     slot apart, not in a bunch, and so catch up at twice the rate; a log of the last sends is the
     hard cap on that: never more than ``per_minute / 60 + 1`` sends in one second (51 at 3,000 a
-    minute)."""
+    minute). ``share`` (one of N shards' limiters, which add up): the cap is what the schedule
+    itself puts in a second (5 at 300 a minute), so that N shards' extra sends, which a stall of
+    the whole machine makes them take in the same second, cannot add up to N over the limit."""
 
-    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic, *, share: bool = False) -> None:
         self.per_minute = per_minute
         # one slot less than asked: the first request of a window may fall on its very start
         self.interval = 60.0 / max(per_minute - 1, per_minute / 2)
         self._clock = clock
         self._next = clock()
-        self._sent: deque[float] = deque([-math.inf], maxlen=int(per_minute / 60) + 1)
+        cap = max(1, math.ceil(1 / self.interval - 1e-9)) if share else int(per_minute / 60) + 1
+        self._sent: deque[float] = deque([-math.inf], maxlen=cap)
 
     async def acquire(self) -> None:
         sent = self._sent

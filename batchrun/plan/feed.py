@@ -52,7 +52,7 @@ class Feed:
         self.unseeded = 0
         self.asked = 0
         self.limit: int | None = None  # ``--limit``: only the first rows (keyed as in the whole job)
-        self.shard = Shard()  # ``--shard K/N``: every row is planned, only this shard's keys are sent
+        self.shard = Shard()  # ``--shard K/N``: every row is keyed, only this shard's keys are sent
         planner.journal = [] if index.noting else None
 
     @classmethod
@@ -67,7 +67,7 @@ class Feed:
             if ok is not None:
                 planner.done_keys.add_read(ok)
             return feed
-        resumed = feed.index.resume(planner.done_keys, ok)
+        resumed = feed.index.resume(planner.done_keys, ok, job.shard)
         if resumed.unasked is not None and len(resumed.unasked):
             planner.done_keys.add_read(pl.Series(resumed.unasked, dtype=pl.UInt64))
         counts, n = planner.counts, resumed.counts
@@ -78,6 +78,7 @@ class Feed:
         counts.done += n.done
         counts.done_failed += n.done_failed
         counts.todo += n.todo
+        counts.other_shards += n.other_shards
         feed.covered, feed.unseeded, feed.asked = n.rows, n.requests, resumed.asked
         feed.todo, feed.todo_rows = resumed.todo, sorted(resumed.todo)
         return feed

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..models import DoneKeys, short_keys, sorted_unique
+from ..shard import Shard
 from ..sink.files import make_folder, write_atomic
 from ..spec import Job
 from .planner import PlanCounts, canonical_json
@@ -158,12 +159,13 @@ class PlanIndex:
         except OSError:
             self.noting = False
 
-    def resume(self, done: DoneKeys, ok: pl.Series | None = None) -> Resumed:
+    def resume(self, done: DoneKeys, ok: pl.Series | None = None, shard: Shard | None = None) -> Resumed:
         """The covered rows' counts and the rows with work left, read one part at a time against
         the sorted done keys, so that no column of the whole index is held. ``ok``: ok keys read
         as a column, not in ``done``; only those that no covered row asks for are returned (a
         request past the index has a key of its own: its occurrence number goes on from the
-        index's). Blocking."""
+        index's). ``shard``: only its keys are work left (the others count as ``other_shards``), so
+        a resumed shard reads and renders again only its own rows, ~1/N of them. Blocking."""
         import numpy as np  # only a resume needs it
 
         keys = sorted_unique(ok.to_numpy() if ok is not None else np.fromiter([*done.ok, *done.read], np.uint64))
@@ -183,6 +185,10 @@ class PlanIndex:
             is_failed = _find(failed, short)[1] & active
             asked[at[is_ok]] = True
             left = active & ~is_ok & ~is_failed
+            if shard is not None and shard.sharded:
+                others = left & (short % np.uint64(shard.count) != shard.index)
+                n.other_shards += int(others.sum())
+                left &= ~others
             n.requests += n_planned
             n.shared += n_planned - int(active.sum())
             n.skipped += frame.height - n_planned

@@ -153,6 +153,9 @@ class Planner:
         # with journal on, every planned request is noted (row, sample, key, content, shared; sample
         # -1 for a skipped row), so a later run over the same input can skip rendering these rows
         self.journal: list[tuple[int, int, str, int, bool]] | None = None
+        # ``--shard K/N``: every row is rendered and keyed (occurrence numbers are the whole job's),
+        # but another shard's request is only counted: not looked up as a request, never built
+        self.shard = job.shard
 
     def plan(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Request]:
         """Yield the requests still to send for ``rows``, in input order."""
@@ -166,8 +169,10 @@ class Planner:
             except TemplateError as exc:
                 yield from self._unrendered(row, index, exc)
                 continue
-            refused = self._refusal(rendered)
-            if refused is not None and self.skip_empty:
+            # judged now only when it decides the keys (a skipped row has none); else when sent
+            refused = self._refusal(rendered) if self.skip_empty else None
+            judged = self.skip_empty
+            if refused is not None:
                 counts.skipped += 1
                 if self.journal is not None:
                     self.journal.append((index, -1, "", 0, False))
@@ -196,7 +201,12 @@ class Planner:
                     if short in self.done_keys.failed:
                         counts.done_failed += 1
                     continue
+                if not shared and short % self.shard.count != self.shard.index:
+                    counts.other_shards += 1
+                    continue
                 counts.todo += not shared
+                if not judged:
+                    refused, judged = self._refusal(rendered), True
                 yield self._request(key, row_id, index, sample, url, body, seed, model, refused)
 
     def _render(

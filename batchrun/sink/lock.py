@@ -4,7 +4,15 @@ so a killed run never leaves a stale lock behind.
 Shards (``--shard K/N``) share the folder: each holds ``.lock-s<K>of<N>`` exclusively (one process
 a shard) and the folder's lock shared, so an unsharded run and the shards exclude each other. A
 shard that finds nobody else there holds the folder's lock exclusively for ``while_alone`` (the
-removal of a killed run's temp files, which would pull files from under a running shard)."""
+removal of a killed run's temp files, which would pull files from under a running shard).
+
+Shards of different N at once would send some requests twice (a key that is 1 mod 2 may be 2 mod
+3), so each shard also holds ``.lock-of<N>`` shared, and before it sends anything it probes every
+other ``.lock-of<M>`` with an exclusive lock: one that is held means live shards of M, and this
+shard is refused (exit 5). Each shard takes its own count's lock before it probes the others, so of
+two shards of different N starting together at least one sees the other: never both run. Then the
+greater N gives way at once and the smaller looks again a moment later, so one of them runs. One
+N after another is safe: done keys are global."""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -26,10 +35,18 @@ LOCK_NAME = ".batchrun.lock"
 
 
 SHARED_TRIES = 100  # x 0.05 s: a shard waits this long for another shard's start-up clean-up
+YIELD_S = 0.5  # > PROBE_TRIES x 0.01 s: the greater N's shard has seen us, given way and let go by then
+PROBE_TRIES = 20  # x 0.01 s: another N's probe holds a count's lock for microseconds; a live shard for its run
+_COUNT_LOCK = re.compile(r"^\.lock-of(\d+)$")
 
 
 def shard_lock_name(shard: Shard) -> str:
     return f".lock-{shard.name}"
+
+
+def count_lock_name(count: int) -> str:
+    """Held shared by every running shard of ``count``."""
+    return f".lock-of{count}"
 
 
 class OutputLock:
@@ -46,6 +63,7 @@ class OutputLock:
         self.while_alone = while_alone
         self._fd: int | None = None
         self._shard_fd: int | None = None
+        self._count_fd: int | None = None
         self.alone = False  # held the folder's lock exclusively at start: no other run was there
 
     def acquire(self, shared_tries: int = SHARED_TRIES) -> None:
@@ -58,6 +76,12 @@ class OutputLock:
             return
         self._shard_fd = self._take(self.path.parent / shard_lock_name(self.shard))
         self._note(self._shard_fd)
+        try:
+            self._join_count(shared_tries)
+            self._refuse_other_counts()
+        except BaseException:
+            self.release()
+            raise
         try:
             self._fd = self._take(self.path)
         except OutputLockedError:
@@ -79,6 +103,42 @@ class OutputLock:
         except BaseException:
             self.release()
             raise
+
+    def _join_count(self, tries: int) -> None:
+        self._count_fd = self._open(self.path.parent / count_lock_name(self.shard.count))
+        for _ in range(tries):
+            try:
+                fcntl.flock(self._count_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:  # another N's probe, for an instant
+                time.sleep(0.05)
+        name = count_lock_name(self.shard.count)
+        raise OutputLockedError(f"{self.path.parent}: {name} stays locked (holder unknown)")
+
+    def _refuse_other_counts(self) -> None:
+        """Exit 5 if shards of another N are running in this folder. Two shards of different N
+        that start together see each other: the one of the greater N gives way at once, the other
+        looks again after ``YIELD_S`` (it keeps its own count's lock meanwhile), so one of them runs."""
+        others = self._live_counts()
+        if others and min(others) > self.shard.count:
+            time.sleep(YIELD_S)
+            others = self._live_counts()
+        if others:
+            other = min(others)
+            raise OutputLockedError(
+                f"{self.path.parent} is in use by shards of N={other} ({_shards(self.path.parent, other)}): "
+                f"--shard {self.shard.index}/{self.shard.count} beside them could send their requests again; "
+                f"wait for them, or run shard K/{other}"
+            )
+
+    def _live_counts(self) -> list[int]:
+        """The other N whose count lock someone holds: shards of that N are running."""
+        live = []
+        for path in sorted(self.path.parent.glob(".lock-of*")):
+            match = _COUNT_LOCK.match(path.name)
+            if match is not None and int(match[1]) != self.shard.count and _in_use(self._open(path)):
+                live.append(int(match[1]))
+        return live
 
     def _open(self, path: Path) -> int:
         try:  # never through a link: a planted one would have us truncate and write its target
@@ -107,13 +167,13 @@ class OutputLock:
         os.pwrite(fd, json.dumps(info).encode(), 0)
 
     def release(self) -> None:
-        for fd in (self._shard_fd, self._fd):
+        for fd in (self._shard_fd, self._count_fd, self._fd):
             if fd is not None:
-                if fd == self._shard_fd or not self.shard.sharded:
+                if fd == self._shard_fd or (fd == self._fd and not self.shard.sharded):
                     os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
-        self._fd = self._shard_fd = None
+        self._fd = self._shard_fd = self._count_fd = None
 
     def __enter__(self) -> OutputLock:
         self.acquire()
@@ -123,9 +183,26 @@ class OutputLock:
         self.release()
 
 
-def _shards(folder: Path) -> str:
-    """Who holds the folder's lock shared: the shards whose own lock names a holder."""
-    running = sorted(p.name.removeprefix(".lock-") for p in folder.glob(".lock-s*of*") if p.stat().st_size)
+def _in_use(fd: int) -> bool:
+    """Whether someone holds the lock on ``fd`` (closed here): only a live process does."""
+    try:
+        for _ in range(PROBE_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _shards(folder: Path, count: int | None = None) -> str:
+    """Who holds the folder's lock shared: the shards (of ``count``) whose own lock names a holder."""
+    pattern = ".lock-s*of*" if count is None else f".lock-s*of{count}"
+    running = sorted(p.name.removeprefix(".lock-") for p in folder.glob(pattern) if p.stat().st_size)
     return f"shards {', '.join(running)}" if running else "holder unknown"
 
 
