@@ -50,7 +50,7 @@ from .sources import FORMATS, input_files, is_glob, table_kind
 if TYPE_CHECKING:  # the reader is also used without a job (bench/reader.py): no pydantic for it
     from polars._typing import PolarsDataType
 
-    from ..spec import InputOptions
+    from ..spec.job import InputOptions
 
 __all__ = ["FORMATS", "Table", "blocks", "first_record_end", "input_files", "last_record_end", "rechunk"]
 
