@@ -32,28 +32,26 @@ MIN_BIN_S = 0.1  # a two-second run: 20 points, not 60 of one or two requests ea
 HISTOGRAM_BINS = 30  # about this many bars, of a round width, up to the 99th percentile
 
 _SHORT = short_keys(pl.col("request_key")).alias("short")
-_COLUMNS = [
-    "row_id",
+_OK = pl.col("status") == "ok"
+# What every aggregate needs, one row per result: ~64 bytes a row with the two names as categories.
+# Collecting the manifest's stats columns as they are held ~330 MiB at 1M rows and their aggregates
+# ~400 MiB more; the failed rows, the sampled rows and their texts are read apart, filtered in the scan.
+_STATS: list[str | pl.Expr] = [
+    pl.col("endpoint").cast(pl.Categorical),
+    pl.col("status").cast(pl.Categorical),
     "row_index",
-    "endpoint",
-    "sample",
-    "seed",
-    "status",
-    "error_kind",
-    "http_status",
-    "error",
-    "prompt_tokens",
-    "completion_tokens",
-    "image_path",
-    "latency_ms",
-    "ttft_ms",
-    "cost_usd",
-    "cost_estimated",
     "started_at",
     "finished_at",
-    "run_id",
+    "latency_ms",
+    "ttft_ms",
+    (pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)).alias("tokens"),
+    pl.col("image_path").is_not_null().alias("has_image"),
+    "cost_usd",
+    "cost_estimated",
 ]
-_TEXTS = ["response_text", "request_body"]  # read for the sampled rows only: at 1M rows they are most of the memory
+_FAILED = ["finished_at", "error_kind", "http_status", "error", "row_id", "row_index"]
+_SAMPLED = ["row_id", "row_index", "endpoint", "sample", "status", "error", "response_text", "request_body"]
+_IMAGES = ["row_index", "row_id", "sample", "seed", "endpoint", "image_path"]
 
 
 @dataclass
@@ -78,21 +76,38 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Results:
+    """The manifest's latest row per key, as a scan: ``by_time`` when a key repeats, so that the
+    first failed row of a kind is the first to finish, as in the rows ``scan_latest`` sorts."""
+
+    scan: pl.LazyFrame
+    by_time: bool
+
+    def read(self, *columns: str | pl.Expr, where: pl.Expr | None = None, ordered: bool = True) -> pl.DataFrame:
+        frame = self.scan if where is None else self.scan.filter(where)
+        if self.by_time and ordered:
+            frame = frame.sort("finished_at", "_i")
+        return frame.select(*columns).collect(engine="streaming")
+
+
 def load(output_dir: Path) -> Report:
     every = scan_all(output_dir)
     if every is None:
         raise InputError(f"no results in {output_dir} yet: run the job first")
     with _manifest_errors(output_dir):
-        frame = every.select(_SHORT, *_COLUMNS).collect()
-    return build(output_dir, latest(frame))
+        results = latest(every)
+        return build(output_dir, results, results.read(*_STATS, ordered=False))
 
 
-def latest(frame: pl.DataFrame) -> pl.DataFrame:
-    """The latest row per key, as ``scan_latest`` picks it, by the 8-byte short key; sorted only when
-    a key repeats (a retried or resumed run): the sort and unique of 1M rows cost ~500 MiB at peak."""
-    if frame["short"].n_unique() == frame.height:
-        return frame
-    return frame.sort("finished_at").unique("short", keep="last", maintain_order=True)
+def latest(every: pl.LazyFrame) -> Results:
+    """The latest row per key, as ``scan_latest`` picks it, found by the 8-byte short key; the rows
+    of older results are filtered out of the scan only when a key repeats (a retried or resumed run)."""
+    keys = every.select(_SHORT, "finished_at").collect(engine="streaming")
+    if keys["short"].n_unique() == keys.height:
+        return Results(every, by_time=False)
+    kept = keys.with_row_index("_i").sort("finished_at", "_i").unique("short", keep="last")["_i"]
+    return Results(every.with_row_index("_i").filter(pl.col("_i").is_in(kept.implode())), by_time=True)
 
 
 @contextlib.contextmanager
@@ -103,22 +118,13 @@ def _manifest_errors(output_dir: Path) -> Iterator[None]:
         raise InputError(f"cannot read the manifest in {output_dir}: {str(exc).splitlines()[0]}") from None
 
 
-def _texts(output_dir: Path, keys: pl.Series) -> pl.DataFrame:
-    """The answers and kept bodies of ``keys`` (short keys), the latest row of each."""
-    every = scan_all(output_dir)
-    assert every is not None
-    with _manifest_errors(output_dir):
-        return (
-            every.select(_SHORT, "finished_at", *_TEXTS)
-            .filter(pl.col("short").is_in(keys.implode()))
-            .sort("finished_at")
-            .unique("short", keep="last")
-            .select("short", *_TEXTS)
-            .collect()
-        )
+def _names(frame: pl.DataFrame) -> pl.DataFrame:
+    """Categories back to text, as the page and the charts read them."""
+    return frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
 
-def build(output_dir: Path, frame: pl.DataFrame) -> Report:
+def build(output_dir: Path, results: Results, frame: pl.DataFrame) -> Report:
+    """``frame``: the ``_STATS`` of every result; the texts come from ``results`` for the rows shown."""
     notes: list[str] = []
     started, finished = frame["started_at"].min(), frame["finished_at"].max()
     wall_s = (
@@ -126,48 +132,33 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         if isinstance(started, datetime) and isinstance(finished, datetime)
         else 0.0
     )
-    ok = pl.col("status") == "ok"
-    tokens = pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)
-    by_endpoint = (
-        frame.group_by("endpoint")
-        .agg(
-            pl.len().alias("requests"),
-            ok.sum().alias("ok"),
-            (~ok).sum().alias("failed"),
-            tokens.sum().alias("tokens"),
-            pl.col("latency_ms").filter(ok).median().alias("p50_ms"),
-            pl.col("latency_ms").filter(ok).quantile(0.95).alias("p95_ms"),
-            pl.col("ttft_ms").filter(ok).median().alias("ttft_p50_ms"),
-        )
-        .sort("endpoint")
-    )
+    ok = _OK
+    # every aggregate runs lazily over the few columns it needs: an eager group_by or sort of 1M rows
+    # holds ~100 MiB more than the frame itself
+    stats = frame.lazy()
+    by_endpoint = _by_endpoint(frame)
     span = max(wall_s, 1.0)
     bin_s = max(span / TIME_BINS, MIN_BIN_S)
     every = f"{int(bin_s * 1_000_000)}us"
-    # each aggregate selects its few columns first: a filter or sort of the whole frame copies every column
-    timed = (
-        frame.select("finished_at", "endpoint", "status", "error_kind")
-        .filter(pl.col("finished_at").is_not_null())
-        .sort("finished_at")
-    )
-    binned = timed.group_by_dynamic("finished_at", every=every, group_by=["endpoint", "status"]).agg(
-        pl.len().alias("count")
-    )
     until = (pl.col("finished_at") + pl.duration(microseconds=int(bin_s * 1_000_000))).alias("until")
-    throughput = binned.with_columns((pl.col("count") / bin_s).alias("per_s"), until)
-    errors_over_time = (
-        timed.filter(~ok)
-        .with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
-        .group_by_dynamic("finished_at", every=every, group_by="kind")
-        .agg(pl.len().alias("count"))
-        .with_columns(until)
+    throughput = _binned(stats, every, ["endpoint", "status"]).with_columns(
+        (pl.col("count") / bin_s).alias("per_s"), until
     )
-    answered = frame.select("endpoint", "status", "latency_ms", "ttft_ms").filter(ok)
+    answered = stats.filter(ok)
     latency = histogram(answered, "latency_ms")
     ttft = histogram(answered, "ttft_ms")
+    rows = frame["row_index"].n_unique()
+    requests = frame.height
+    is_image = bool(frame["has_image"].any())
+    cost = _cost(frame)
+    chosen = _sample_rows(frame, SAMPLE_ROWS)
+    images_chosen = _sample_rows(frame.filter(pl.col("has_image")), SAMPLE_IMAGES) if is_image else None
+    del frame  # the rest reads few rows, and the charts come next
+    failed = results.read(*_FAILED, where=~_OK)
+    kinds = failed.lazy().with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
+    errors_over_time = _binned(kinds, every, ["kind"]).with_columns(until)
     errors = (
-        frame.filter(~ok)
-        .group_by(pl.col("error_kind").fill_null("unknown").alias("kind"), "http_status")
+        failed.group_by(pl.col("error_kind").fill_null("unknown").alias("kind"), "http_status")
         .agg(
             pl.len().alias("count"),
             pl.col("error").first().alias("example"),
@@ -176,20 +167,17 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         )
         .sort("count", descending=True)
     )
-    rows = frame["row_index"].n_unique()
-    is_image = frame["image_path"].is_not_null().any()
-    chosen = _sample_rows(frame, SAMPLE_ROWS)
-    sampled = frame.filter(pl.col("row_index").is_in(chosen.implode()))
-    sampled = sampled.join(_texts(output_dir, sampled["short"]), on="short", how="left")
+    del failed
+    sampled = results.read(*_SAMPLED, where=pl.col("row_index").is_in(chosen.implode()))
     prompts = _Prompts(output_dir, sampled)
     answers = _answers(sampled, prompts) if not is_image else pl.DataFrame()
-    images = _images(frame, prompts) if is_image else pl.DataFrame()
+    images = _images(results, images_chosen, prompts) if images_chosen is not None else pl.DataFrame()
     if prompts.missing:
         notes.append(prompts.missing)
     return Report(
         output_dir=output_dir,
         rows=rows,
-        requests=frame.height,
+        requests=requests,
         by_endpoint=by_endpoint,
         wall_s=wall_s,
         started=str(started)[:19] if started is not None else "-",
@@ -202,8 +190,8 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         errors=errors,
         answers=answers,
         images=images,
-        is_image=bool(is_image),
-        cost=_cost(frame),
+        is_image=is_image,
+        cost=cost,
         notes=notes,
     )
 
@@ -217,11 +205,11 @@ def _cost(frame: pl.DataFrame) -> str:
     return f"${spent:,.4f}" + (" (part estimated: the server reported no usage)" if estimated else "")
 
 
-def histogram(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+def histogram(frame: pl.LazyFrame, column: str) -> pl.DataFrame:
     """Bars of a round width (1, 2 or 5 times a power of ten) per endpoint, over every value up to
     the 99th percentile, so the slowest 1 % do not squeeze the rest into one bar (p95 is in the table)."""
-    values = frame.filter(pl.col(column).is_not_null())
-    cut = values[column].quantile(0.99) if values.height else None
+    values = frame.select("endpoint", column).filter(pl.col(column).is_not_null())
+    cut = values.select(pl.col(column).quantile(0.99)).collect().item()
     if cut is None:
         return pl.DataFrame(schema={"endpoint": pl.String, "lo": pl.Float64, "hi": pl.Float64, "count": pl.UInt32})
     width = _round_step(max(float(cut), 1e-3) / HISTOGRAM_BINS)
@@ -230,8 +218,46 @@ def histogram(frame: pl.DataFrame, column: str) -> pl.DataFrame:
         values.filter(pl.col(column) <= cut)
         .group_by("endpoint", lo.alias("lo"))
         .agg(pl.len().alias("count"))
-        .with_columns((pl.col("lo") + width).alias("hi"))
+        .with_columns((pl.col("lo") + width).alias("hi"), pl.col(pl.Categorical).cast(pl.String))
         .sort("endpoint", "lo")
+        .collect()
+    )
+
+
+def _by_endpoint(frame: pl.DataFrame) -> pl.DataFrame:
+    """Counts by a lazy group_by; the quantiles over each endpoint's ok rows as one Series each (a
+    quantile inside a group_by of 1M rows held ~100 MiB)."""
+    ok = _OK
+    counts = _names(
+        frame.lazy()
+        .group_by("endpoint")
+        .agg(pl.len().alias("requests"), ok.sum().alias("ok"), (~ok).sum().alias("failed"), pl.col("tokens").sum())
+        .collect()
+    )
+    answered = frame["status"] == "ok"
+    quantiles: dict[str, list[Any]] = {"endpoint": [], "p50_ms": [], "p95_ms": [], "ttft_p50_ms": []}
+    for name in counts["endpoint"].to_list():
+        mine = answered & (frame["endpoint"].is_null() if name is None else frame["endpoint"] == name)
+        latency, ttft = frame["latency_ms"].filter(mine), frame["ttft_ms"].filter(mine)
+        values = (name, latency.median(), latency.quantile(0.95), ttft.median())
+        for column, value in zip(quantiles, values, strict=True):
+            quantiles[column].append(value)
+    schema = {"endpoint": pl.String, "p50_ms": pl.Float64, "p95_ms": pl.Float64, "ttft_p50_ms": pl.Float64}
+    return counts.join(pl.DataFrame(quantiles, schema=schema), on="endpoint", how="left", nulls_equal=True).sort(
+        "endpoint"
+    )
+
+
+def _binned(frame: pl.LazyFrame, every: str, groups: list[str]) -> pl.DataFrame:
+    """Results by time bin as ``group_by_dynamic`` bins them (windows from ``every``'s epoch
+    boundaries, empty ones left out), without sorting every row first."""
+    start = pl.col("finished_at").dt.truncate(every)
+    return _names(
+        frame.filter(pl.col("finished_at").is_not_null())
+        .group_by(*groups, start)
+        .agg(pl.len().alias("count"))
+        .sort(*groups, "finished_at")
+        .collect()
     )
 
 
@@ -262,16 +288,13 @@ def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
     return wide.with_columns(prompts.column(wide["row_index"]))
 
 
-def _images(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
-    chosen = _sample_rows(frame.filter(pl.col("image_path").is_not_null()), SAMPLE_IMAGES)
+def _images(results: Results, chosen: pl.Series, prompts: _Prompts) -> pl.DataFrame:
     picked = (
-        frame.filter(pl.col("row_index").is_in(chosen.implode()) & pl.col("image_path").is_not_null())
+        results.read(*_IMAGES, where=pl.col("row_index").is_in(chosen.implode()) & pl.col("image_path").is_not_null())
         .sort("row_index", "endpoint", "sample")
         .head(SAMPLE_IMAGES)
     )
-    return picked.select("row_index", "row_id", "sample", "seed", "endpoint", "image_path").with_columns(
-        prompts.column(picked["row_index"])
-    )
+    return picked.with_columns(prompts.column(picked["row_index"]))
 
 
 class _Prompts:
