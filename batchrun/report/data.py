@@ -84,9 +84,9 @@ class Results:
     scan: pl.LazyFrame
     by_time: bool
 
-    def read(self, *columns: str | pl.Expr, where: pl.Expr | None = None, ordered: bool = True) -> pl.DataFrame:
-        frame = self.scan if where is None else self.scan.filter(where)
-        if self.by_time and ordered:
+    def read(self, *columns: str | pl.Expr, where: pl.Expr) -> pl.DataFrame:
+        frame = self.scan.filter(where)
+        if self.by_time:
             frame = frame.sort("finished_at", "_i")
         return frame.select(*columns).collect(engine="streaming")
 
@@ -96,18 +96,20 @@ def load(output_dir: Path) -> Report:
     if every is None:
         raise InputError(f"no results in {output_dir} yet: run the job first")
     with _manifest_errors(output_dir):
-        results = latest(every)
-        return build(output_dir, results, results.read(*_STATS, ordered=False))
+        frame = every.with_row_index("_i").select("_i", _SHORT, *_STATS).collect(engine="streaming")
+        results, frame = latest(every, frame)
+        return build(output_dir, results, frame)
 
 
-def latest(every: pl.LazyFrame) -> Results:
-    """The latest row per key, as ``scan_latest`` picks it, found by the 8-byte short key; the rows
-    of older results are filtered out of the scan only when a key repeats (a retried or resumed run)."""
-    keys = every.select(_SHORT, "finished_at").collect(engine="streaming")
-    if keys["short"].n_unique() == keys.height:
-        return Results(every, by_time=False)
-    kept = keys.with_row_index("_i").sort("finished_at", "_i").unique("short", keep="last")["_i"]
-    return Results(every.with_row_index("_i").filter(pl.col("_i").is_in(kept.implode())), by_time=True)
+def latest(every: pl.LazyFrame, frame: pl.DataFrame) -> tuple[Results, pl.DataFrame]:
+    """The latest row per key, as ``scan_latest`` picks it, found by the 8-byte short key in
+    ``frame`` (with ``_i``, the row's place in ``every``); the rows of older results are filtered
+    out of the scan only when a key repeats (a retried or resumed run)."""
+    if frame["short"].n_unique() == frame.height:
+        return Results(every, by_time=False), frame.drop("_i", "short")
+    kept = frame.select("_i", "short", "finished_at").sort("finished_at", "_i").unique("short", keep="last")["_i"]
+    scan = every.with_row_index("_i").filter(pl.col("_i").is_in(kept.implode()))
+    return Results(scan, by_time=True), frame.filter(pl.col("_i").is_in(kept.implode())).drop("_i", "short")
 
 
 @contextlib.contextmanager
