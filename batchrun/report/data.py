@@ -33,21 +33,31 @@ HISTOGRAM_BINS = 30  # about this many bars, of a round width, up to the 99th pe
 
 _SHORT = short_keys(pl.col("request_key")).alias("short")
 _OK = pl.col("status") == "ok"
-# What every aggregate needs, one row per result: ~64 bytes a row with the two names as categories.
+# What the aggregates need of every row, ~48 bytes a row with the two names as categories; the
+# sums and extremes come from one streaming pass (``_totals``) and are not held a row at a time.
 # Collecting the manifest's stats columns as they are held ~330 MiB at 1M rows and their aggregates
 # ~400 MiB more; the failed rows, the sampled rows and their texts are read apart, filtered in the scan.
 _STATS: list[str | pl.Expr] = [
     pl.col("endpoint").cast(pl.Categorical),
     pl.col("status").cast(pl.Categorical),
     "row_index",
-    "started_at",
     "finished_at",
     "latency_ms",
     "ttft_ms",
-    (pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)).alias("tokens"),
-    pl.col("image_path").is_not_null().alias("has_image"),
-    "cost_usd",
-    "cost_estimated",
+]
+_TOTALS: list[pl.Expr] = [
+    pl.col("started_at").min(),
+    pl.col("finished_at").max(),
+    pl.col("image_path").is_not_null().any().alias("has_image"),
+    pl.col("cost_usd").count().alias("priced"),
+    pl.col("cost_usd").sum(),
+    pl.col("cost_estimated").fill_null(False).any(),
+]
+_COUNTS: list[pl.Expr] = [
+    pl.len().alias("requests"),
+    _OK.sum().alias("ok"),
+    (~_OK).sum().alias("failed"),
+    (pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)).sum().alias("tokens"),
 ]
 _FAILED = ["finished_at", "error_kind", "http_status", "error", "row_id", "row_index"]
 _SAMPLED = ["row_id", "row_index", "endpoint", "sample", "status", "error", "response_text", "request_body"]
@@ -96,17 +106,20 @@ def load(output_dir: Path) -> Report:
     if every is None:
         raise InputError(f"no results in {output_dir} yet: run the job first")
     with _manifest_errors(output_dir):
-        frame = every.with_row_index("_i").select("_i", _SHORT, *_STATS).collect(engine="streaming")
-        results, frame = latest(every, frame)
-        return build(output_dir, results, frame)
+        results, frame = latest(every, every.select(_SHORT, *_STATS).collect(engine="streaming"))
+        totals, counts = pl.collect_all(
+            [results.scan.select(_TOTALS), results.scan.group_by("endpoint").agg(_COUNTS)], engine="streaming"
+        )
+        return build(output_dir, results, frame, totals.row(0, named=True), counts)
 
 
 def latest(every: pl.LazyFrame, frame: pl.DataFrame) -> tuple[Results, pl.DataFrame]:
     """The latest row per key, as ``scan_latest`` picks it, found by the 8-byte short key in
-    ``frame`` (with ``_i``, the row's place in ``every``); the rows of older results are filtered
-    out of the scan only when a key repeats (a retried or resumed run)."""
+    ``frame`` (a row's place in it is its place in ``every``); the rows of older results are
+    filtered out of the scan only when a key repeats (a retried or resumed run)."""
     if frame["short"].n_unique() == frame.height:
-        return Results(every, by_time=False), frame.drop("_i", "short")
+        return Results(every, by_time=False), frame.drop("short")
+    frame = frame.with_row_index("_i")
     kept = frame.select("_i", "short", "finished_at").sort("finished_at", "_i").unique("short", keep="last")["_i"]
     scan = every.with_row_index("_i").filter(pl.col("_i").is_in(kept.implode()))
     return Results(scan, by_time=True), frame.filter(pl.col("_i").is_in(kept.implode())).drop("_i", "short")
@@ -125,10 +138,13 @@ def _names(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
 
-def build(output_dir: Path, results: Results, frame: pl.DataFrame) -> Report:
-    """``frame``: the ``_STATS`` of every result; the texts come from ``results`` for the rows shown."""
+def build(
+    output_dir: Path, results: Results, frame: pl.DataFrame, totals: dict[str, Any], counts: pl.DataFrame
+) -> Report:
+    """``frame``: the ``_STATS`` of every result, ``totals`` and ``counts`` (by endpoint) the
+    ``_TOTALS`` and ``_COUNTS`` of them; the texts come from ``results`` for the rows shown."""
     notes: list[str] = []
-    started, finished = frame["started_at"].min(), frame["finished_at"].max()
+    started, finished = totals["started_at"], totals["finished_at"]
     wall_s = (
         (finished - started).total_seconds()
         if isinstance(started, datetime) and isinstance(finished, datetime)
@@ -138,7 +154,7 @@ def build(output_dir: Path, results: Results, frame: pl.DataFrame) -> Report:
     # every aggregate runs lazily over the few columns it needs: an eager group_by or sort of 1M rows
     # holds ~100 MiB more than the frame itself
     stats = frame.lazy()
-    by_endpoint = _by_endpoint(frame)
+    by_endpoint = _by_endpoint(frame, counts)
     span = max(wall_s, 1.0)
     bin_s = max(span / TIME_BINS, MIN_BIN_S)
     every = f"{int(bin_s * 1_000_000)}us"
@@ -151,10 +167,8 @@ def build(output_dir: Path, results: Results, frame: pl.DataFrame) -> Report:
     ttft = histogram(answered, "ttft_ms")
     rows = frame["row_index"].n_unique()
     requests = frame.height
-    is_image = bool(frame["has_image"].any())
-    cost = _cost(frame)
+    is_image = bool(totals["has_image"])
     chosen = _sample_rows(frame, SAMPLE_ROWS)
-    images_chosen = _sample_rows(frame.filter(pl.col("has_image")), SAMPLE_IMAGES) if is_image else None
     del frame  # the rest reads few rows, and the charts come next
     failed = results.read(*_FAILED, where=~_OK)
     kinds = failed.lazy().with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
@@ -173,7 +187,7 @@ def build(output_dir: Path, results: Results, frame: pl.DataFrame) -> Report:
     sampled = results.read(*_SAMPLED, where=pl.col("row_index").is_in(chosen.implode()))
     prompts = _Prompts(output_dir, sampled)
     answers = _answers(sampled, prompts) if not is_image else pl.DataFrame()
-    images = _images(results, images_chosen, prompts) if images_chosen is not None else pl.DataFrame()
+    images = _images(results, prompts) if is_image else pl.DataFrame()
     if prompts.missing:
         notes.append(prompts.missing)
     return Report(
@@ -193,17 +207,17 @@ def build(output_dir: Path, results: Results, frame: pl.DataFrame) -> Report:
         answers=answers,
         images=images,
         is_image=is_image,
-        cost=cost,
+        cost=_cost(totals),
         notes=notes,
     )
 
 
-def _cost(frame: pl.DataFrame) -> str:
+def _cost(totals: dict[str, Any]) -> str:
     """The spend the manifest records (``price`` in the job), and whether part of it is estimated."""
-    if "cost_usd" not in frame.columns or frame["cost_usd"].null_count() == frame.height:
+    if not totals["priced"]:
         return "not recorded (the job sets no price)"
-    spent = float(frame["cost_usd"].sum())
-    estimated = "cost_estimated" in frame.columns and bool(frame["cost_estimated"].fill_null(False).any())
+    spent = float(totals["cost_usd"])
+    estimated = bool(totals["cost_estimated"])
     return f"${spent:,.4f}" + (" (part estimated: the server reported no usage)" if estimated else "")
 
 
@@ -226,16 +240,9 @@ def histogram(frame: pl.LazyFrame, column: str) -> pl.DataFrame:
     )
 
 
-def _by_endpoint(frame: pl.DataFrame) -> pl.DataFrame:
-    """Counts by a lazy group_by; the quantiles over each endpoint's ok rows as one Series each (a
-    quantile inside a group_by of 1M rows held ~100 MiB)."""
-    ok = _OK
-    counts = _names(
-        frame.lazy()
-        .group_by("endpoint")
-        .agg(pl.len().alias("requests"), ok.sum().alias("ok"), (~ok).sum().alias("failed"), pl.col("tokens").sum())
-        .collect()
-    )
+def _by_endpoint(frame: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
+    """``counts`` and the quantiles over each endpoint's ok rows, one Series each (a quantile inside
+    a group_by of 1M rows held ~100 MiB)."""
     answered = frame["status"] == "ok"
     quantiles: dict[str, list[Any]] = {"endpoint": [], "p50_ms": [], "p95_ms": [], "ttft_p50_ms": []}
     for name in counts["endpoint"].to_list():
@@ -290,9 +297,12 @@ def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
     return wide.with_columns(prompts.column(wide["row_index"]))
 
 
-def _images(results: Results, chosen: pl.Series, prompts: _Prompts) -> pl.DataFrame:
+def _images(results: Results, prompts: _Prompts) -> pl.DataFrame:
+    """The images of the first ``SAMPLE_IMAGES`` rows that have one."""
+    has_image = pl.col("image_path").is_not_null()
+    chosen = results.read("row_index", where=has_image)["row_index"].unique().sort().head(SAMPLE_IMAGES)
     picked = (
-        results.read(*_IMAGES, where=pl.col("row_index").is_in(chosen.implode()) & pl.col("image_path").is_not_null())
+        results.read(*_IMAGES, where=pl.col("row_index").is_in(chosen.implode()) & has_image)
         .sort("row_index", "endpoint", "sample")
         .head(SAMPLE_IMAGES)
     )
