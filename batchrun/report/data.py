@@ -1,10 +1,9 @@
 """What the page shows, read from the manifest: aggregates over every row, samples for the tables.
 
-The manifest is read with ``scan_latest`` (parts and crash journals, the latest row per key).
-Prompts are not in the manifest unless ``keep_request``: a sampled row's prompt is the job's
-prompt template rendered from its input row (read back by ``row_index``, as export joins it), or,
-when the job file or the input is gone, the user message of the kept request body. Only the
-sampled rows are rendered, so a 1M-row run costs one pass over the input, not a replan.
+The manifest's rows are the ones ``scan_latest`` picks (parts and crash journals, the latest row
+per key), read a few columns at a time so that memory holds aggregates, not the manifest: six
+columns of every row, the failed rows, and the texts of the sampled rows only. Prompts are not in
+the manifest unless ``keep_request``: ``prompts.Prompts`` finds them for the sampled rows.
 """
 
 from __future__ import annotations
@@ -20,10 +19,11 @@ from typing import Any
 
 import polars as pl
 
-from ..errors import BatchrunError, InputError
+from ..errors import InputError
 from ..models import short_keys
 from ..sink.manifest import scan_all
 from .last_run import LAST_RUN
+from .prompts import Prompts
 
 SAMPLE_ROWS = 2_000  # rows in the answers table: ~2 MB of text at most, searchable in the page
 SAMPLE_IMAGES = 240  # thumbnails in the contact sheet: ~5 MB of JPEG at 256 px
@@ -33,10 +33,9 @@ HISTOGRAM_BINS = 30  # about this many bars, of a round width, up to the 99th pe
 
 _SHORT = short_keys(pl.col("request_key")).alias("short")
 _OK = pl.col("status") == "ok"
-# What the aggregates need of every row, ~48 bytes a row with the two names as categories; the
-# sums and extremes come from one streaming pass (``_totals``) and are not held a row at a time.
-# Collecting the manifest's stats columns as they are held ~330 MiB at 1M rows and their aggregates
-# ~400 MiB more; the failed rows, the sampled rows and their texts are read apart, filtered in the scan.
+# What the quantiles, bins and samples need of every row: ~48 bytes a row with the two names as
+# categories (the manifest's stats columns as read held ~330 MiB at 1M rows). Sums, extremes and
+# counts by endpoint come from one streaming pass (``_TOTALS``, ``_COUNTS``), not held a row at a time.
 _STATS: list[str | pl.Expr] = [
     pl.col("endpoint").cast(pl.Categorical),
     pl.col("status").cast(pl.Categorical),
@@ -185,7 +184,7 @@ def build(
     )
     del failed
     sampled = results.read(*_SAMPLED, where=pl.col("row_index").is_in(chosen.implode()))
-    prompts = _Prompts(output_dir, sampled)
+    prompts = Prompts(output_dir, sampled)
     answers = _answers(sampled, prompts) if not is_image else pl.DataFrame()
     images = _images(results, prompts) if is_image else pl.DataFrame()
     if prompts.missing:
@@ -280,7 +279,7 @@ def _sample_rows(frame: pl.DataFrame, limit: int) -> pl.Series:
     return frame["row_index"].unique().sort().head(limit)
 
 
-def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
+def _answers(picked: pl.DataFrame, prompts: Prompts) -> pl.DataFrame:
     """One line per sampled (row, sample), one answer column per endpoint (side by side)."""
     answer = (
         pl.when(pl.col("status") == "ok")
@@ -297,7 +296,7 @@ def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
     return wide.with_columns(prompts.column(wide["row_index"]))
 
 
-def _images(results: Results, prompts: _Prompts) -> pl.DataFrame:
+def _images(results: Results, prompts: Prompts) -> pl.DataFrame:
     """The images of the first ``SAMPLE_IMAGES`` rows that have one."""
     has_image = pl.col("image_path").is_not_null()
     chosen = results.read("row_index", where=has_image)["row_index"].unique().sort().head(SAMPLE_IMAGES)
@@ -307,79 +306,6 @@ def _images(results: Results, prompts: _Prompts) -> pl.DataFrame:
         .head(SAMPLE_IMAGES)
     )
     return picked.with_columns(prompts.column(picked["row_index"]))
-
-
-class _Prompts:
-    """The prompt text of sampled rows: the job's prompt template over the input row, else the
-    kept body (of the rows in ``sampled``, which has the manifest's texts)."""
-
-    def __init__(self, output_dir: Path, sampled: pl.DataFrame) -> None:
-        self.output_dir = output_dir
-        self.missing = ""
-        self._by_row: dict[int, str] | None = None
-        self.sampled = sampled
-
-    def column(self, row_index: pl.Series) -> pl.Series:
-        if self._by_row is None:
-            self._by_row = self._read(set(row_index.to_list()))
-            if not self._by_row:
-                self._by_row = _from_bodies(self.sampled)
-                if not self._by_row and not self.missing:
-                    self.missing = "prompts not shown: the job's input could not be read and no request body was kept"
-        by_row = self._by_row
-        return pl.Series("prompt", [by_row.get(i) for i in row_index.to_list()], dtype=pl.String)
-
-    def _read(self, wanted: set[int]) -> dict[int, str]:
-        from ..export import job_for
-        from ..plan.reader import Table
-        from ..plan.shape import prompt_template
-        from ..plan.templates import compile_template
-
-        try:
-            job = job_for(str(self.output_dir))
-            template = prompt_template(job)
-            if template is None:
-                return {}
-            render = compile_template(template, "prompt")
-            found: dict[int, str] = {}
-            start = 0
-            last = max(wanted) if wanted else -1
-            for chunk in Table(job.input, job.input_options).frames(65_536):
-                if start > last:
-                    break
-                local = [i - start for i in sorted(wanted) if start <= i < start + chunk.height]
-                for i, row in zip(local, chunk[local].to_dicts(), strict=True):
-                    value = render({**row, "row": row})
-                    found[start + i] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-                start += chunk.height
-            return found
-        except (BatchrunError, OSError) as exc:
-            self.missing = f"prompts from the request bodies: the job's input could not be read ({exc})"
-            return {}
-
-
-def _from_bodies(frame: pl.DataFrame) -> dict[int, str]:
-    found: dict[int, str] = {}
-    kept = frame.filter(pl.col("request_body").is_not_null()).unique("row_index").head(SAMPLE_ROWS)
-    for index, body in kept.select("row_index", "request_body").iter_rows():
-        try:
-            found[index] = _prompt_in(json.loads(body))
-        except ValueError:
-            continue
-    return found
-
-
-def _prompt_in(body: Any) -> str:
-    """The last user message of a chat body, or an image body's ``prompt``/``inputs``."""
-    if isinstance(body, dict):
-        for message in reversed(body.get("messages") or []):
-            if isinstance(message, dict) and message.get("role") == "user":
-                content = message.get("content")
-                return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
-        for name in ("prompt", "inputs"):
-            if isinstance(body.get(name), str):
-                return str(body[name])
-    return json.dumps(body, ensure_ascii=False)
 
 
 def _last_exit(output_dir: Path) -> str:
