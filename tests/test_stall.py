@@ -8,13 +8,16 @@ counts, the manifest and the exit code; the CLI's one line.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-from conftest import JobWriter, questions, read_manifest
+from conftest import JobWriter, chat_reply, questions, read_manifest
 
 from batchrun.cli import main
+from batchrun.dispatch.adaptive import AdaptiveRate
 from batchrun.dispatch.stall import RefusalSpell
 from batchrun.errors import ExitCode, SpecError
 from batchrun.runner import RunSummary, run_job
@@ -205,3 +208,84 @@ def test_the_cli_says_it_in_one_line(write_job: JobWriter, capsys: pytest.Captur
     )
     assert said in out[0]
     assert out[0].endswith("exit 4: " + ExitCode.INCOMPLETE.meaning)
+
+
+# ---------------------------------------------------------------- after a window is used up
+
+
+class Window:
+    """A rate window as OpenAI reports it: ``size`` requests per ``period`` seconds (fixed windows from
+    the first request), each answer carrying ``x-ratelimit-remaining-requests`` and
+    ``x-ratelimit-reset-requests``; a request over the window is a 429. Records arrival times."""
+
+    def __init__(self, size: int, period: float, latency: float = 0.02, used_up: bool = False) -> None:
+        self.size, self.period, self.latency = size, period, latency
+        self.used_up = used_up  # the first window was used up by another client before the run
+        self.arrivals: list[float] = []
+        self.refused = 0
+        self.refused_later = 0  # after the first window
+        self._start: float | None = None
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        now = time.monotonic()
+        self.arrivals.append(now)
+        self._start = now if self._start is None else self._start
+        index = int((now - self._start) / self.period)
+        used = sum(1 for t in self.arrivals if int((t - self._start) / self.period) == index)
+        used += self.size if self.used_up and index == 0 else 0
+        reset = self._start + (index + 1) * self.period - now
+        headers = {
+            "x-ratelimit-remaining-requests": str(max(0, self.size - used)),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+        }
+        await anyio.sleep(self.latency)
+        if used > self.size:
+            self.refused += 1
+            self.refused_later += index > 0
+            return httpx.Response(
+                429, headers=headers, json={"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}
+            )
+        return httpx.Response(200, headers=headers, json=chat_reply("fine"))
+
+    def busiest(self, after: float, bin_s: float = 0.1) -> int:
+        """The most arrivals in one ``bin_s`` after the first window's reset."""
+        start = (self._start or 0.0) + after
+        bins: dict[int, int] = {}
+        for t in self.arrivals:
+            if t >= start:
+                bins[int((t - start) / bin_s)] = bins.get(int((t - start) / bin_s), 0) + 1
+        return max(bins.values(), default=0)
+
+
+@pytest.mark.parametrize("used_up", [False, True])
+async def test_workers_do_not_leave_together_after_a_reset(write_job: JobWriter, tmp_path: Path, used_up: bool) -> None:
+    """16 a second, 16 workers, no rate set: the window is used up (by the run's first burst, or by
+    another client before the run), every worker waits for the reset, and then they leave one at a
+    time at the rate the endpoint accepted (or spread over the reset time), not all at the reset
+    instant: before, 12 to 16 arrived in the first 100 ms after each reset."""
+    window = Window(size=16, period=1.0, used_up=used_up)
+    rows = 40
+    job = write_job(rows=questions(rows), limits="concurrency = 16\nmax_attempts = 30\nmax_retry_wait_s = 2")
+    summary = await run_job(load_job(job), transport=httpx.MockTransport(window), quiet=True)
+    assert summary.exit_code == ExitCode.OK, summary.line()
+    assert read_manifest(tmp_path / "out").height == rows
+    assert window.busiest(after=window.period) <= 4, window.arrivals
+    assert window.refused_later <= 2, window.arrivals
+    assert "window(s) used up" in summary.notes
+
+
+def test_the_restart_pace_after_a_window_used_up() -> None:
+    clock = Clock()
+    rate = AdaptiveRate(None, clock=clock)
+    for _ in range(30):  # 30 answers in 3 s, the last one saying the window is used up
+        clock.now += 0.1
+        rate.on_success()
+    assert rate.on_exhausted(0.5, workers=16) and rate.per_minute == pytest.approx(600)
+    assert not rate.on_exhausted(0.5, workers=16)  # the others of the burst: one change
+    assert rate.describe() == "adaptive rate 600/min after 1 window(s) used up, last on window used up, accepted 10.0/s"
+    cold = AdaptiveRate(None, clock=Clock())  # nothing accepted yet: 16 workers over a 2 s reset
+    assert cold.on_exhausted(2.0, workers=16) and cold.per_minute == pytest.approx(480)
+    slower = AdaptiveRate(120, clock=clock)  # a configured rate slower than that already spaces them
+    for _ in range(30):
+        slower.on_success()
+    assert not slower.on_exhausted(0.5, workers=16) and slower.per_minute == 120

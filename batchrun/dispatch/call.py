@@ -279,12 +279,12 @@ class Caller:
                     error = classify(response.status_code, response.headers, content)
                     self._pushed_back(request, error, content, sent_at, window)  # may stop the job
                     if window:
-                        self._pause(*window)
+                        self._restart_after(window)
                     raise error
-                if window:
-                    self._pause(*window)
                 self.stall.accepted()
                 self.rate.on_success()
+                if window:
+                    self._restart_after(window)
                 if self.concurrency is not None:
                     self.concurrency.on_success()
                 if self.adapter.streaming and is_event_stream(response):
@@ -353,6 +353,13 @@ class Caller:
             said += f", Retry-After {duration(retry_after)}"
         if line := self.stall.refused(said, max(waits) if waits and announces else None):
             raise FatalError(line, http_status=status, reason=cause) from None
+
+    def _restart_after(self, window: tuple[float, str]) -> None:
+        """A window used up: every worker waits for its reset, then they leave one at a time at
+        the adaptive rate, not together."""
+        self._pause(*window)
+        workers = int(self.concurrency.limit) if self.concurrency is not None else 1
+        self.rate.on_exhausted(min(window[0], self.policy.max_wait), workers)
 
     def _pause(self, seconds: float, reason: str) -> None:
         """The shared cool-down (at most ``max_retry_wait_s``); a long one is said once in the log,
