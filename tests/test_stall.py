@@ -18,7 +18,7 @@ from conftest import JobWriter, chat_reply, questions, read_manifest
 
 from batchrun.cli import main
 from batchrun.dispatch.adaptive import AdaptiveRate
-from batchrun.dispatch.stall import RefusalSpell
+from batchrun.dispatch.stall import RefusalSpell, refusal
 from batchrun.errors import ExitCode, SpecError
 from batchrun.runner import RunSummary, run_job
 from batchrun.simulator import FaultPlan, Simulator, create_app, serve_in_thread
@@ -289,3 +289,13 @@ def test_the_restart_pace_after_a_window_used_up() -> None:
     for _ in range(30):
         slower.on_success()
     assert not slower.on_exhausted(0.5, workers=16) and slower.per_minute == 120
+
+
+def test_what_a_refusal_said() -> None:
+    window = (360.0, "x-ratelimit-remaining-tokens 0, reset 6m0s")
+    assert refusal(429, "rate_limit_exceeded: Rate limit exceeded.", 1.0, window) == (
+        "HTTP 429: rate_limit_exceeded: Rate limit exceeded., x-ratelimit-remaining-tokens 0, reset 6m0s",
+        360.0,
+    )
+    assert refusal(503, "overloaded", 30.0, None) == ("HTTP 503: overloaded, Retry-After 30s", 30.0)
+    assert refusal(429, "Model is overloaded", None, None) == ("HTTP 429: Model is overloaded", None)

@@ -24,7 +24,7 @@ from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenMeter, duration
 from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
-from .stall import RefusalSpell
+from .stall import RefusalSpell, refusal
 from .stream import is_event_stream, read_event_stream
 from .tls import ProxyRefused, TLSFailure, refused_by_page
 from .wake import ColdStart, Waker
@@ -330,28 +330,23 @@ class Caller:
                 if now - self._said_overload >= SAY_EVERY_S:  # one burst lowers it 40 times: said once
                     self._said_overload = now
                     event(f"overloaded answer from the endpoint: {self.concurrency.describe()}", level=logging.WARNING)
+            self._refused(status, pushback.cause, error.retry_after, window, announces=True)
             if error.retry_after and status == 503:
                 self._pause(error.retry_after, "overloaded (HTTP 503)")
-            self._refused(status, pushback.cause, error.retry_after, window, announces=True)
             return
         if self.rate.on_throttled(sent_at):
             event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
-        if error.retry_after and self.rate.sustained():
-            self._pause(error.retry_after, f"HTTP {status}, Retry-After {error.retry_after:g}s")
         # one odd 429 among answers accepted (a shared endpoint's blip) does not speak for the window
         self._refused(status, pushback.cause, error.retry_after, window, announces=self.rate.sustained())
+        if error.retry_after and self.rate.sustained():
+            self._pause(error.retry_after, f"HTTP {status}, Retry-After {error.retry_after:g}s")
 
     def _refused(
         self, status: int, cause: str, retry_after: float | None, window: tuple[float, str] | None, *, announces: bool
     ) -> None:
         """Add a refusal to the spell; stop the job when it says so."""
-        said = f"HTTP {status}: {redact(cause, self.secrets)[:120]}"
-        waits = [wait for wait in (retry_after, window[0] if window else None) if wait]
-        if window:
-            said += f", {window[1]}"
-        elif retry_after:
-            said += f", Retry-After {duration(retry_after)}"
-        if line := self.stall.refused(said, max(waits) if waits and announces else None):
+        said, wait = refusal(status, redact(cause, self.secrets), retry_after, window)
+        if line := self.stall.refused(said, wait if announces else None):
             raise FatalError(line, http_status=status, reason=cause) from None
 
     def _restart_after(self, window: tuple[float, str]) -> None:

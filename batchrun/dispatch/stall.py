@@ -24,6 +24,20 @@ from .limits import duration
 RESUME = "run again to resume"
 
 
+def refusal(
+    status: int, cause: str, retry_after: float | None, window: tuple[float, str] | None
+) -> tuple[str, float | None]:
+    """What a refusal said, for the stop line (``HTTP 429: rate_limit_exceeded: ..., x-ratelimit-
+    remaining-tokens 0, reset 6m0s``), and the longest wait it announced, if any."""
+    said = f"HTTP {status}: {cause[:120]}"
+    if window:
+        said += f", {window[1]}"
+    elif retry_after:
+        said += f", Retry-After {duration(retry_after)}"
+    waits = [wait for wait in (retry_after, window[0] if window else None) if wait]
+    return said, max(waits) if waits else None
+
+
 class RefusalSpell:
     def __init__(self, give_up_after_s: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.give_up_after_s = give_up_after_s or None  # None (or 0): never gives up
