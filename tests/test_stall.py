@@ -8,6 +8,7 @@ counts, the manifest and the exit code; the CLI's one line.
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from batchrun.dispatch.stall import RefusalSpell, refusal
 from batchrun.errors import ExitCode, SpecError
 from batchrun.runner import RunSummary, run_job
 from batchrun.simulator import FaultPlan, Simulator, create_app, serve_in_thread
+from batchrun.simulator.cli import add_simulate_arguments, plan_from_args
 from batchrun.simulator.faults import Trigger
 from batchrun.spec import load_job
 
@@ -299,3 +301,19 @@ def test_what_a_refusal_said() -> None:
     )
     assert refusal(503, "overloaded", 30.0, None) == ("HTTP 503: overloaded, Retry-After 30s", 30.0)
     assert refusal(429, "Model is overloaded", None, None) == ("HTTP 429: Model is overloaded", None)
+
+
+async def test_the_simulator_sends_429_headers() -> None:
+    """``batchrun simulate --rate-429 1 --header-429 'x-ratelimit-remaining-tokens: 0' ...``: aimock's mock-429."""
+    parser = argparse.ArgumentParser()
+    add_simulate_arguments(parser)
+    args = ["--rate-429", "1", "--header-429", "x-ratelimit-remaining-tokens: 0"]
+    plan = plan_from_args(parser.parse_args([*args, "--header-429", "x-ratelimit-reset-tokens:6m0s"]))
+    assert plan.headers_429 == MOCK_429
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--header-429", "no colon"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(plan))) as client:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        response = await client.post("http://sim.test/v1/chat/completions", json=body)
+    assert response.status_code == 429 and response.headers["x-ratelimit-reset-tokens"] == "6m0s"
+    assert response.headers["x-ratelimit-remaining-tokens"] == "0" and response.headers["retry-after"] == "1"
