@@ -27,6 +27,7 @@ from .dispatch.limits import CoolDown, Shared, Sleep, TokenBudget
 from .dispatch.pool import HANDOFF, Call, Pool
 from .dispatch.retry import RetryPolicy
 from .dispatch.shutdown import deadline, stop_on, watch_signals
+from .dispatch.stall import RefusalSpell
 from .dispatch.wake import make_waker, scale_up_header
 from .errors import ExitCode, JobError
 from .export import remember_job
@@ -346,4 +347,5 @@ def _caller(job: Job, sender: Sender, sleep: Sleep, shared: Shared) -> Caller:
         sleep=sleep,
         secrets=job.endpoint.secrets(),
         waker=make_waker(job.endpoint, sleep),
+        stall=RefusalSpell(job.limits.give_up_after),
     )
