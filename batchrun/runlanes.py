@@ -19,6 +19,7 @@ from .dispatch.lanes import Lanes
 from .dispatch.limits import CoolDown, Shared, Sleep, TokenBudget
 from .dispatch.pool import Call, Pool
 from .dispatch.retry import RetryPolicy
+from .dispatch.stall import RefusalSpell
 from .dispatch.wake import make_waker, scale_up_header
 from .models import Request, Result
 from .plan.feed import Feed
@@ -160,4 +161,5 @@ def _caller(job: Job, sender: Sender, sleep: Sleep, shared: Shared) -> Caller:
         sleep=sleep,
         secrets=job.endpoint.secrets(),
         waker=make_waker(job.endpoint, sleep),
+        stall=RefusalSpell(job.limits.give_up_after),
     )

@@ -1,7 +1,7 @@
 """``batchrun report`` of a 1M-row run: the page's size and the time to write it (issue 17: under
 ~20 MB, under 30 s).
 
-    .venv/bin/python bench/report.py [--rows 1000000] [--repeat 2]
+    .venv/bin/python bench/report.py [--rows 1000000] [--repeat 2] [--compare DIR ...]
 
 How the run is made (honest, and said so in the table): a 1M-request run takes far longer than
 this benchmark may, so its manifest is fabricated with polars in the manifest's own schema, as a
@@ -9,20 +9,34 @@ run at the default flush size leaves it (parts of 1000 rows): one endpoint, answ
 characters, lognormal latencies and TTFTs, 2 % failed in three kinds, over one simulated hour. The
 job file and its 1M-row input are real and the output folder is claimed by the job, so the
 report reads prompts back from the input as it does after a real run. Then ``python -m batchrun
-report`` runs as a child process, measured alone (wall, CPU, peak RSS).
+report`` runs as a child process, measured alone (wall, CPU, peak RSS); with ``--compare``, the
+report of each other checkout too (its source first on ``PYTHONPATH``), interleaved on the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, ROOT, machine, measure, note, save, table, tmpdir, write_input, write_job
+from common import (
+    PYTHON,
+    ROOT,
+    add_compare_argument,
+    machine,
+    measure,
+    note,
+    save,
+    table,
+    tmpdir,
+    write_input,
+    write_job,
+)
 
 PART_ROWS = 1000
 
@@ -95,7 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2)
+    add_compare_argument(parser)
     args = parser.parse_args()
+    sources: list[Path | None] = [None, *(Path(d).resolve() for d in args.compare)]
     folder = tmpdir("report")
     try:
         t = time.perf_counter()
@@ -104,15 +120,27 @@ def main() -> None:
         rows: list[list[Any]] = []
         raw: list[dict[str, Any]] = []
         for rep in range(args.repeat):
-            page = folder / f"report-{rep}.html"
-            m = measure([PYTHON, "-m", "batchrun", "report", str(out), "-o", str(page)])
-            assert m.returncode == 0, m.stderr[-2000:]
-            size_mb = page.stat().st_size / 1e6
-            rows.append([f"report of {args.rows:,} rows #{rep + 1}", m.wall_s, m.cpu_s, m.peak_rss_mib, size_mb])
-            raw.append(
-                {"rows": args.rows, "wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss_mib": m.peak_rss_mib, "mb": size_mb}
-            )
-            note(f"#{rep + 1}: {m.wall_s:.1f}s, {size_mb:.1f} MB")
+            for source in sources:
+                label = f"report of {args.rows:,} rows" + (f", {source}" if source else "") + f" #{rep + 1}"
+                page = folder / f"report-{rep}-{len(raw)}.html"
+                extra: dict[str, Any] = {}
+                if source is not None:
+                    extra = {"cwd": source, "env": {**os.environ, "PYTHONPATH": str(source)}}
+                m = measure([PYTHON, "-m", "batchrun", "report", str(out), "-o", str(page)], **extra)
+                assert m.returncode == 0, m.stderr[-2000:]
+                size_mb = page.stat().st_size / 1e6
+                rows.append([label, m.wall_s, m.cpu_s, m.peak_rss_mib, size_mb])
+                raw.append(
+                    {
+                        "rows": args.rows,
+                        "source": str(source or ROOT),
+                        "wall_s": m.wall_s,
+                        "cpu_s": m.cpu_s,
+                        "rss_mib": m.peak_rss_mib,
+                        "mb": size_mb,
+                    }
+                )
+                note(f"{label}: {m.wall_s:.1f}s, {m.peak_rss_mib:.0f} MiB, {size_mb:.1f} MB")
         print(machine())
         print(table(["what", "seconds", "CPU s", "peak RSS MiB", "page MB"], rows))
         print(f"\nraw results: {save('report', raw)}")

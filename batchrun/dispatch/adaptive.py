@@ -65,6 +65,7 @@ class AdaptiveRate:
         self.share = share  # one shard's part of the limit (``SmoothRate``'s ``share``)
         self.per_minute = ceiling_per_minute  # None: unlimited
         self.cuts = 0
+        self.windows = 0  # times the rate was set for a restart after a window used up
         self.throttled = 0  # 429s seen, sustained or not
         self._clock = clock
         self._limiter: SmoothRate | None = SmoothRate(ceiling_per_minute, share=share) if ceiling_per_minute else None
@@ -137,6 +138,24 @@ class AdaptiveRate:
         self.cuts += 1
         return True
 
+    def on_exhausted(self, reset_s: float, workers: int) -> bool:
+        """The server said its window is used up (``x-ratelimit-remaining-*: 0``) and resets in
+        ``reset_s``: every worker waits for it (the cool-down), and this sets the pace they leave at,
+        so they do not all send at the reset instant, a burst the new window refuses again. The pace
+        is what the endpoint accepted lately (answer the exhausting one first), or, when nothing was,
+        the workers spread over the reset time. Never raises the rate; a configured rate that is
+        slower already spaces them. True when it changed the rate."""
+        accepted = self.accepted_per_minute()
+        target = max(MIN_PER_MINUTE, accepted if accepted is not None else 60.0 * workers / max(reset_s, 1.0))
+        if self.per_minute is not None and self.per_minute <= target:
+            return False
+        self._set(target)
+        self._step = max(MIN_PER_MINUTE, target * RAISE_FRACTION)
+        self._last_cut = self._clock()
+        self.windows += 1
+        self._why = "window used up, " + (f"accepted {accepted / 60:.1f}/s" if accepted else "nothing accepted")
+        return True
+
     def on_success(self) -> None:
         now = self._clock()
         self._ok.append(now)
@@ -166,14 +185,19 @@ class AdaptiveRate:
             self._limiter = SmoothRate(per_minute, share=self.share) if per_minute else None
 
     def describe(self) -> str:
-        if not self.cuts:
+        if not (self.cuts or self.windows):
             return ""
         rate = "unlimited" if self.per_minute is None else f"{self.per_minute:.0f}/min"
         why = f", last on {self._why}" if self._why else ""
-        return f"adaptive rate {rate} after {self.cuts} cut(s) on 429{why}"
+        causes = [f"{self.cuts} cut(s) on 429"] if self.cuts else []
+        causes += [f"{self.windows} window(s) used up"] if self.windows else []
+        return f"adaptive rate {rate} after {' and '.join(causes)}{why}"
 
     def __repr__(self) -> str:
-        return f"AdaptiveRate(per_minute={self.per_minute}, ceiling={self.ceiling}, cuts={self.cuts})"
+        return (
+            f"AdaptiveRate(per_minute={self.per_minute}, ceiling={self.ceiling}, cuts={self.cuts}, "
+            f"windows={self.windows})"
+        )
 
 
 class AdaptiveConcurrency:

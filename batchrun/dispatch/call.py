@@ -24,6 +24,7 @@ from .health import EndpointHealth
 from .limits import CoolDown, Sleep, TokenMeter, duration
 from .pushback import Kind, exhausted_window, read_pushback
 from .retry import RetryPolicy
+from .stall import RefusalSpell, refusal
 from .stream import is_event_stream, read_event_stream
 from .tls import ProxyRefused, TLSFailure, refused_by_page
 from .wake import ColdStart, Waker
@@ -108,6 +109,7 @@ class Caller:
         sleep: Sleep = anyio.sleep,
         secrets: Sequence[str] = (),
         waker: Waker | None = None,
+        stall: RefusalSpell | None = None,
     ) -> None:
         self.sender = sender
         self.adapter = adapter
@@ -121,6 +123,7 @@ class Caller:
         self.sleep = sleep
         self.secrets = tuple(secrets)
         self.waker = waker  # an endpoint that may be asleep: woken, one prober while it is cold
+        self.stall = stall or RefusalSpell(None)  # refusals with nothing accepted: stop after a while
         self.attempts = 0  # every HTTP request sent, retries included
         self.retries = 0  # attempts after a request's first: the progress line shows them
         self.fatal: FatalError | None = None  # once set, nothing more is sent
@@ -131,6 +134,7 @@ class Caller:
         if request.refused is not None:  # found unsendable while planning: this row's failure
             return self._failed(request, PermanentError(request.refused), 0, started)
         attempts = 1
+        self.stall.begin()
         try:
             try:
                 parsed, latency = await self._attempt(request)
@@ -145,6 +149,8 @@ class Caller:
                         parsed, latency = await self._attempt(request)
         except (RetryableError, PermanentError) as exc:
             return self._failed(request, exc, attempts, started)
+        finally:
+            self.stall.end()
         return Result(
             request=request,
             status="ok",
@@ -265,16 +271,20 @@ class Caller:
         with transport_errors(request.url):
             response = await self.sender.send(request.method, request.url, request.body)
             try:
-                if window := exhausted_window(response.headers):
-                    self._pause(*window)
+                window = exhausted_window(response.headers)
                 if not response.is_success:
                     content = await response.aread()
                     if refused := refused_by_page(response.status_code, content):
                         raise refused
                     error = classify(response.status_code, response.headers, content)
-                    self._pushed_back(request, error, content, sent_at)
+                    self._pushed_back(request, error, content, sent_at, window)  # may stop the job
+                    if window:
+                        self._restart_after(window)
                     raise error
+                self.stall.accepted()
                 self.rate.on_success()
+                if window:
+                    self._restart_after(window)
                 if self.concurrency is not None:
                     self.concurrency.on_success()
                 if self.adapter.streaming and is_event_stream(response):
@@ -288,10 +298,18 @@ class Caller:
             finally:
                 await response.aclose()
 
-    def _pushed_back(self, request: Request, error: RequestError, content: bytes, sent_at: float) -> None:
+    def _pushed_back(
+        self,
+        request: Request,
+        error: RequestError,
+        content: bytes,
+        sent_at: float,
+        window: tuple[float, str] | None = None,
+    ) -> None:
         """Act on what a refusal says about the endpoint's limits (see ``pushback``): an exhausted
         quota stops the job; too many in flight lowers the in-flight limit; a rate limit, when
-        sustained, cuts the rate and pauses every worker for its ``Retry-After``."""
+        sustained, cuts the rate and pauses every worker for its ``Retry-After``. A rate limit or
+        an overload also adds to the refusal spell (``stall``), which stops the job once long."""
         status = error.http_status or 0
         pushback = read_pushback(status, content, starting=self.waker is not None and not self.waker.warm)
         if pushback is None:
@@ -312,13 +330,31 @@ class Caller:
                 if now - self._said_overload >= SAY_EVERY_S:  # one burst lowers it 40 times: said once
                     self._said_overload = now
                     event(f"overloaded answer from the endpoint: {self.concurrency.describe()}", level=logging.WARNING)
+            self._refused(status, pushback.cause, error.retry_after, window, announces=True)
             if error.retry_after and status == 503:
                 self._pause(error.retry_after, "overloaded (HTTP 503)")
             return
         if self.rate.on_throttled(sent_at):
             event(f"429 from the endpoint: {self.rate.describe()}", level=logging.WARNING)
+        # one odd 429 among answers accepted (a shared endpoint's blip) does not speak for the window
+        self._refused(status, pushback.cause, error.retry_after, window, announces=self.rate.sustained())
         if error.retry_after and self.rate.sustained():
             self._pause(error.retry_after, f"HTTP {status}, Retry-After {error.retry_after:g}s")
+
+    def _refused(
+        self, status: int, cause: str, retry_after: float | None, window: tuple[float, str] | None, *, announces: bool
+    ) -> None:
+        """Add a refusal to the spell; stop the job when it says so."""
+        said, wait = refusal(status, redact(cause, self.secrets), retry_after, window)
+        if line := self.stall.refused(said, wait if announces else None):
+            raise FatalError(line, http_status=status, reason=cause) from None
+
+    def _restart_after(self, window: tuple[float, str]) -> None:
+        """A window used up: every worker waits for its reset, then they leave one at a time at
+        the adaptive rate, not together."""
+        self._pause(*window)
+        workers = int(self.concurrency.limit) if self.concurrency is not None else 1
+        self.rate.on_exhausted(min(window[0], self.policy.max_wait), workers)
 
     def _pause(self, seconds: float, reason: str) -> None:
         """The shared cool-down (at most ``max_retry_wait_s``); a long one is said once in the log,

@@ -1,10 +1,9 @@
 """What the page shows, read from the manifest: aggregates over every row, samples for the tables.
 
-The manifest is read with ``scan_latest`` (parts and crash journals, the latest row per key).
-Prompts are not in the manifest unless ``keep_request``: a sampled row's prompt is the job's
-prompt template rendered from its input row (read back by ``row_index``, as export joins it), or,
-when the job file or the input is gone, the user message of the kept request body. Only the
-sampled rows are rendered, so a 1M-row run costs one pass over the input, not a replan.
+The manifest's rows are the ones ``scan_latest`` picks (parts and crash journals, the latest row
+per key), read a few columns at a time so that memory holds aggregates, not the manifest: six
+columns of every row, the failed rows, and the texts of the sampled rows only. Prompts are not in
+the manifest unless ``keep_request``: ``prompts.Prompts`` finds them for the sampled rows.
 """
 
 from __future__ import annotations
@@ -20,10 +19,11 @@ from typing import Any
 
 import polars as pl
 
-from ..errors import BatchrunError, InputError
+from ..errors import InputError
 from ..models import short_keys
 from ..sink.manifest import scan_all
 from .last_run import LAST_RUN
+from .prompts import Prompts
 
 SAMPLE_ROWS = 2_000  # rows in the answers table: ~2 MB of text at most, searchable in the page
 SAMPLE_IMAGES = 240  # thumbnails in the contact sheet: ~5 MB of JPEG at 256 px
@@ -32,28 +32,35 @@ MIN_BIN_S = 0.1  # a two-second run: 20 points, not 60 of one or two requests ea
 HISTOGRAM_BINS = 30  # about this many bars, of a round width, up to the 99th percentile
 
 _SHORT = short_keys(pl.col("request_key")).alias("short")
-_COLUMNS = [
-    "row_id",
+_OK = pl.col("status") == "ok"
+# What the quantiles, bins and samples need of every row: ~48 bytes a row with the two names as
+# categories (the manifest's stats columns as read held ~330 MiB at 1M rows). Sums, extremes and
+# counts by endpoint come from one streaming pass (``_TOTALS``, ``_COUNTS``), not held a row at a time.
+_STATS: list[str | pl.Expr] = [
+    pl.col("endpoint").cast(pl.Categorical),
+    pl.col("status").cast(pl.Categorical),
     "row_index",
-    "endpoint",
-    "sample",
-    "seed",
-    "status",
-    "error_kind",
-    "http_status",
-    "error",
-    "prompt_tokens",
-    "completion_tokens",
-    "image_path",
+    "finished_at",
     "latency_ms",
     "ttft_ms",
-    "cost_usd",
-    "cost_estimated",
-    "started_at",
-    "finished_at",
-    "run_id",
 ]
-_TEXTS = ["response_text", "request_body"]  # read for the sampled rows only: at 1M rows they are most of the memory
+_TOTALS: list[pl.Expr] = [
+    pl.col("started_at").min(),
+    pl.col("finished_at").max(),
+    pl.col("image_path").is_not_null().any().alias("has_image"),
+    pl.col("cost_usd").count().alias("priced"),
+    pl.col("cost_usd").sum(),
+    pl.col("cost_estimated").fill_null(False).any(),
+]
+_COUNTS: list[pl.Expr] = [
+    pl.len().alias("requests"),
+    _OK.sum().alias("ok"),
+    (~_OK).sum().alias("failed"),
+    (pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)).sum().alias("tokens"),
+]
+_FAILED = ["finished_at", "error_kind", "http_status", "error", "row_id", "row_index"]
+_SAMPLED = ["row_id", "row_index", "endpoint", "sample", "status", "error", "response_text", "request_body"]
+_IMAGES = ["row_index", "row_id", "sample", "seed", "endpoint", "image_path"]
 
 
 @dataclass
@@ -78,21 +85,43 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Results:
+    """The manifest's latest row per key, as a scan: ``by_time`` when a key repeats, so that the
+    first failed row of a kind is the first to finish, as in the rows ``scan_latest`` sorts."""
+
+    scan: pl.LazyFrame
+    by_time: bool
+
+    def read(self, *columns: str | pl.Expr, where: pl.Expr) -> pl.DataFrame:
+        frame = self.scan.filter(where)
+        if self.by_time:
+            frame = frame.sort("finished_at", "_i")
+        return frame.select(*columns).collect(engine="streaming")
+
+
 def load(output_dir: Path) -> Report:
     every = scan_all(output_dir)
     if every is None:
         raise InputError(f"no results in {output_dir} yet: run the job first")
     with _manifest_errors(output_dir):
-        frame = every.select(_SHORT, *_COLUMNS).collect()
-    return build(output_dir, latest(frame))
+        results, frame = latest(every, every.select(_SHORT, *_STATS).collect(engine="streaming"))
+        totals, counts = pl.collect_all(
+            [results.scan.select(_TOTALS), results.scan.group_by("endpoint").agg(_COUNTS)], engine="streaming"
+        )
+        return build(output_dir, results, frame, totals.row(0, named=True), counts)
 
 
-def latest(frame: pl.DataFrame) -> pl.DataFrame:
-    """The latest row per key, as ``scan_latest`` picks it, by the 8-byte short key; sorted only when
-    a key repeats (a retried or resumed run): the sort and unique of 1M rows cost ~500 MiB at peak."""
+def latest(every: pl.LazyFrame, frame: pl.DataFrame) -> tuple[Results, pl.DataFrame]:
+    """The latest row per key, as ``scan_latest`` picks it, found by the 8-byte short key in
+    ``frame`` (a row's place in it is its place in ``every``); the rows of older results are
+    filtered out of the scan only when a key repeats (a retried or resumed run)."""
     if frame["short"].n_unique() == frame.height:
-        return frame
-    return frame.sort("finished_at").unique("short", keep="last", maintain_order=True)
+        return Results(every, by_time=False), frame.drop("short")
+    frame = frame.with_row_index("_i")
+    kept = frame.select("_i", "short", "finished_at").sort("finished_at", "_i").unique("short", keep="last")["_i"]
+    scan = every.with_row_index("_i").filter(pl.col("_i").is_in(kept.implode()))
+    return Results(scan, by_time=True), frame.filter(pl.col("_i").is_in(kept.implode())).drop("_i", "short")
 
 
 @contextlib.contextmanager
@@ -103,71 +132,48 @@ def _manifest_errors(output_dir: Path) -> Iterator[None]:
         raise InputError(f"cannot read the manifest in {output_dir}: {str(exc).splitlines()[0]}") from None
 
 
-def _texts(output_dir: Path, keys: pl.Series) -> pl.DataFrame:
-    """The answers and kept bodies of ``keys`` (short keys), the latest row of each."""
-    every = scan_all(output_dir)
-    assert every is not None
-    with _manifest_errors(output_dir):
-        return (
-            every.select(_SHORT, "finished_at", *_TEXTS)
-            .filter(pl.col("short").is_in(keys.implode()))
-            .sort("finished_at")
-            .unique("short", keep="last")
-            .select("short", *_TEXTS)
-            .collect()
-        )
+def _names(frame: pl.DataFrame) -> pl.DataFrame:
+    """Categories back to text, as the page and the charts read them."""
+    return frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
 
-def build(output_dir: Path, frame: pl.DataFrame) -> Report:
+def build(
+    output_dir: Path, results: Results, frame: pl.DataFrame, totals: dict[str, Any], counts: pl.DataFrame
+) -> Report:
+    """``frame``: the ``_STATS`` of every result, ``totals`` and ``counts`` (by endpoint) the
+    ``_TOTALS`` and ``_COUNTS`` of them; the texts come from ``results`` for the rows shown."""
     notes: list[str] = []
-    started, finished = frame["started_at"].min(), frame["finished_at"].max()
+    started, finished = totals["started_at"], totals["finished_at"]
     wall_s = (
         (finished - started).total_seconds()
         if isinstance(started, datetime) and isinstance(finished, datetime)
         else 0.0
     )
-    ok = pl.col("status") == "ok"
-    tokens = pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)
-    by_endpoint = (
-        frame.group_by("endpoint")
-        .agg(
-            pl.len().alias("requests"),
-            ok.sum().alias("ok"),
-            (~ok).sum().alias("failed"),
-            tokens.sum().alias("tokens"),
-            pl.col("latency_ms").filter(ok).median().alias("p50_ms"),
-            pl.col("latency_ms").filter(ok).quantile(0.95).alias("p95_ms"),
-            pl.col("ttft_ms").filter(ok).median().alias("ttft_p50_ms"),
-        )
-        .sort("endpoint")
-    )
+    ok = _OK
+    # every aggregate runs lazily over the few columns it needs: an eager group_by or sort of 1M rows
+    # holds ~100 MiB more than the frame itself
+    stats = frame.lazy()
+    by_endpoint = _by_endpoint(frame, counts)
     span = max(wall_s, 1.0)
     bin_s = max(span / TIME_BINS, MIN_BIN_S)
     every = f"{int(bin_s * 1_000_000)}us"
-    # each aggregate selects its few columns first: a filter or sort of the whole frame copies every column
-    timed = (
-        frame.select("finished_at", "endpoint", "status", "error_kind")
-        .filter(pl.col("finished_at").is_not_null())
-        .sort("finished_at")
-    )
-    binned = timed.group_by_dynamic("finished_at", every=every, group_by=["endpoint", "status"]).agg(
-        pl.len().alias("count")
-    )
     until = (pl.col("finished_at") + pl.duration(microseconds=int(bin_s * 1_000_000))).alias("until")
-    throughput = binned.with_columns((pl.col("count") / bin_s).alias("per_s"), until)
-    errors_over_time = (
-        timed.filter(~ok)
-        .with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
-        .group_by_dynamic("finished_at", every=every, group_by="kind")
-        .agg(pl.len().alias("count"))
-        .with_columns(until)
+    throughput = _binned(stats, every, ["endpoint", "status"]).with_columns(
+        (pl.col("count") / bin_s).alias("per_s"), until
     )
-    answered = frame.select("endpoint", "status", "latency_ms", "ttft_ms").filter(ok)
+    answered = stats.filter(ok)
     latency = histogram(answered, "latency_ms")
     ttft = histogram(answered, "ttft_ms")
+    rows = frame["row_index"].n_unique()
+    requests = frame.height
+    is_image = bool(totals["has_image"])
+    chosen = _sample_rows(frame, SAMPLE_ROWS)
+    del frame  # the rest reads few rows, and the charts come next
+    failed = results.read(*_FAILED, where=~_OK)
+    kinds = failed.lazy().with_columns(pl.col("error_kind").fill_null("unknown").alias("kind"))
+    errors_over_time = _binned(kinds, every, ["kind"]).with_columns(until)
     errors = (
-        frame.filter(~ok)
-        .group_by(pl.col("error_kind").fill_null("unknown").alias("kind"), "http_status")
+        failed.group_by(pl.col("error_kind").fill_null("unknown").alias("kind"), "http_status")
         .agg(
             pl.len().alias("count"),
             pl.col("error").first().alias("example"),
@@ -176,20 +182,17 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         )
         .sort("count", descending=True)
     )
-    rows = frame["row_index"].n_unique()
-    is_image = frame["image_path"].is_not_null().any()
-    chosen = _sample_rows(frame, SAMPLE_ROWS)
-    sampled = frame.filter(pl.col("row_index").is_in(chosen.implode()))
-    sampled = sampled.join(_texts(output_dir, sampled["short"]), on="short", how="left")
-    prompts = _Prompts(output_dir, sampled)
+    del failed
+    sampled = results.read(*_SAMPLED, where=pl.col("row_index").is_in(chosen.implode()))
+    prompts = Prompts(output_dir, sampled)
     answers = _answers(sampled, prompts) if not is_image else pl.DataFrame()
-    images = _images(frame, prompts) if is_image else pl.DataFrame()
+    images = _images(results, prompts) if is_image else pl.DataFrame()
     if prompts.missing:
         notes.append(prompts.missing)
     return Report(
         output_dir=output_dir,
         rows=rows,
-        requests=frame.height,
+        requests=requests,
         by_endpoint=by_endpoint,
         wall_s=wall_s,
         started=str(started)[:19] if started is not None else "-",
@@ -202,26 +205,26 @@ def build(output_dir: Path, frame: pl.DataFrame) -> Report:
         errors=errors,
         answers=answers,
         images=images,
-        is_image=bool(is_image),
-        cost=_cost(frame),
+        is_image=is_image,
+        cost=_cost(totals),
         notes=notes,
     )
 
 
-def _cost(frame: pl.DataFrame) -> str:
+def _cost(totals: dict[str, Any]) -> str:
     """The spend the manifest records (``price`` in the job), and whether part of it is estimated."""
-    if "cost_usd" not in frame.columns or frame["cost_usd"].null_count() == frame.height:
+    if not totals["priced"]:
         return "not recorded (the job sets no price)"
-    spent = float(frame["cost_usd"].sum())
-    estimated = "cost_estimated" in frame.columns and bool(frame["cost_estimated"].fill_null(False).any())
+    spent = float(totals["cost_usd"])
+    estimated = bool(totals["cost_estimated"])
     return f"${spent:,.4f}" + (" (part estimated: the server reported no usage)" if estimated else "")
 
 
-def histogram(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+def histogram(frame: pl.LazyFrame, column: str) -> pl.DataFrame:
     """Bars of a round width (1, 2 or 5 times a power of ten) per endpoint, over every value up to
     the 99th percentile, so the slowest 1 % do not squeeze the rest into one bar (p95 is in the table)."""
-    values = frame.filter(pl.col(column).is_not_null())
-    cut = values[column].quantile(0.99) if values.height else None
+    values = frame.select("endpoint", column).filter(pl.col(column).is_not_null())
+    cut = values.select(pl.col(column).quantile(0.99)).collect().item()
     if cut is None:
         return pl.DataFrame(schema={"endpoint": pl.String, "lo": pl.Float64, "hi": pl.Float64, "count": pl.UInt32})
     width = _round_step(max(float(cut), 1e-3) / HISTOGRAM_BINS)
@@ -230,8 +233,39 @@ def histogram(frame: pl.DataFrame, column: str) -> pl.DataFrame:
         values.filter(pl.col(column) <= cut)
         .group_by("endpoint", lo.alias("lo"))
         .agg(pl.len().alias("count"))
-        .with_columns((pl.col("lo") + width).alias("hi"))
+        .with_columns((pl.col("lo") + width).alias("hi"), pl.col(pl.Categorical).cast(pl.String))
         .sort("endpoint", "lo")
+        .collect()
+    )
+
+
+def _by_endpoint(frame: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
+    """``counts`` and the quantiles over each endpoint's ok rows, one Series each (a quantile inside
+    a group_by of 1M rows held ~100 MiB)."""
+    answered = frame["status"] == "ok"
+    quantiles: dict[str, list[Any]] = {"endpoint": [], "p50_ms": [], "p95_ms": [], "ttft_p50_ms": []}
+    for name in counts["endpoint"].to_list():
+        mine = answered & (frame["endpoint"].is_null() if name is None else frame["endpoint"] == name)
+        latency, ttft = frame["latency_ms"].filter(mine), frame["ttft_ms"].filter(mine)
+        values = (name, latency.median(), latency.quantile(0.95), ttft.median())
+        for column, value in zip(quantiles, values, strict=True):
+            quantiles[column].append(value)
+    schema = {"endpoint": pl.String, "p50_ms": pl.Float64, "p95_ms": pl.Float64, "ttft_p50_ms": pl.Float64}
+    return counts.join(pl.DataFrame(quantiles, schema=schema), on="endpoint", how="left", nulls_equal=True).sort(
+        "endpoint"
+    )
+
+
+def _binned(frame: pl.LazyFrame, every: str, groups: list[str]) -> pl.DataFrame:
+    """Results by time bin as ``group_by_dynamic`` bins them (windows from ``every``'s epoch
+    boundaries, empty ones left out), without sorting every row first."""
+    start = pl.col("finished_at").dt.truncate(every)
+    return _names(
+        frame.filter(pl.col("finished_at").is_not_null())
+        .group_by(*groups, start)
+        .agg(pl.len().alias("count"))
+        .sort(*groups, "finished_at")
+        .collect()
     )
 
 
@@ -245,7 +279,7 @@ def _sample_rows(frame: pl.DataFrame, limit: int) -> pl.Series:
     return frame["row_index"].unique().sort().head(limit)
 
 
-def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
+def _answers(picked: pl.DataFrame, prompts: Prompts) -> pl.DataFrame:
     """One line per sampled (row, sample), one answer column per endpoint (side by side)."""
     answer = (
         pl.when(pl.col("status") == "ok")
@@ -262,89 +296,16 @@ def _answers(picked: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
     return wide.with_columns(prompts.column(wide["row_index"]))
 
 
-def _images(frame: pl.DataFrame, prompts: _Prompts) -> pl.DataFrame:
-    chosen = _sample_rows(frame.filter(pl.col("image_path").is_not_null()), SAMPLE_IMAGES)
+def _images(results: Results, prompts: Prompts) -> pl.DataFrame:
+    """The images of the first ``SAMPLE_IMAGES`` rows that have one."""
+    has_image = pl.col("image_path").is_not_null()
+    chosen = results.read("row_index", where=has_image)["row_index"].unique().sort().head(SAMPLE_IMAGES)
     picked = (
-        frame.filter(pl.col("row_index").is_in(chosen.implode()) & pl.col("image_path").is_not_null())
+        results.read(*_IMAGES, where=pl.col("row_index").is_in(chosen.implode()) & has_image)
         .sort("row_index", "endpoint", "sample")
         .head(SAMPLE_IMAGES)
     )
-    return picked.select("row_index", "row_id", "sample", "seed", "endpoint", "image_path").with_columns(
-        prompts.column(picked["row_index"])
-    )
-
-
-class _Prompts:
-    """The prompt text of sampled rows: the job's prompt template over the input row, else the
-    kept body (of the rows in ``sampled``, which has the manifest's texts)."""
-
-    def __init__(self, output_dir: Path, sampled: pl.DataFrame) -> None:
-        self.output_dir = output_dir
-        self.missing = ""
-        self._by_row: dict[int, str] | None = None
-        self.sampled = sampled
-
-    def column(self, row_index: pl.Series) -> pl.Series:
-        if self._by_row is None:
-            self._by_row = self._read(set(row_index.to_list()))
-            if not self._by_row:
-                self._by_row = _from_bodies(self.sampled)
-                if not self._by_row and not self.missing:
-                    self.missing = "prompts not shown: the job's input could not be read and no request body was kept"
-        by_row = self._by_row
-        return pl.Series("prompt", [by_row.get(i) for i in row_index.to_list()], dtype=pl.String)
-
-    def _read(self, wanted: set[int]) -> dict[int, str]:
-        from ..export import job_for
-        from ..plan.reader import Table
-        from ..plan.shape import prompt_template
-        from ..plan.templates import compile_template
-
-        try:
-            job = job_for(str(self.output_dir))
-            template = prompt_template(job)
-            if template is None:
-                return {}
-            render = compile_template(template, "prompt")
-            found: dict[int, str] = {}
-            start = 0
-            last = max(wanted) if wanted else -1
-            for chunk in Table(job.input, job.input_options).frames(65_536):
-                if start > last:
-                    break
-                local = [i - start for i in sorted(wanted) if start <= i < start + chunk.height]
-                for i, row in zip(local, chunk[local].to_dicts(), strict=True):
-                    value = render({**row, "row": row})
-                    found[start + i] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-                start += chunk.height
-            return found
-        except (BatchrunError, OSError) as exc:
-            self.missing = f"prompts from the request bodies: the job's input could not be read ({exc})"
-            return {}
-
-
-def _from_bodies(frame: pl.DataFrame) -> dict[int, str]:
-    found: dict[int, str] = {}
-    kept = frame.filter(pl.col("request_body").is_not_null()).unique("row_index").head(SAMPLE_ROWS)
-    for index, body in kept.select("row_index", "request_body").iter_rows():
-        try:
-            found[index] = _prompt_in(json.loads(body))
-        except ValueError:
-            continue
-    return found
-
-
-def _prompt_in(body: Any) -> str:
-    """The last user message of a chat body, or an image body's ``prompt``/``inputs``."""
-    if isinstance(body, dict):
-        for message in reversed(body.get("messages") or []):
-            if isinstance(message, dict) and message.get("role") == "user":
-                content = message.get("content")
-                return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
-        for name in ("prompt", "inputs"):
-            if isinstance(body.get(name), str):
-                return str(body[name])
-    return json.dumps(body, ensure_ascii=False)
+    return picked.with_columns(prompts.column(picked["row_index"]))
 
 
 def _last_exit(output_dir: Path) -> str:

@@ -229,6 +229,7 @@ class Simulator:
                 decision.outcome,
                 retry_after_s=decision.retry_after_s,
                 estimated_time_s=self.plan.estimated_time_s,
+                headers_429=self.plan.headers_429,
             )
         if decision.outcome == "reset":
             return ResetResponse(self._killers)

@@ -69,6 +69,14 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, _field, text in _RATES:
         parser.add_argument(flag, type=_rate, default=0.0, help=text)
     parser.add_argument("--retry-after", type=parse_duration, default=1.0, help="Retry-After sent with 429s")
+    parser.add_argument(
+        "--header-429",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="a header sent with every 429, e.g. 'x-ratelimit-remaining-tokens: 0' (repeat it for several)",
+    )
     parser.add_argument("--max-rps", type=float, default=None, help="answer 429 above this many requests/s")
     parser.add_argument(
         "--count-refused",
@@ -164,6 +172,13 @@ def generate_tls(folder: Path, client_ca: str | None = None) -> ServerTLS:
     return ServerTLS(str(folder / "cert.pem"), str(folder / "key.pem"), client_ca)
 
 
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"invalid header {text!r}: use NAME:VALUE")
+    return name.strip(), value.strip()
+
+
 def plan_from_args(args: argparse.Namespace) -> FaultPlan:
     """The fault plan the parsed options describe (``ValueError`` if the rates add up to more than 1)."""
     rates = {name: getattr(args, name) for _flag, name, _text in _RATES}
@@ -176,6 +191,7 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
         latency_tail_rate=args.tail_rate,
         chunk_delay_ms=args.chunk_delay * 1000,
         retry_after_s=args.retry_after,
+        headers_429=dict(args.header_429),
         max_rps=args.max_rps,
         max_rps_counts_refused=args.count_refused,
         max_concurrent=args.max_concurrent,

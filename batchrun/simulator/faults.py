@@ -75,6 +75,9 @@ class FaultPlan:
     chunk_delay_ms: float = 0.0
     rate_429: float = 0.0
     retry_after_s: float | None = 1.0
+    #: headers sent with every 429 besides ``Retry-After``, e.g. OpenAI's window used up:
+    #: ``{"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}``
+    headers_429: dict[str, str] = field(default_factory=dict)
     max_rps: float | None = None
     max_rps_counts_refused: bool = False
     max_concurrent: int | None = None

@@ -104,7 +104,12 @@ def _seconds(value: float) -> str:
 
 
 def fault_response(
-    style: Style, outcome: str, *, retry_after_s: float | None = None, estimated_time_s: float = 0.0
+    style: Style,
+    outcome: str,
+    *,
+    retry_after_s: float | None = None,
+    estimated_time_s: float = 0.0,
+    headers_429: dict[str, str] | None = None,
 ) -> FastJSONResponse:
     """The error response for an HTTP-status outcome (``"401"``, ``"429"``, ``"loading"``, ...)."""
     status, message, type_, code = _ERRORS[outcome]
@@ -112,6 +117,8 @@ def fault_response(
         return FastJSONResponse(_VERBATIM[outcome], status_code=status)
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
+    if outcome == "429":
+        headers.update(headers_429 or {})
     if outcome == "429" and retry_after_s is not None:
         headers["Retry-After"] = _seconds(retry_after_s)
         headers["retry-after-ms"] = str(round(retry_after_s * 1000))

@@ -6,10 +6,12 @@ an endpoint's URL, a secret in the environment) is resolved by the other modules
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..durations import parse_duration
 from ..presets import Auth
 
 
@@ -92,6 +94,22 @@ class LimitsSection(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retry_wait_s: float = Field(default=120.0, gt=0)
     shards: int | None = Field(default=None, ge=1, le=10_000)  # the N of ``--shard auto`` and ``plan`` (issue 19)
+    # refusals (429/503 overload) with nothing accepted for this long stop the job: exit 4, resumable
+    give_up_after: float = Field(default=900.0, ge=0)  # seconds; "15m", "2h"; 0 or false: never
+
+    @field_validator("give_up_after", mode="before")
+    @classmethod
+    def _spell(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            if value:
+                raise ValueError('a duration such as "15m", or false')
+            return 0.0
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ArgumentTypeError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class OutputSection(_Strict):
