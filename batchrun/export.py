@@ -15,9 +15,10 @@ import polars as pl
 from .errors import InputError, JobError
 from .owner import JOB_POINTER, check_owner, claim, read_owner
 from .plan.batchfile import output_line
+from .plan.jsonl import plain
 from .plan.occurrences import Occurrences
 from .plan.planner import Planner
-from .plan.reader import Table, plain
+from .plan.reader import Table
 from .plan.sources import input_files, is_glob
 from .shard import Shard
 from .sink.files import write_atomic

@@ -19,7 +19,7 @@ from .errors import JobError
 from .sink.files import write_atomic
 
 if TYPE_CHECKING:
-    from .spec import Job
+    from .spec.job import Job
 
 JOB_POINTER = ".batchrun-job"
 

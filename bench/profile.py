@@ -23,6 +23,10 @@ from servers import nginx
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
+#: the input reader's modules and the runner's, each split in several
+READER_FILES = tuple(f"batchrun/plan/{name}.py" for name in ("reader", "csvtext", "jsonl", "empties", "inputerrors"))
+RUNNER_FILES = tuple(f"batchrun/{name}.py" for name in ("runner", "runfolder", "runlanes", "runprogress", "prepare"))
+
 #: (stage, test on (function, file)); a sample goes to the first stage that matches, walking from
 #: the leaf frame towards the root, so it lands in the innermost batchrun (or tenacity/aiolimiter)
 #: frame it runs under. Samples under no such frame are the event loop's own work (socket reads
@@ -39,7 +43,10 @@ STAGES = [
         lambda f, p: "batchrun/sink/journal.py" in p or "batchrun/sink/recording.py" in p,
     ),
     ("manifest: writer per result (consume, add)", lambda f, p: "batchrun/sink/" in p),
-    ("planning: polars batches -> dicts (thread)", lambda f, p: "batchrun/plan/reader.py" in p),
+    (
+        "planning: polars batches -> dicts (thread)",
+        lambda f, p: any(name in p for name in READER_FILES),
+    ),
     ("planning: render, canonical JSON, key", lambda f, p: "batchrun/plan/" in p),
     ("response parsing (endpoints)", lambda f, p: "batchrun/endpoints/" in p),
     ("progress", lambda f, p: "batchrun/progress.py" in p),
@@ -56,7 +63,10 @@ STAGES = [
     ),
     ("Caller, rest", lambda f, p: "batchrun/dispatch/" in p and "pool.py" not in p),
     ("pool worker + memory streams", lambda f, p: "batchrun/dispatch/pool.py" in p),
-    ("runner (producer, consume)", lambda f, p: "batchrun/runner.py" in p or "batchrun/prepare.py" in p),
+    (
+        "runner (producer, consume)",
+        lambda f, p: any(name in p for name in RUNNER_FILES),
+    ),
     ("start-up: imports", lambda f, p: "<frozen importlib" in p),
     ("event loop: socket callbacks, scheduling (no task frame)", lambda f, p: p.endswith("batchrun/cli.py")),
     ("other batchrun", lambda f, p: "batchrun/" in p),

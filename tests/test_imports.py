@@ -7,7 +7,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "batchrun"
-KNOWN = {frozenset({"batchrun.owner", "batchrun.spec"})}  # owner.check_owner takes a spec.Job
+KNOWN = {
+    frozenset({"batchrun.owner", "batchrun.spec.job", "batchrun.spec.output"})  # owner.check_owner takes a spec Job
+}
 
 
 def module_names() -> dict[str, Path]:

@@ -18,7 +18,7 @@ import httpx
 from ..errors import PermanentError
 from ..log import event
 from ..origins import OriginPolicy
-from ..spec import Endpoint
+from ..spec.endpoint import Endpoint
 
 USER_AGENT = "batchrun/0.1"
 

@@ -36,7 +36,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from ..spec import Network
+from ..spec.network import Network
 from .tls import ProxyRefused, TLSFailure, proxy_refusal, ssl_context, tls_failure
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import certifi
 import httpx
 
 from ..errors import JobError
-from ..spec import Network
+from ..spec.network import Network
 
 #: OpenSSL's verify codes (X509_V_ERR_*) the hints name; the rest are told by OpenSSL's own message.
 _EXPIRED, _NOT_YET_VALID = 10, 9

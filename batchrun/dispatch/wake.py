@@ -34,7 +34,7 @@ from ..origins import OriginError, origin_text, parse_origin
 from .limits import Sleep, duration
 
 if TYPE_CHECKING:
-    from ..spec import Endpoint
+    from ..spec.endpoint import Endpoint
 
 POLL_S = (1.0, 5.0)  # the state is read after 1 s, then 2, 3, 4, and every 5 s (huggingface_hub's wait: 5)
 PROBE_S = (0.5, 5.0)  # a cold prober waits 0.5 s, doubling up to 5 s (as POLL_S), unless the 503 says how long
