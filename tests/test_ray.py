@@ -255,7 +255,10 @@ async def test_shards_in_one_process_share_the_coordinator_rate(write_job: JobWr
     assert sim.stats.by_outcome == {"ok": 100}
     assert every_row(job.output_dir).height == 100
     batch = int(PER_MINUTE / 60 * SLOT_WINDOW_S)
-    assert most_in_one_second(sim.stats.arrivals) <= PER_MINUTE / 60 + batch  # not 2 x the rate
+    # not 2 x the rate: the 100 sends span at least what the job's rate allows, less one batch (a busy
+    # machine only stretches the span; a per-second count also sees its event loops' stalls)
+    arrivals = sorted(sim.stats.arrivals)
+    assert arrivals[-1] - arrivals[0] >= (100 - 1 - batch) / (PER_MINUTE / 60)
     snapshot = coordinator.snapshot_now()
     assert sum(c.ok for c in snapshot.counts.values()) == 100
 
