@@ -13,6 +13,9 @@ EXIT_CODES_HELP = exit_codes_help()
 LIMIT_HELP = "only the first N rows (a smoke test; what it sends counts toward the whole job later)"
 
 
+OUTPUT_HELP = "output folder, or s3://bucket/prefix (default: outputs/<job name> next to the job file)"
+
+
 def _usd(text: str) -> float:
     try:
         value = float(text)
@@ -78,7 +81,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("job", help="the job file (TOML)")
-    run.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
+    run.add_argument("--output", help=OUTPUT_HELP)
     run.add_argument("--retry-failed", action="store_true", help="send permanently failed requests again")
     run.add_argument(
         "--quiet",
@@ -118,13 +121,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="ADDRESS",
-        help="run --shards N shards as Ray tasks (default: one per CPU); no ADDRESS: a local Ray; "
+        help="run N shards as Ray tasks (--shards, else the job file's, else one per CPU); no ADDRESS: a local Ray; "
         "auto or host:port: that cluster (needs batchrun[ray])",
     )
 
     plan = sub.add_parser("plan", help="dry run: rows, requests, already done, to do; sends nothing")
     plan.add_argument("job")
-    plan.add_argument("--output", help="output folder (default: outputs/<job name> next to the job file)")
+    plan.add_argument("--output", help=OUTPUT_HELP)
     plan.add_argument("--retry-failed", action="store_true")
     plan.add_argument("--limit", type=_positive, metavar="N", help=LIMIT_HELP)
     _add_shard_arguments(
