@@ -159,3 +159,33 @@ def test_shards_run_together_send_each_request_once_and_share_the_blocks(
     assert sim.stats.total == sim.stats.by_outcome["ok"] == 3000
     keys = pl.concat([pl.read_parquet(p, columns=["request_key"]) for p in part_files(tmp_path / "out")])
     assert keys.height == keys["request_key"].n_unique() == 3000
+
+
+@pytest.mark.anyio
+async def test_a_first_pass_stops_between_blocks_when_its_run_is_stopped(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal while a shard keys every row (in a worker thread) stops it at the next block, not
+    after the whole input."""
+    import time
+    from functools import partial
+
+    import anyio
+
+    monkeypatch.setattr(digests, "BLOCK_ROWS", 10)
+    job = replace(load_job(write_job(rows=[{"question": f"q{i}"} for i in range(200)])), shard=Shard(0, 2))
+    computed: list[int] = []
+    real = digests.Blocks.compute
+
+    def slow(self: digests.Blocks, planner: Planner, first: int, frame: pl.DataFrame) -> Any:
+        time.sleep(0.2)  # 20 blocks: 4 s in all
+        computed.append(first)
+        return real(self, planner, first, frame)
+
+    monkeypatch.setattr(digests.Blocks, "compute", slow)
+    planner = Planner(job)
+    with anyio.move_on_after(0.1) as scope:
+        await anyio.to_thread.run_sync(partial(Feed.open, job, planner))
+    assert scope.cancelled_caught
+    assert 1 <= len(computed) <= 2  # the block under way when the run stopped, at most one more
+    planner.occurrences.close()

@@ -58,9 +58,10 @@ def _dtype() -> np.dtype:
 class Blocks:
     """The digest blocks of one job and input in one output folder."""
 
-    def __init__(self, folder: Path, *, write: bool) -> None:
+    def __init__(self, folder: Path, *, write: bool, within: Path) -> None:
         self.folder = folder
         self.write = write
+        self.within = within  # the output folder: no link below it is followed to write
 
     def path(self, first: int) -> Path:
         return self.folder / f"block-{first:012d}"
@@ -76,7 +77,7 @@ class Blocks:
         block = np.array([(row, sample, content or _EMPTY) for row, sample, content in contents], dtype=_dtype())
         if self.write:
             with contextlib.suppress(OSError):  # a cache: not written, it is computed again
-                make_folder(self.folder)
+                make_folder(self.folder, within=self.within)
                 write_atomic(self.path(first), lambda tmp: tmp.write_bytes(block.tobytes()))
         return block
 
@@ -123,7 +124,7 @@ def plan_together(job: Job, planner: Planner, index: PlanIndex, ok: pl.Series | 
 
     shard = job.shard
     folder = blocks_folder(job, index, planner)
-    blocks = Blocks(folder, write=index.noting or job.output_dir.is_dir())  # ``plan`` makes no folder
+    blocks = Blocks(folder, write=index.noting or job.output_dir.is_dir(), within=job.output_dir)  # ``plan``: none made
     if index.noting:  # blocks of an earlier input or job: no shard of this one reads them
         for other in folder.parent.glob("*") if folder.parent.is_dir() else ():
             if other.name != folder.name:
