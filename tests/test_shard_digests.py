@@ -59,6 +59,7 @@ def keyed(path: Path, shard: Shard, *, note: bool = True) -> tuple[list[str], pl
     return keys, index
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])  # Parquet is sliced where asked, text read through
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.integers(0, 70),
@@ -73,6 +74,7 @@ def test_n_shards_key_exactly_what_one_process_keys(
     write_job: JobWriter,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
     rows: int,
     appended: int,
     seed: int,
@@ -88,6 +90,7 @@ def test_n_shards_key_exactly_what_one_process_keys(
     for upto in (rows, rows + appended):  # input appended between runs: a new fingerprint, new blocks
         path = write_job(
             rows=data[:upto] or [{"id": 0, "question": "a", "x": 2}],
+            fmt=fmt,
             top=f'dedupe = {str(dedupe).lower()}\nempty_prompts = "skip"',
             request=f'prompt = "{PROMPT}"\nsamples = {samples}',
         )
