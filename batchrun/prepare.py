@@ -65,8 +65,7 @@ def open_plan(job: Job, occurrences: Occurrences, *, retry_failed: bool, note: b
     call it in a thread). ``limit``: only the first rows, keyed as the whole job keys them, so
     what a smoke test sends counts toward the full job later."""
     done = read_done(job.output_dir, retry_failed=retry_failed)
-    feed = Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note)
-    feed.limit = limit
+    feed = Feed.open(job, Planner(job, DoneKeys(failed=done.failed), occurrences), done.ok, note=note, limit=limit)
     return feed
 
 

@@ -31,7 +31,8 @@ from ..log import event
 from ..models import Request
 from ..shard import Shard
 from ..spec import Job
-from .keyindex import PART_ENTRIES, PlanIndex
+from .digests import plan_together
+from .keyindex import PART_ENTRIES, PlanIndex, Resumed
 from .planner import Planner
 
 if TYPE_CHECKING:
@@ -56,18 +57,30 @@ class Feed:
         planner.journal = [] if index.noting else None
 
     @classmethod
-    def open(cls, job: Job, planner: Planner, ok: pl.Series | None = None, *, note: bool = True) -> Feed:
+    def open(
+        cls, job: Job, planner: Planner, ok: pl.Series | None = None, *, note: bool = True, limit: int | None = None
+    ) -> Feed:
         """The feed of ``planner``, with the plan index if it matches this job and input. With
         ``note`` (a run, holding the lock) the rows planned anew are added to the index. ``ok``:
         ok keys read as a column and not in the planner's done keys; those that no covered row
-        asks for join them. Blocking: call it in a thread."""
+        asks for join them. A shard's first pass keys every row first, sharing the work with the
+        other shards (``plan.digests``). Blocking: call it in a thread."""
         feed = cls(planner, PlanIndex.open(job, note=note))
-        feed.shard = job.shard
+        feed.shard, feed.limit = job.shard, limit
         if not feed.index.covered:
+            if job.shard.sharded and limit is None and feed.index.fingerprint:
+                feed._resume(plan_together(job, planner, feed.index, ok), seeded=True)
+                return feed
             if ok is not None:
                 planner.done_keys.add_read(ok)
             return feed
-        resumed = feed.index.resume(planner.done_keys, ok, job.shard)
+        feed._resume(feed.index.resume(planner.done_keys, ok, job.shard), seeded=False)
+        return feed
+
+    def _resume(self, resumed: Resumed, *, seeded: bool) -> None:
+        """Take what the index says of the rows it covers; ``seeded``: the planner's occurrence
+        index counted them already."""
+        planner, feed = self.planner, self
         if resumed.unasked is not None and len(resumed.unasked):
             planner.done_keys.add_read(pl.Series(resumed.unasked, dtype=pl.UInt64))
         counts, n = planner.counts, resumed.counts
@@ -79,9 +92,8 @@ class Feed:
         counts.done_failed += n.done_failed
         counts.todo += n.todo
         counts.other_shards += n.other_shards
-        feed.covered, feed.unseeded, feed.asked = n.rows, n.requests, resumed.asked
+        feed.covered, feed.unseeded, feed.asked = n.rows, 0 if seeded else n.requests, resumed.asked
         feed.todo, feed.todo_rows = resumed.todo, sorted(resumed.todo)
-        return feed
 
     @property
     def stale(self) -> int:

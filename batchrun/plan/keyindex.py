@@ -21,7 +21,9 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,42 +168,11 @@ class PlanIndex:
         request past the index has a key of its own: its occurrence number goes on from the
         index's). ``shard``: only its keys are work left (the others count as ``other_shards``), so
         a resumed shard reads and renders again only its own rows, ~1/N of them. Blocking."""
-        import numpy as np  # only a resume needs it
-
-        keys = sorted_unique(ok.to_numpy() if ok is not None else np.fromiter([*done.ok, *done.read], np.uint64))
-        failed = sorted_unique(np.fromiter(done.failed, np.uint64, len(done.failed)))
-        asked = np.zeros(len(keys), dtype=bool)
-        out = Resumed()
-        n = out.counts
-        n.rows = self.covered
+        resumer = Resumer(done, ok, shard)
         for part in self._parts:
             frame = pl.read_parquet(part, columns=["sample", "shared", "short"])
-            planned = frame.get_column("sample").to_numpy() >= 0
-            active = planned & ~frame.get_column("shared").to_numpy()
-            n_planned = int(planned.sum())
-            short = frame.get_column("short").fill_null(0).to_numpy()
-            at, is_ok = _find(keys, short)
-            is_ok &= active
-            is_failed = _find(failed, short)[1] & active
-            asked[at[is_ok]] = True
-            left = active & ~is_ok & ~is_failed
-            if shard is not None and shard.sharded:
-                others = left & (short % np.uint64(shard.count) != shard.index)
-                n.other_shards += int(others.sum())
-                left &= ~others
-            n.requests += n_planned
-            n.shared += n_planned - int(active.sum())
-            n.skipped += frame.height - n_planned
-            n.done += int((is_ok | is_failed).sum())
-            n.done_failed += int(is_failed.sum())
-            if left.any():
-                rows = pl.read_parquet(part, columns=["row_index", "sample", "key"]).filter(pl.Series(left))
-                for row, sample, key in rows.iter_rows():
-                    out.todo.setdefault(row, []).append((sample, key))
-                n.todo += rows.height
-        if ok is not None:
-            out.unasked, out.asked = keys[~asked], int(asked.sum())
-        return out
+            resumer.add(frame, partial(pl.read_parquet, part, columns=["row_index", "sample", "key"]))
+        return resumer.finish(self.covered)
 
     def digests(self, requests: int) -> np.ndarray:
         """The content digests of the covered rows' ``requests`` requests, in plan order, read a
@@ -226,14 +197,76 @@ class PlanIndex:
             entries = [entry for entry in entries if entry[0] < end]
         if not self.noting or not entries:
             return
-        frame = pl.DataFrame(entries, schema=ENTRY, orient="row")
-        frame = frame.with_columns(short=short_keys(pl.when(pl.col("sample") >= 0).then(pl.col("key"))))
+        self.write_frame(part_frame(entries), end)
+
+    def write_frame(self, frame: pl.DataFrame, end: int) -> None:
+        """Write ``frame`` (a ``part_frame``) as the part of the rows from the last part's end to ``end``."""
+        if not self.noting:
+            return
         try:
             write_atomic(self.folder / f"part-{self._end:012d}-{end:012d}.parquet", frame.write_parquet)
         except OSError:
             self.noting = False
             return
         self._end = end
+
+
+def part_frame(entries: list[Entry]) -> pl.DataFrame:
+    """Entries as a part is written: with the ``short_key`` of each key."""
+    frame = pl.DataFrame(entries, schema=ENTRY, orient="row")
+    return frame.with_columns(short=short_keys(pl.when(pl.col("sample") >= 0).then(pl.col("key"))))
+
+
+class Resumer:
+    """Reads parts (or frames of entries as they are made: ``plan.digests``) against the done
+    keys, one at a time, into a ``Resumed``."""
+
+    def __init__(self, done: DoneKeys, ok: pl.Series | None, shard: Shard | None) -> None:
+        import numpy as np  # only a resume needs it
+
+        self.ok = ok is not None
+        self.keys = sorted_unique(ok.to_numpy() if ok is not None else np.fromiter([*done.ok, *done.read], np.uint64))
+        self.failed = sorted_unique(np.fromiter(done.failed, np.uint64, len(done.failed)))
+        self.asked = np.zeros(len(self.keys), dtype=bool)
+        self.shard = shard
+        self.out = Resumed()
+
+    def add(self, frame: pl.DataFrame, keyed: Callable[[], pl.DataFrame]) -> None:
+        """One part: ``frame`` has its columns sample, shared and short; ``keyed()`` gives its
+        columns row_index, sample and key, read only if some entry has work left."""
+        import numpy as np
+
+        n, shard = self.out.counts, self.shard
+        planned = frame.get_column("sample").to_numpy() >= 0
+        active = planned & ~frame.get_column("shared").to_numpy()
+        n_planned = int(planned.sum())
+        short = frame.get_column("short").fill_null(0).to_numpy()
+        at, is_ok = _find(self.keys, short)
+        is_ok &= active
+        is_failed = _find(self.failed, short)[1] & active
+        self.asked[at[is_ok]] = True
+        left = active & ~is_ok & ~is_failed
+        if shard is not None and shard.sharded:
+            others = left & (short % np.uint64(shard.count) != shard.index)
+            n.other_shards += int(others.sum())
+            left &= ~others
+        n.requests += n_planned
+        n.shared += n_planned - int(active.sum())
+        n.skipped += frame.height - n_planned
+        n.done += int((is_ok | is_failed).sum())
+        n.done_failed += int(is_failed.sum())
+        if left.any():
+            rows = keyed().select("row_index", "sample", "key").filter(pl.Series(left))
+            for row, sample, key in rows.iter_rows():
+                self.out.todo.setdefault(row, []).append((sample, key))
+            n.todo += rows.height
+
+    def finish(self, rows: int) -> Resumed:
+        out = self.out
+        out.counts.rows = rows
+        if self.ok:
+            out.unasked, out.asked = self.keys[~self.asked], int(self.asked.sum())
+        return out
 
 
 def _find(ordered: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

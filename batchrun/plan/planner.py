@@ -286,12 +286,20 @@ class Planner:
     def _key(self, url: str, body: bytes, sample: int) -> tuple[str, bool, int]:
         """The request key, whether dedupe shares it with an identical request planned before, and
         the short digest of the content (what the occurrence index counts)."""
+        return self.keyed(self._content(url, body, sample))
+
+    def _content(self, url: str, body: bytes, sample: int) -> bytes:
+        """The content digest of a request: the key's first stage, independent of every other row."""
         prefix = self._prefixes.get(url)
         if prefix is None:
             if len(self._prefixes) > 1024:
                 self._prefixes.clear()
             prefix = self._prefixes[url] = b"\0".join((self.method.encode(), url.encode(), (self.model or "").encode()))
-        content = hashlib.blake2b(b"%s\0%d\0%s" % (prefix, sample, body), digest_size=16).digest()
+        return hashlib.blake2b(b"%s\0%d\0%s" % (prefix, sample, body), digest_size=16).digest()
+
+    def keyed(self, content: bytes) -> tuple[str, bool, int]:
+        """The key's second stage, in plan order: count the content digest among the requests
+        planned before, and key it with its occurrence number. As ``_key``."""
         short = int.from_bytes(content[:8], "little")
         occurrence = self.occurrences.count(short)
         shared = bool(occurrence and self.dedupe)
@@ -299,6 +307,34 @@ class Planner:
             occurrence = 0  # the result of the first identical request serves this row too
         key = hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
         return key, shared, short
+
+    def contents(self, rows: Iterable[Mapping[str, Any]], start: int) -> Iterator[tuple[int, int, bytes]]:
+        """The key's first stage for ``rows`` (the first is row ``start``): ``(row, sample, content
+        digest)`` per request, as ``plan`` would key them, and ``(row, -1, b"")`` for a row that
+        ``empty_prompts = "skip"`` skips. Counts nothing: no row depends on another here, so any
+        process may compute any rows (``plan.digests``: shards share this, the costly part)."""
+        for index, row in enumerate(rows, start):
+            context = {**row, "row": row} if self.needs_row else row
+            try:
+                rendered, (url, _, _) = self._render(row, context, index)
+            except TemplateError:
+                body = canonical_json([self._templates.decode(), dict(row)])
+                for sample in range(self.samples):
+                    yield index, sample, self._content(UNRENDERED, body, sample)
+                continue
+            if self.skip_empty and self._refusal(rendered) is not None:
+                yield index, -1, b""
+                continue
+            unseeded = body = canonical_json(rendered)
+            if self.origins is not None and self.origins.refusal(url) is not None:
+                pseudo = f"{OFF_LIMITS}{self.origins.fingerprint()} {url}"
+                for sample in range(self.samples):
+                    yield index, sample, self._content(pseudo, body, sample)
+                continue
+            for sample in range(self.samples):
+                if self.seeded:
+                    _, body = _seeded(rendered, unseeded, sample, index)
+                yield index, sample, self._content(url, body, sample)
 
     def restore(self, rows: int, contents: np.ndarray | Iterable[int]) -> None:
         """Continue after ``rows`` rows planned by an earlier run: ``contents`` are the short digests

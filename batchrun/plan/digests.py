@@ -1,0 +1,174 @@
+"""A sharded first pass, planned together (issue 19): the shards of one job share the costly half
+of keying through the output folder.
+
+A request key has two stages. The first, the content digest of each request (rendering, the
+canonical body, a hash: ~3/4 of planning), depends on its row alone; the second, the occurrence
+number (identical requests in earlier rows) and the key made from both, is cheap but sequential
+over the whole job. So the first stage is cut into blocks of ``BLOCK_ROWS`` rows, each written once
+to ``plan-index/[<endpoint>/]digests/<job and input>/block-<first row>`` by whichever shard got
+there first: ``(row, sample, content digest)`` per request, fixed bytes for a job and input, so
+two shards writing one block write the same file (atomically: renamed into place).
+
+Shard K computes its blocks first (K, K+N, K+2N, ...), then goes through the table in row order,
+reading each block a shard wrote and computing any that is not there yet itself: it never waits,
+so shards started one after another, or fewer at once than N (a Slurm array with fewer slots),
+still finish, and a shard alone does the work of one process, as before. The second stage runs
+over every block in row order, so occurrence numbers are the whole job's, exactly those of an
+unsharded run. The keys become the shard's plan index (a run's), read as a resumed shard reads its
+own: only this shard's rows with work left are read and rendered again (~1/N of them). With N
+shards started together, each renders ~2/N of the rows.
+
+Only a first pass is planned so: when the shard's plan index already covers rows (a resumed shard)
+or ``--limit`` is given, rows are keyed as they are planned. The blocks are a cache: a missing or
+cut one is computed again. Output on object storage stages in a folder of each machine's own,
+so shards share blocks only when they share the output folder (one machine, or a shared file
+system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.from_thread
+import polars as pl
+
+from ..sink.files import make_folder, write_atomic
+from ..spec import Job
+from .keyindex import INDEX_DIR, PART_ENTRIES, Entry, PlanIndex, Resumed, Resumer, part_frame
+from .planner import Planner
+
+if TYPE_CHECKING:
+    import numpy as np
+
+BLOCK_ROWS = 16_384  # 61 blocks a million rows: enough to share among N shards evenly, few files
+_EMPTY = bytes(16)  # the content of a skipped row's entry (sample -1)
+
+
+def _dtype() -> np.dtype:
+    import numpy as np
+
+    return np.dtype([("row", "<i8"), ("sample", "<i4"), ("content", "V16")])
+
+
+class Blocks:
+    """The digest blocks of one job and input in one output folder."""
+
+    def __init__(self, folder: Path, *, write: bool, within: Path) -> None:
+        self.folder = folder
+        self.write = write
+        self.within = within  # the output folder: no link below it is followed to write
+
+    def path(self, first: int) -> Path:
+        return self.folder / f"block-{first:012d}"
+
+    def has(self, block: int) -> bool:
+        return self.path(block * BLOCK_ROWS).is_file()
+
+    def compute(self, planner: Planner, first: int, frame: pl.DataFrame) -> np.ndarray:
+        """The block of the rows of ``frame`` (from row ``first``), written for the other shards."""
+        import numpy as np
+
+        contents = planner.contents(frame.to_dicts(), first)
+        block = np.array([(row, sample, content or _EMPTY) for row, sample, content in contents], dtype=_dtype())
+        if self.write:
+            with contextlib.suppress(OSError):  # a cache: not written, it is computed again
+                make_folder(self.folder, within=self.within)
+                write_atomic(self.path(first), lambda tmp: tmp.write_bytes(block.tobytes()))
+        return block
+
+    def read(self, first: int, rows: int) -> np.ndarray | None:
+        """The block of rows ``first..first+rows-1`` if a shard wrote it whole, else None."""
+        import numpy as np
+
+        dtype = _dtype()
+        try:
+            data = self.path(first).read_bytes()
+        except OSError:
+            return None
+        if not data or len(data) % dtype.itemsize:
+            return None
+        block = np.frombuffer(data, dtype=dtype)
+        if int(block["row"][0]) != first or int(block["row"][-1]) != first + rows - 1:
+            return None
+        return block
+
+
+def _stop_if_cancelled() -> None:
+    """Stop between blocks when the run that waits for this worker thread is stopped (a signal):
+    the parts written so far are the plan index's usable prefix. Called elsewhere: nothing."""
+    with contextlib.suppress(RuntimeError):  # not in a worker thread of anyio's
+        anyio.from_thread.check_cancelled()
+
+
+def blocks_folder(job: Job, index: PlanIndex, planner: Planner) -> Path:
+    """Where the blocks of this job and input are: named by the plan index's fingerprint, the
+    allowed origins (a refused request's key names them) and the block size."""
+    folder = job.output_dir / INDEX_DIR
+    if job.several:
+        folder = folder / job.endpoint.name
+    origins = planner.origins.fingerprint() if planner.origins is not None else ""
+    name = hashlib.blake2b(f"{index.fingerprint} {origins} {BLOCK_ROWS}".encode(), digest_size=16).hexdigest()
+    return folder / "digests" / name
+
+
+def plan_together(job: Job, planner: Planner, index: PlanIndex, ok: pl.Series | None) -> Resumed:
+    """Key every row of the input as ``planner.plan`` would (counting in ``planner.occurrences``),
+    sharing the first stage with the other shards; write the keys as the plan index if it is
+    noting (a run), and read them against the done keys as ``PlanIndex.resume`` does. Blocking."""
+    from .reader import Table
+
+    shard = job.shard
+    folder = blocks_folder(job, index, planner)
+    blocks = Blocks(folder, write=index.noting or job.output_dir.is_dir(), within=job.output_dir)  # ``plan``: none made
+    if index.noting:  # blocks of an earlier input or job: no shard of this one reads them
+        for other in folder.parent.glob("*") if folder.parent.is_dir() else ():
+            if other.name != folder.name:
+                shutil.rmtree(other, ignore_errors=True)
+    table = Table(job.input, job.input_options)
+
+    def own(row: int) -> int:
+        """The first row of this shard's next block from ``row`` on that no shard has written."""
+        block = -(-row // BLOCK_ROWS)
+        block += (shard.index - block) % shard.count
+        while blocks.has(block):
+            block += shard.count
+        return block * BLOCK_ROWS
+
+    for first, frame in table.slices(BLOCK_ROWS, own):
+        _stop_if_cancelled()
+        blocks.compute(planner, first, frame)
+    resumer = Resumer(planner.done_keys, ok, shard)
+    entries: list[Entry] = []
+    rows = 0
+
+    def part() -> None:
+        frame = part_frame(entries)
+        index.write_frame(frame, rows)
+        resumer.add(frame, lambda: frame)
+        entries.clear()
+
+    for first, frame in table.slices(BLOCK_ROWS, lambda row: row):
+        _stop_if_cancelled()
+        block = blocks.read(first, frame.height)
+        if block is None:
+            block = blocks.compute(planner, first, frame)
+        for row, sample, content in block.tolist():
+            if sample < 0:
+                entries.append((row, -1, "", 0, False))
+            else:
+                key, shared, short = planner.keyed(content)
+                entries.append((row, sample, key, short, shared))
+        rows = first + frame.height
+        if len(entries) >= PART_ENTRIES:
+            part()
+        if planner.occurrences.flush_due:
+            planner.occurrences.flush()
+    if entries:
+        part()
+    planner.counts.rows = rows
+    return resumer.finish(rows)
