@@ -70,6 +70,8 @@ def fingerprint(job: Job) -> str:
         "files": stats,
         "input": [job.input_options.format, job.input_options.separator, job.input_options.schema],
     }
+    if not job.endpoint.origins.fixed:  # a refused request's key names the allowed origins (planner.OFF_LIMITS)
+        fields["origins"] = job.endpoint.origins.fingerprint()
     return hashlib.blake2b(canonical_json(fields), digest_size=16).hexdigest()
 
 
