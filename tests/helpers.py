@@ -77,3 +77,25 @@ def questions(n: int, start: int = 0) -> list[dict[str, Any]]:
 
 def read_manifest(out: Path) -> pl.DataFrame:
     return pl.read_parquet(sorted((out / "manifest").glob("part-*.parquet")))
+
+
+def every_row(out: Path) -> pl.DataFrame:
+    """Every row recorded, in every part and every journal (not the latest per key)."""
+    from batchrun.sink.manifest import journal_frame, part_files
+
+    frames = [pl.read_parquet(part_files(out))] if part_files(out) else []
+    journal = journal_frame(out)
+    if journal is not None:
+        frames.append(journal)
+    return pl.concat(frames) if frames else pl.DataFrame(schema={"request_key": pl.String})
+
+
+def most_in_one_second(times: list[float]) -> int:
+    """The most of ``times`` (seconds) in any sliding window of one second."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while t - times[first] >= 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import JobWriter
+from helpers import JobWriter, every_row
 
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.simulator.app import Simulator
 from batchrun.sink.journal import segments
-from batchrun.sink.manifest import journal_frame, part_files, scan_latest
+from batchrun.sink.manifest import scan_latest
 
 KILLS = 5
 
@@ -50,15 +50,6 @@ def kill_at_random(job: Path, sim: Simulator, rng: random.Random, most: int) -> 
         proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     return killed
-
-
-def every_row(out: Path) -> pl.DataFrame:
-    """Every row recorded, in every part and every journal (not the latest per key)."""
-    frames = [pl.read_parquet(part_files(out))] if part_files(out) else []
-    journal = journal_frame(out)
-    if journal is not None:
-        frames.append(journal)
-    return pl.concat(frames) if frames else pl.DataFrame(schema={"request_key": pl.String})
 
 
 def recorded_images(out: Path) -> dict[str, int]:

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import polars as pl
 import pytest
-from helpers import JobWriter
+from helpers import JobWriter, every_row, most_in_one_second
 
 from batchrun.cli import main
 from batchrun.dispatch.limits import SlotBatches, SlotSchedule, TokenGrants
@@ -36,7 +35,6 @@ from batchrun.rayrun import (
 from batchrun.raystate import Coordinator, Outcome, ShardCounts, Snapshot
 from batchrun.shard import Shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
-from batchrun.sink.manifest import journal_frame, part_files
 from batchrun.spec import load_job
 
 needs_ray = pytest.mark.skipif(
@@ -46,25 +44,6 @@ needs_ray = pytest.mark.skipif(
 ROWS = 240
 CONCURRENCY = 4  # per shard
 PER_MINUTE = 1200  # the whole job's: 20/s, so the run lasts ~12 s and the kill falls mid-run
-
-
-def every_row(out: Path) -> pl.DataFrame:
-    """Every row recorded, in every part and every journal (not the latest per key)."""
-    frames = [pl.read_parquet(part_files(out))] if part_files(out) else []
-    journal = journal_frame(out)
-    if journal is not None:
-        frames.append(journal)
-    return pl.concat(frames) if frames else pl.DataFrame(schema={"request_key": pl.String})
-
-
-def most_in_one_second(arrivals: list[float]) -> int:
-    times = sorted(arrivals)
-    most, first = 0, 0
-    for last, t in enumerate(times):
-        while t - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 @needs_ray

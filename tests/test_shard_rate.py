@@ -7,20 +7,12 @@ import time
 
 import anyio
 import pytest
+from helpers import most_in_one_second
 
 from batchrun.dispatch.adaptive import AdaptiveRate
 from batchrun.dispatch.limits import SmoothRate
 
 pytestmark = pytest.mark.anyio
-
-
-def most_in_a_second(grants: list[float]) -> int:
-    best, start = 0, 0
-    for end, t in enumerate(grants):
-        while t - grants[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def late_wakers(rate: SmoothRate) -> list[float]:
@@ -43,7 +35,7 @@ async def late_wakers(rate: SmoothRate) -> list[float]:
 
 async def test_a_shares_second_holds_its_share_and_no_more() -> None:
     grants = await late_wakers(SmoothRate(60_000, share=True))  # 1,000 a second
-    assert len(grants) >= 1500 and most_in_a_second(grants) <= 1000
+    assert len(grants) >= 1500 and most_in_one_second(grants) <= 1000
 
 
 def test_a_shards_adaptive_rate_stays_a_share_when_cut() -> None:

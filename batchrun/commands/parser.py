@@ -4,6 +4,7 @@ exit 2 with one line)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from .. import __version__
 from ..durations import parse_duration
@@ -26,14 +27,23 @@ def _usd(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of rows, at least 1, not {text!r}")
-    return value
+def _at_least_one(what: str) -> Callable[[str], int]:
+    """An argument type: a whole number of ``what``, 1 or more (else argparse's one line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"a {what}, at least 1, not {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _at_least_one("whole number of rows")
+_count = _at_least_one("number of shards")
 
 
 def _add_shard_arguments(parser: argparse.ArgumentParser, shards_help: str | None = None) -> None:
@@ -49,16 +59,6 @@ def _add_shard_arguments(parser: argparse.ArgumentParser, shards_help: str | Non
         help=shards_help
         or "the number of shards (overrides the job file's shards): for --shard auto on Kubernetes, or --ray",
     )
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a number of shards, at least 1, not {text!r}")
-    return value
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
