@@ -60,6 +60,16 @@ class Clock:
         (402, b"", Kind.QUOTA),
         (429, TGI_OVERLOADED, Kind.OVERLOAD),
         (503, b'{"error":"Model is overloaded"}', Kind.OVERLOAD),
+        (
+            503,
+            b'{"error":{"message":"The engine is currently overloaded.","type":"server_error","code":null}}',
+            Kind.OVERLOAD,
+        ),
+        (
+            503,
+            b'{"error":{"message":"Slow down","type":"service_unavailable_error","code":"server_is_overloaded"}}',
+            Kind.OVERLOAD,
+        ),
         (529, b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', Kind.OVERLOAD),
         (429, b"Too Many Requests", Kind.RATE),
         (429, b"", Kind.RATE),

@@ -27,6 +27,10 @@ The shapes, as the servers send them:
   "overloaded"}``, no ``Retry-After`` (text-generation-inference ``InferError::Overloaded``; the
   hugchat client's ``ModelOverloadedError`` quotes the same body).
 - Anthropic-style overload: 529 ``{"type": "error", "error": {"type": "overloaded_error"}}``.
+- OpenAI-style engine overload: 503 ``{"error": {"message": "The engine is currently overloaded,
+  please try again later", "type": "server_error"}}`` (CoreWeave's and W&B Inference's error pages;
+  aimock's ``mock-503``), and OpenAI's 503 ``service_unavailable_error`` with the code
+  ``server_is_overloaded``; OpenRouter's 503 ``provider_overloaded``.
 - Hugging Face Inference Endpoint scaled to zero: "the proxy will respond with the status code 503
   while the new replica is initializing", unless the request carries ``X-Scale-Up-Timeout: <s>``,
   which holds it until a replica is ready or that many seconds pass (Inference Endpoints docs,
@@ -64,6 +68,8 @@ CODES: dict[str, Kind] = {
     "quota_exceeded": Kind.QUOTA,
     "overloaded": Kind.OVERLOAD,  # TGI router
     "overloaded_error": Kind.OVERLOAD,  # Anthropic
+    "server_is_overloaded": Kind.OVERLOAD,  # OpenAI's 503 code
+    "provider_overloaded": Kind.OVERLOAD,  # OpenRouter's 503
     "rate_limit_exceeded": Kind.RATE,  # OpenAI
     "requests": Kind.RATE,  # OpenAI's type on a requests-per-minute 429
     "tokens": Kind.RATE,
@@ -74,6 +80,8 @@ PHRASES: tuple[tuple[str, Kind], ...] = (
     ("exceeded your current quota", Kind.QUOTA),  # OpenAI
     ("insufficient credits", Kind.QUOTA),
     ("model is overloaded", Kind.OVERLOAD),  # TGI
+    ("engine is currently overloaded", Kind.OVERLOAD),  # OpenAI-style 503 (CoreWeave, W&B Inference, aimock)
+    ("currently overloaded with other requests", Kind.OVERLOAD),  # OpenAI's older 503/429 text
 )
 #: Statuses that mean a kind whatever the body says.
 STATUSES: dict[int, Kind] = {402: Kind.QUOTA, 529: Kind.OVERLOAD}

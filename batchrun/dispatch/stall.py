@@ -21,8 +21,6 @@ from collections.abc import Callable
 
 from .limits import duration
 
-RESUME = "run again to resume"
-
 
 def refusal(
     status: int, cause: str, retry_after: float | None, window: tuple[float, str] | None
@@ -83,12 +81,10 @@ class RefusalSpell:
         if limit is None:
             return None
         if announced_s is not None and announced_s > limit:
-            return (
-                f"asks to wait {duration(announced_s)} (limits.give_up_after is {duration(limit)}): {cause}; {RESUME}"
-            )
+            return f"asks to wait {duration(announced_s)} (limits.give_up_after is {duration(limit)}): {cause}"
         spell = self.seconds()
         if spell >= limit:
-            return f"refused every request for {duration(spell)} ({cause}); {RESUME}"
+            return f"refused every request for {duration(spell)} ({cause})"
         return None
 
     def _settle(self) -> None:
