@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,11 +40,13 @@ import polars as pl
 
 from ..sink.files import make_folder, write_atomic
 from ..spec import Job
-from .keyindex import INDEX_DIR, PART_ENTRIES, Entry, PlanIndex, Resumed, Resumer, part_frame
+from .keyindex import INDEX_DIR, PART_ENTRIES, SCHEMA, PlanIndex, Resumed, Resumer
 from .planner import Planner
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .reader import Table
 
 BLOCK_ROWS = 16_384  # 61 blocks a million rows: enough to share among N shards evenly, few files
 _EMPTY = bytes(16)  # the content of a skipped row's entry (sample -1)
@@ -143,32 +146,71 @@ def plan_together(job: Job, planner: Planner, index: PlanIndex, ok: pl.Series | 
         _stop_if_cancelled()
         blocks.compute(planner, first, frame)
     resumer = Resumer(planner.done_keys, ok, shard)
-    entries: list[Entry] = []
+    frames: list[pl.DataFrame] = []
     rows = 0
 
     def part() -> None:
-        frame = part_frame(entries)
+        frame = pl.concat(frames)
         index.write_frame(frame, rows)
         resumer.add(frame, lambda: frame)
-        entries.clear()
+        frames.clear()
 
-    for first, frame in table.slices(BLOCK_ROWS, lambda row: row):
+    for end, block in _in_order(table, blocks, planner):
         _stop_if_cancelled()
-        block = blocks.read(first, frame.height)
-        if block is None:
-            block = blocks.compute(planner, first, frame)
-        for row, sample, content in block.tolist():
-            if sample < 0:
-                entries.append((row, -1, "", 0, False))
-            else:
-                key, shared, short = planner.keyed(content)
-                entries.append((row, sample, key, short, shared))
-        rows = first + frame.height
-        if len(entries) >= PART_ENTRIES:
+        frames.append(_keyed(planner, block))
+        rows = end
+        if sum(frame.height for frame in frames) >= PART_ENTRIES:
             part()
         if planner.occurrences.flush_due:
             planner.occurrences.flush()
-    if entries:
+    if frames:
         part()
     planner.counts.rows = rows
     return resumer.finish(rows)
+
+
+def _in_order(table: Table, blocks: Blocks, planner: Planner) -> Iterator[tuple[int, np.ndarray]]:
+    """Every block in row order, with the row it ends at: read where a shard wrote it, else
+    computed. Of a Parquet input only the blocks missing are read (its row count is in its
+    metadata); a text input is read through, as its rows cannot be reached otherwise."""
+    rows = table.count_rows()
+    if rows is None:
+        for first, frame in table.slices(BLOCK_ROWS, lambda row: row):
+            block = blocks.read(first, frame.height)
+            yield first + frame.height, block if block is not None else blocks.compute(planner, first, frame)
+        return
+    for first in range(0, rows, BLOCK_ROWS):
+        size = min(BLOCK_ROWS, rows - first)
+        block = blocks.read(first, size)
+        yield first + size, block if block is not None else blocks.compute(planner, first, table.read(first, size))
+
+
+def _keyed(planner: Planner, block: np.ndarray) -> pl.DataFrame:
+    """The plan index's entries of a block (as ``part_frame`` makes them): the second stage of
+    its keys, counted in ``planner.occurrences`` in row order."""
+    import numpy as np
+
+    planned = block["sample"] >= 0
+    contents = np.ascontiguousarray(block["content"][planned])
+    keys, shared = planner.keyed_many(contents)
+    frame = pl.DataFrame(
+        {
+            "row_index": block["row"][planned],
+            "sample": block["sample"][planned],
+            "key": pl.Series(keys, dtype=pl.Binary).bin.encode("hex"),
+            "content": contents.view("<u8")[::2],
+            "shared": shared,
+            "short": np.frombuffer(b"".join(keys), dtype=">u8")[::2].astype(np.uint64),  # ``short_key``
+        },
+        schema=SCHEMA,
+    )
+    if planned.all():
+        return frame
+    skipped = pl.DataFrame({"row_index": block["row"][~planned]}, schema={"row_index": pl.Int64}).with_columns(
+        sample=pl.lit(-1, pl.Int32),
+        key=pl.lit(""),
+        content=pl.lit(0, pl.UInt64),
+        shared=pl.lit(False),
+        short=pl.lit(None, pl.UInt64),
+    )
+    return pl.concat([frame, skipped]).sort("row_index", "sample", maintain_order=True)

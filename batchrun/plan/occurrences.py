@@ -77,6 +77,45 @@ class Occurrences:
         recent[short] = seen + 1
         return seen
 
+    def count_many(self, shorts: np.ndarray) -> np.ndarray:
+        """``count`` of each digest of ``shorts`` in order, at once (a block of a sharded first
+        pass, ``plan.digests``): the same numbers and the same state after, at ~1/10 of the time,
+        since only a filter "maybe" costs a step in Python."""
+        import numpy as np
+
+        shorts = shorts.astype(np.uint64, copy=False)
+        order = np.argsort(shorts, kind="stable")  # equal digests together, in plan order
+        ordered = shorts[order]
+        starts = np.ones(len(ordered), dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+        firsts = np.flatnonzero(starts)
+        group = np.cumsum(starts) - 1
+        values = ordered[firsts]
+        before = self._before(values)
+        out = np.empty(len(shorts), dtype=np.int64)
+        out[order] = before[group] + np.arange(len(ordered)) - firsts[group]
+        sizes = np.diff(np.append(firsts, len(ordered)))
+        self._recent.update(zip(values.tolist(), (before + sizes).tolist(), strict=True))
+        if len(self._recent) >= self._overdue:
+            self.flush()
+        return out
+
+    def _before(self, values: np.ndarray) -> np.ndarray:
+        """How many of each of the distinct digests ``values`` were counted so far; sets their
+        bits in the filter."""
+        import numpy as np
+
+        at, bits = self._places(values)
+        words = np.frombuffer(self._words, dtype=np.uint64)
+        maybe = np.flatnonzero((words[at] & bits) == bits)
+        np.bitwise_or.at(words, at, bits)
+        before = np.zeros(len(values), dtype=np.int64)
+        recent = self._recent
+        for i, short in zip(maybe.tolist(), values[maybe].tolist(), strict=True):
+            seen = recent.get(short)
+            before[i] = self._stored(short) if seen is None else seen
+        return before
+
     def seed(self, shorts: np.ndarray | Iterable[int]) -> None:
         """Count, before anything else, the requests an earlier run planned (a resume)."""
         if self._recent or self._db is not None or self._seed is not None:
@@ -86,11 +125,8 @@ class Occurrences:
         if not isinstance(shorts, np.ndarray):
             shorts = np.fromiter(shorts, dtype=np.uint64)
         values, counts = np.unique(shorts.astype(np.uint64, copy=False), return_counts=True)
-        bits = np.zeros(len(values), dtype=np.uint64)
-        for shift in range(28, 64, 6):
-            bits |= np.uint64(1) << ((values >> np.uint64(shift)) & np.uint64(63))
-        words = np.frombuffer(self._words, dtype=np.uint64)
-        np.bitwise_or.at(words, (values % np.uint64(self._size)).astype(np.intp), bits)
+        at, bits = self._places(values)
+        np.bitwise_or.at(np.frombuffer(self._words, dtype=np.uint64), at, bits)
         if len(values) < self.spill_after:
             self._recent = dict(zip(values.tolist(), counts.tolist(), strict=True))
             return
@@ -102,6 +138,15 @@ class Occurrences:
             np.load(folder / "seed-counts.npy", mmap_mode="r"),
         )
 
+    def _places(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The filter's word and bits of each digest, as ``count`` finds them one at a time."""
+        import numpy as np
+
+        bits = np.zeros(len(values), dtype=np.uint64)
+        for shift in range(28, 64, 6):
+            bits |= np.uint64(1) << ((values >> np.uint64(shift)) & np.uint64(63))
+        return (values % np.uint64(self._size)).astype(np.intp), bits
+
     @property
     def flush_due(self) -> bool:
         return len(self._recent) >= self.spill_after
@@ -110,10 +155,16 @@ class Occurrences:
         """Move the recent counts to the table on disk (blocking: call it in a worker thread)."""
         if not self._recent:
             return
+        import numpy as np  # sorting and the sign flip here: half the time of a generator over the dict
+
         db = self._table()
         recent = self._recent
-        db.execute("BEGIN")  # rows from a generator, in key order: no second copy of the dict
-        db.executemany(_UPSERT, ((s - _SIGN, recent[s]) for s in sorted(recent)))
+        shorts = np.fromiter(recent.keys(), dtype=np.uint64, count=len(recent))
+        counts = np.fromiter(recent.values(), dtype=np.int64, count=len(recent))
+        order = np.argsort(shorts)  # in key order: the table's B-tree appends
+        signed = (shorts[order] ^ np.uint64(_SIGN)).view(np.int64)  # less 2**63
+        db.execute("BEGIN")
+        db.executemany(_UPSERT, zip(signed.tolist(), counts[order].tolist(), strict=True))
         db.execute("COMMIT")
         self._recent = {}
 

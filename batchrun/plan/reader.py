@@ -225,6 +225,18 @@ class Table:
                 yield offset, frame
                 offset = next_row(offset + frame.height)
 
+    def count_rows(self) -> int | None:
+        """The row count, when the files' metadata says it (Parquet); a text table: None."""
+        if self.kind != "parquet":
+            return None
+        with input_errors(self.source):
+            return int(self.frame.select(pl.len()).collect().item())
+
+    def read(self, first: int, rows: int) -> pl.DataFrame:
+        """Rows ``first..first+rows-1`` of a Parquet table."""
+        with input_errors(self.source):
+            return self.frame.slice(first, rows).collect()
+
     def _text_frames(self) -> Iterator[pl.DataFrame]:
         """A text table block by block (see ``blocks``): NDJSON record by record (``jsonl``), CSV/TSV
         parsed as text, then given the types ``[input] schema`` asks for (``csvtext``)."""
