@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchrun.cli import main
+from batchrun.models import Request
 from batchrun.plan import digests
 from batchrun.plan.feed import BATCH_ROWS, Feed
 from batchrun.plan.keyindex import INDEX_DIR
@@ -27,7 +28,7 @@ from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import part_files
 from batchrun.spec import load_job
 
-PROMPT = "{{ question }} / {{ 10 / x }}"  # x = 0: the row does not render (keyed by templates + row)
+PROMPT = "{{ question }} / {{ 10 / (x | int) }}"  # x = 0: the row does not render (keyed by templates + row)
 
 
 def table(n: int, seed: int) -> list[dict[str, Any]]:
@@ -45,12 +46,19 @@ def table(n: int, seed: int) -> list[dict[str, Any]]:
 
 def keyed(path: Path, shard: Shard, *, note: bool = True) -> tuple[list[str], pl.DataFrame | None]:
     """What ``shard`` sends of the job at ``path`` (its keys), and the plan index it wrote."""
+    requests, index = planned(path, shard, note=note)
+    return [r.key for r in requests], index
+
+
+def planned(path: Path, shard: Shard, *, note: bool = True) -> tuple[list[Request], pl.DataFrame | None]:
+    """What ``shard`` sends of the job at ``path`` (every field of each request), and the plan
+    index it wrote."""
     job = replace(load_job(path), shard=shard)
     planner = Planner(job)
     with planner.occurrences:
         feed = Feed.open(job, planner, note=note)
         slices = feed.slices(Table(job.input), BATCH_ROWS)
-        keys = [r.key for start, frame in slices for r in feed.requests(start, frame)]
+        keys = [r for start, frame in slices for r in feed.requests(start, frame)]
         feed.checkpoint(final=True)
     assert not shard.sharded or planner.counts.rows == feed.covered  # a first pass keys every row first
     folder = job.output_dir / INDEX_DIR / (shard.name if shard.sharded else "")
@@ -91,24 +99,30 @@ def test_n_shards_key_exactly_what_one_process_keys(
         path = write_job(
             rows=data[:upto] or [{"id": 0, "question": "a", "x": 2}],
             fmt=fmt,
-            top=f'dedupe = {str(dedupe).lower()}\nempty_prompts = "skip"',
+            top=f'dedupe = {str(dedupe).lower()}\nempty_prompts = "skip"\nid_column = "id"',
             request=f'prompt = "{PROMPT}"\nsamples = {samples}',
         )
-        one, whole = keyed(path, Shard())
-        sent: list[str] = []
+        one, whole = planned(path, Shard())
+        sent: list[Request] = []
         order = rng.sample(range(n), n)
         for at, k in enumerate(order):
             if at and rng.random() < 0.5:  # a shard that never finished: some blocks are missing
                 for file in (tmp_path / "out" / INDEX_DIR / "digests").rglob("block-*"):
                     if rng.random() < 0.5:
                         file.unlink()
-            mine, index = keyed(path, Shard(k, n), note=rng.random() < 0.8)
-            assert all(Shard(k, n).owns(key) for key in mine)
+            mine, index = planned(path, Shard(k, n), note=rng.random() < 0.8)
+            assert all(Shard(k, n).owns(request.key) for request in mine)
             sent += mine
             if index is not None:  # a run's plan index: the same entries as one process's
                 assert whole is not None and index.equals(whole)
-        assert sorted(sent) == sorted(one)  # every key, each in exactly one shard
-        assert len(set(one)) == len(one)
+        # every request, each in exactly one shard, the same in every field (rendered, or built
+        # from what the blocks kept)
+        assert sorted(sent, key=by_key) == sorted(one, key=by_key)
+        assert len({r.key for r in one}) == len(one)
+
+
+def by_key(request: Request) -> str:
+    return request.key
 
 
 def test_a_shard_renders_its_blocks_and_its_own_rows_when_the_others_wrote_theirs(
@@ -125,17 +139,42 @@ def test_a_shard_renders_its_blocks_and_its_own_rows_when_the_others_wrote_their
         return real(self, row, context, index)
 
     monkeypatch.setattr(Planner, "_render", counted)
-    one, _ = keyed(path, Shard())
-    sent = []
+    one, _ = planned(path, Shard())
+    sent: list[Request] = []
     for k in range(4):
         rendered.clear()
-        mine, _ = keyed(path, Shard(k, 4))
+        mine, _ = planned(path, Shard(k, 4))
+        assert mine
         sent += mine
-        if k == 0:  # the first: every block, as one process (then its own rows again)
-            assert len(rendered) == 200 + len(mine)
-        else:  # the others read shard 0's blocks: only their own rows are rendered
-            assert len(rendered) == len(set(rendered)) == len(mine)
-    assert sorted(sent) == sorted(one)
+        if k == 0:  # the first: every block, as one process; its own requests from what they kept
+            assert sorted(rendered) == list(range(200))
+        else:  # the others read shard 0's blocks and what they kept: nothing is rendered
+            assert rendered == []
+    assert sorted(sent, key=by_key) == sorted(one, key=by_key)
+
+    bodies = sorted((path.parent / "out" / INDEX_DIR / "digests").rglob("bodies-*"))
+    assert len(bodies) == 20  # one beside each block
+    for file in bodies[::2]:  # lost (or cut): those blocks' rows are rendered again, the same
+        file.write_bytes(file.read_bytes()[:100] if file == bodies[0] else b"")
+    shutil.rmtree(path.parent / "out" / INDEX_DIR / Shard(1, 4).name)  # a first pass again
+    rendered.clear()
+    again, _ = planned(path, Shard(1, 4), note=False)
+    assert sorted(again, key=by_key) == sorted((r for r in one if Shard(1, 4).owns(r.key)), key=by_key)
+    lost = {r.row_index for r in again if r.row_index // 10 % 2 == 0}
+    assert lost and sorted(rendered) == sorted(lost)
+
+
+def test_what_blocks_kept_is_not_used_for_another_id_column(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row id is not part of a key: a job whose id column changed renders its rows again."""
+    monkeypatch.setattr(digests, "BLOCK_ROWS", 10)
+    rows = [{"a": f"x{i}", "b": f"y{i}", "question": f"q{i}"} for i in range(40)]
+    for column in ("a", "b"):
+        path = write_job(rows=rows, top=f'id_column = "{column}"')
+        for k in range(2):
+            mine, _ = planned(path, Shard(k, 2))
+            assert mine and all(r.row_id == rows[r.row_index][column] for r in mine)
 
 
 def test_shards_run_together_send_each_request_once_and_share_the_blocks(

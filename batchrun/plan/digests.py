@@ -40,8 +40,9 @@ import polars as pl
 
 from ..sink.files import make_folder, write_atomic
 from ..spec import Job
+from .kept import Bodies
 from .keyindex import INDEX_DIR, PART_ENTRIES, SCHEMA, PlanIndex, Resumed, Resumer
-from .planner import Planner
+from .planner import Kept, Planner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,10 +62,11 @@ def _dtype() -> np.dtype:
 class Blocks:
     """The digest blocks of one job and input in one output folder."""
 
-    def __init__(self, folder: Path, *, write: bool, within: Path) -> None:
+    def __init__(self, folder: Path, *, write: bool, within: Path, bodies: Bodies | None = None) -> None:
         self.folder = folder
         self.write = write
         self.within = within  # the output folder: no link below it is followed to write
+        self.bodies = bodies if write else None  # the rendered requests are kept too (``plan.kept``)
 
     def path(self, first: int) -> Path:
         return self.folder / f"block-{first:012d}"
@@ -76,11 +78,14 @@ class Blocks:
         """The block of the rows of ``frame`` (from row ``first``), written for the other shards."""
         import numpy as np
 
-        contents = planner.contents(frame.to_dicts(), first)
+        kept: list[Kept | None] | None = [] if self.bodies is not None else None
+        contents = planner.contents(frame.to_dicts(), first, kept)
         block = np.array([(row, sample, content or _EMPTY) for row, sample, content in contents], dtype=_dtype())
         if self.write:
             with contextlib.suppress(OSError):  # a cache: not written, it is computed again
                 make_folder(self.folder, within=self.within)
+                if self.bodies is not None and kept is not None:
+                    self.bodies.write(first, block, kept)
                 write_atomic(self.path(first), lambda tmp: tmp.write_bytes(block.tobytes()))
         return block
 
@@ -119,15 +124,18 @@ def blocks_folder(job: Job, index: PlanIndex, planner: Planner) -> Path:
     return folder / "digests" / name
 
 
-def plan_together(job: Job, planner: Planner, index: PlanIndex, ok: pl.Series | None) -> Resumed:
+def plan_together(job: Job, planner: Planner, index: PlanIndex, ok: pl.Series | None) -> tuple[Resumed, Bodies | None]:
     """Key every row of the input as ``planner.plan`` would (counting in ``planner.occurrences``),
     sharing the first stage with the other shards; write the keys as the plan index if it is
-    noting (a run), and read them against the done keys as ``PlanIndex.resume`` does. Blocking."""
+    noting (a run), and read them against the done keys as ``PlanIndex.resume`` does. Also the
+    requests kept as the blocks were rendered, if any could be written. Blocking."""
     from .reader import Table
 
     shard = job.shard
     folder = blocks_folder(job, index, planner)
-    blocks = Blocks(folder, write=index.noting or job.output_dir.is_dir(), within=job.output_dir)  # ``plan``: none made
+    write = index.noting or job.output_dir.is_dir()  # ``plan``: no output folder made
+    bodies = Bodies(folder, job.id_column, BLOCK_ROWS)
+    blocks = Blocks(folder, write=write, within=job.output_dir, bodies=bodies)
     if index.noting:  # blocks of an earlier input or job: no shard of this one reads them
         for other in folder.parent.glob("*") if folder.parent.is_dir() else ():
             if other.name != folder.name:
@@ -166,7 +174,7 @@ def plan_together(job: Job, planner: Planner, index: PlanIndex, ok: pl.Series | 
     if frames:
         part()
     planner.counts.rows = rows
-    return resumer.finish(rows)
+    return resumer.finish(rows), bodies if write else None
 
 
 def _in_order(table: Table, blocks: Blocks, planner: Planner) -> Iterator[tuple[int, np.ndarray]]:

@@ -32,6 +32,7 @@ from ..models import Request
 from ..shard import Shard
 from ..spec import Job
 from .digests import plan_together
+from .kept import Bodies
 from .keyindex import PART_ENTRIES, PlanIndex, Resumed
 from .planner import Planner
 
@@ -54,6 +55,7 @@ class Feed:
         self.asked = 0
         self.limit: int | None = None  # ``--limit``: only the first rows (keyed as in the whole job)
         self.shard = Shard()  # ``--shard K/N``: every row is keyed, only this shard's keys are sent
+        self.kept: Bodies | None = None  # a shard's first pass: requests rendered with the blocks
         planner.journal = [] if index.noting else None
 
     @classmethod
@@ -69,7 +71,8 @@ class Feed:
         feed.shard, feed.limit = job.shard, limit
         if not feed.index.covered:
             if job.shard.sharded and limit is None and feed.index.fingerprint:
-                feed._resume(plan_together(job, planner, feed.index, ok), seeded=True)
+                resumed, feed.kept = plan_together(job, planner, feed.index, ok)
+                feed._resume(resumed, seeded=True)
                 return feed
             if ok is not None:
                 planner.done_keys.add_read(ok)
@@ -100,9 +103,17 @@ class Feed:
         """Done keys this plan no longer asks for (as ``Planner.stale``, with ``asked``)."""
         return max(0, len(self.planner.done_keys) + self.asked - self.planner.counts.done)
 
-    def slices(self, table: Table, size: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    def slices(self, table: Table, size: int) -> Iterator[tuple[int, pl.DataFrame | Deferred]]:
         """``(first row, frame)`` of the input rows with work in them, cut where the index ends
-        (blocking: call ``next`` in a thread)."""
+        (blocking: call ``next`` in a thread). A shard's first pass over a Parquet input, with
+        the requests its blocks kept, reads a slice only if some row of it was not kept."""
+        if self.kept is not None and self.limit is None and table.count_rows() == self.covered:
+            row = self._next_row(0)
+            while row < self.covered:
+                height = min(size, self.covered - row)
+                yield row, Deferred(table, row, height)
+                row = self._next_row(row + height)
+            return
         for start, frame in table.slices(size, self._next_row):
             if self.limit is not None:
                 if start >= self.limit:
@@ -128,7 +139,7 @@ class Feed:
             self.planner.restore(self.covered, self.index.digests(self.unseeded))
             self.unseeded = 0
 
-    def requests(self, start: int, frame: pl.DataFrame) -> Iterator[Request]:
+    def requests(self, start: int, frame: pl.DataFrame | Deferred) -> Iterator[Request]:
         """The requests for the ``frame`` of input rows that begins at row ``start`` (this shard's)."""
         if not self.shard.sharded:
             yield from self._requests(start, frame)
@@ -141,16 +152,21 @@ class Feed:
                 counts.todo -= 1
                 counts.other_shards += 1
 
-    def _requests(self, start: int, frame: pl.DataFrame) -> Iterator[Request]:
-        end = start + frame.height
+    def _requests(self, start: int, rows: pl.DataFrame | Deferred) -> Iterator[Request]:
+        end = start + rows.height
         if start < self.covered:
             first = bisect.bisect_left(self.todo_rows, start)
             last = bisect.bisect_left(self.todo_rows, min(end, self.covered))
-            rows = [(i, frame.row(i - start, named=True), self.todo[i]) for i in self.todo_rows[first:last]]
-            yield from self.planner.replan(rows)
+            if self.kept is not None:
+                wanted = [(i, self.todo[i]) for i in self.todo_rows[first:last]]
+                yield from self.kept.requests(self.planner, wanted, lambda i: _read(rows).row(i - start, named=True))
+            else:
+                frame = _read(rows)
+                todo = [(i, frame.row(i - start, named=True), self.todo[i]) for i in self.todo_rows[first:last]]
+                yield from self.planner.replan(todo)
         if end > self.covered:
             self.restore()
-            yield from self.planner.plan(frame.slice(max(0, self.covered - start)).to_dicts())
+            yield from self.planner.plan(_read(rows).slice(max(0, self.covered - start)).to_dicts())
 
     @property
     def checkpoint_due(self) -> bool:
@@ -167,6 +183,24 @@ class Feed:
             self.planner.journal = [] if self.index.noting else None
         if not final and self.planner.occurrences.flush_due:
             self.planner.occurrences.flush()
+
+
+class Deferred:
+    """Rows of a Parquet input, read when first asked for: a shard builds most of its requests
+    from what its blocks kept (``plan.kept``), without them."""
+
+    def __init__(self, table: Table, start: int, height: int) -> None:
+        self.table, self.start, self.height = table, start, height
+        self._frame: pl.DataFrame | None = None
+
+    def read(self) -> pl.DataFrame:
+        if self._frame is None:
+            self._frame = self.table.read(self.start, self.height)
+        return self._frame
+
+
+def _read(rows: pl.DataFrame | Deferred) -> pl.DataFrame:
+    return rows.read() if isinstance(rows, Deferred) else rows
 
 
 async def produce(feed: Feed, table: Table, send: MemoryObjectSendStream[list[Request]], handoff: int) -> None:

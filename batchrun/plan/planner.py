@@ -44,6 +44,8 @@ class PlanCounts:
 
 UNRENDERED = "unrendered:"  # stands for the URL in the key of a row that does not render
 OFF_LIMITS = "off-limits:"  # before the allowed origins and the URL, in the key of a refused request
+#: what ``contents`` keeps of a rendered request: URL, body, seed, model, row id, refusal
+Kept = tuple[str, bytes, int | None, str | None, str | None, str | None]
 EMPTY_PROMPT = 'the prompt renders empty; not sent (empty_prompts = "skip" skips such rows)'
 
 
@@ -99,6 +101,10 @@ def _text_contents(body: Any) -> None:
         content = message.get("content") if isinstance(message, dict) else None
         if content is not None and not isinstance(content, str | list):
             message["content"] = str(content)
+
+
+def _drop(_: object) -> None:
+    """Keeps nothing."""
 
 
 def _json_default(value: Any) -> Any:
@@ -323,33 +329,49 @@ class Planner:
         keys = [blake2b(one, digest_size=16).digest() for one in salted.view("V24").tolist()]
         return keys, shared
 
-    def contents(self, rows: Iterable[Mapping[str, Any]], start: int) -> Iterator[tuple[int, int, bytes]]:
+    def contents(
+        self, rows: Iterable[Mapping[str, Any]], start: int, kept: list[Kept | None] | None = None
+    ) -> Iterator[tuple[int, int, bytes]]:
         """The key's first stage for ``rows`` (the first is row ``start``): ``(row, sample, content
         digest)`` per request, as ``plan`` would key them, and ``(row, -1, b"")`` for a row that
         ``empty_prompts = "skip"`` skips. Counts nothing: no row depends on another here, so any
-        process may compute any rows (``plan.digests``: shards share this, the costly part)."""
+        process may compute any rows (``plan.digests``: shards share this, the costly part).
+        ``kept``: one entry is appended for each yielded, what ``build`` makes a request of (None
+        for a row that does not render or a URL off limits: those are rendered again)."""
+        keep = kept.append if kept is not None else _drop
         for index, row in enumerate(rows, start):
             context = {**row, "row": row} if self.needs_row else row
             try:
-                rendered, (url, _, _) = self._render(row, context, index)
+                rendered, (url, row_id, model) = self._render(row, context, index)
             except TemplateError:
                 body = canonical_json([self._templates.decode(), dict(row)])
                 for sample in range(self.samples):
+                    keep(None)
                     yield index, sample, self._content(UNRENDERED, body, sample)
                 continue
-            if self.skip_empty and self._refusal(rendered) is not None:
+            refused = self._refusal(rendered) if self.skip_empty or kept is not None else None
+            if self.skip_empty and refused is not None:
+                keep(None)
                 yield index, -1, b""
                 continue
             unseeded = body = canonical_json(rendered)
             if self.origins is not None and self.origins.refusal(url) is not None:
                 pseudo = f"{OFF_LIMITS}{self.origins.fingerprint()} {url}"
                 for sample in range(self.samples):
+                    keep(None)
                     yield index, sample, self._content(pseudo, body, sample)
                 continue
             for sample in range(self.samples):
+                seed = None
                 if self.seeded:
-                    _, body = _seeded(rendered, unseeded, sample, index)
+                    seed, body = _seeded(rendered, unseeded, sample, index)
+                keep((url, body, seed, model, row_id, refused))
                 yield index, sample, self._content(url, body, sample)
+
+    def build(self, key: str, index: int, sample: int, kept: Kept) -> Request:
+        """The request of a row rendered before (``contents``), from what was kept of it."""
+        url, body, seed, model, row_id, refused = kept
+        return self._request(key, row_id, index, sample, url, body, seed, model, refused)
 
     def restore(self, rows: int, contents: np.ndarray | Iterable[int]) -> None:
         """Continue after ``rows`` rows planned by an earlier run: ``contents`` are the short digests
