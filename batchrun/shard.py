@@ -6,7 +6,7 @@ appending or reordering rows moves no request to another shard, and done keys st
 changing ``N`` between runs sends nothing twice. Filtering happens after keys are taken: every
 shard plans every row (the occurrence numbers stay those of an unsharded run) and sends only its
 own keys. A first pass shares the costly half of that, the content digests, with the other
-shards through the output folder (``plan.digests``): each renders ~2/N of the rows.
+shards through the output folder (``plan.digests``): each renders ~1/N of the rows.
 
 ``--shard auto`` reads the index a batch scheduler gives each task: Kubernetes Indexed Jobs
 (``JOB_COMPLETION_INDEX``; the count from ``--shards N`` or the job file's ``[limits] shards``) and

@@ -90,6 +90,27 @@ def test_counting_a_block_at_once_gives_the_same_numbers_as_one_at_a_time(
     assert got == expected[seeded:]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63, 2**64 - 1, 12345]), max_size=400),
+    st.lists(st.integers(1, 60), max_size=12),
+)
+def test_repeats_names_every_digest_that_occurs_twice(shorts: list[int], cuts: list[int]) -> None:
+    """Counting only ``repeats`` (the others are 0) gives every number a Counter gives."""
+    import numpy as np
+
+    blocks, at = [], 0
+    for size in [*cuts, len(shorts)]:
+        blocks.append(np.array(shorts[at : at + size], dtype=np.uint64))
+        at += size
+    with Occurrences(expected=1, spill_after=8) as occurrences:  # a tiny filter: many false "maybe"s
+        repeats = occurrences.repeats(iter(blocks))
+        assert {short for short, n in Counter(shorts).items() if n > 1} <= set(repeats.tolist())
+        assert occurrences.lookups == 0 and not occurrences.flush_due  # nothing counted meanwhile
+        got = [occurrences.count(short) if short in set(repeats.tolist()) else 0 for short in shorts]
+    assert got == reference(shorts)
+
+
 def test_large_job_spills_to_a_scratch_folder_that_close_removes(tmp_path: Path) -> None:
     rnd = random.Random(7)
     shorts = [rnd.getrandbits(64) for _ in range(30_000)]

@@ -12,11 +12,15 @@ two shards writing one block write the same file (atomically: renamed into place
 Shard K computes its blocks first (K, K+N, K+2N, ...), then goes through the table in row order,
 reading each block a shard wrote and computing any that is not there yet itself: it never waits,
 so shards started one after another, or fewer at once than N (a Slurm array with fewer slots),
-still finish, and a shard alone does the work of one process, as before. The second stage runs
-over every block in row order, so occurrence numbers are the whole job's, exactly those of an
-unsharded run. The keys become the shard's plan index (a run's), read as a resumed shard reads its
-own: only this shard's rows with work left are read and rendered again (~1/N of them). With N
-shards started together, each renders ~2/N of the rows.
+still finish, and a shard alone does the work of one process, as before. With the blocks, the
+requests rendered for them are kept (``plan.kept``), so a shard builds its own requests from them:
+with N shards started together, each renders ~1/N of the rows, once.
+
+The second stage runs over every block in row order, so occurrence numbers are the whole job's,
+exactly those of an unsharded run. Once every block is on disk, one pass through them finds the
+digests that may repeat (``Occurrences.repeats``: those that do and ~2 % that do not); only those
+are counted, every other is the only one of its kind (occurrence 0). The keys become the shard's
+plan index (a run's), read against the done keys as a resumed shard reads its own.
 
 Only a first pass is planned so: when the shard's plan index already covers rows (a resumed shard)
 or ``--limit`` is given, rows are keyed as they are planned. The blocks are a cache: a missing or
@@ -163,9 +167,12 @@ def plan_together(job: Job, planner: Planner, index: PlanIndex, ok: pl.Series | 
         resumer.add(frame, lambda: frame)
         frames.clear()
 
+    repeats = None
+    if write:  # every block is on disk after one pass through them: count only what may repeat
+        repeats = planner.occurrences.repeats(_shorts(block) for _, block in _in_order(table, blocks, planner))
     for end, block in _in_order(table, blocks, planner):
         _stop_if_cancelled()
-        frames.append(_keyed(planner, block))
+        frames.append(_keyed(planner, block, repeats))
         rows = end
         if sum(frame.height for frame in frames) >= PART_ENTRIES:
             part()
@@ -193,14 +200,22 @@ def _in_order(table: Table, blocks: Blocks, planner: Planner) -> Iterator[tuple[
         yield first + size, block if block is not None else blocks.compute(planner, first, table.read(first, size))
 
 
-def _keyed(planner: Planner, block: np.ndarray) -> pl.DataFrame:
+def _shorts(block: np.ndarray) -> np.ndarray:
+    """The short digests of a block's requests (what the occurrence index counts)."""
+    _stop_if_cancelled()
+    import numpy as np
+
+    return np.ascontiguousarray(block["content"][block["sample"] >= 0]).view("<u8")[::2]
+
+
+def _keyed(planner: Planner, block: np.ndarray, repeats: np.ndarray | None) -> pl.DataFrame:
     """The plan index's entries of a block (as ``part_frame`` makes them): the second stage of
     its keys, counted in ``planner.occurrences`` in row order."""
     import numpy as np
 
     planned = block["sample"] >= 0
     contents = np.ascontiguousarray(block["content"][planned])
-    keys, shared = planner.keyed_many(contents)
+    keys, shared = planner.keyed_many(contents, repeats)
     frame = pl.DataFrame(
         {
             "row_index": block["row"][planned],

@@ -100,6 +100,22 @@ class Occurrences:
             self.flush()
         return out
 
+    def repeats(self, blocks: Iterable[np.ndarray]) -> np.ndarray:
+        """The digests that may occur more than once in ``blocks`` (each the digests of some
+        requests, in plan order), sorted: every one that does, and the filter's false "maybe"s
+        (~2 %). A digest not among them occurs once, so its count is 0 without counting it: a
+        sharded first pass, whose blocks are on disk, counts only these (``plan.digests``)."""
+        import numpy as np
+
+        words = np.zeros(self._size, dtype=np.uint64)  # a filter of its own: this one is not touched
+        found: list[np.ndarray] = []
+        for shorts in blocks:
+            values, counts = np.unique(shorts.astype(np.uint64, copy=False), return_counts=True)
+            at, bits = self._places(values)
+            found.append(values[((words[at] & bits) == bits) | (counts > 1)])
+            np.bitwise_or.at(words, at, bits)
+        return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.uint64)
+
     def _before(self, values: np.ndarray) -> np.ndarray:
         """How many of each of the distinct digests ``values`` were counted so far; sets their
         bits in the filter."""

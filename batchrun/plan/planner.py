@@ -314,13 +314,21 @@ class Planner:
         key = hashlib.blake2b(content + occurrence.to_bytes(8, "little"), digest_size=16).hexdigest()
         return key, shared, short
 
-    def keyed_many(self, contents: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+    def keyed_many(self, contents: np.ndarray, repeats: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray]:
         """``keyed`` of a block of content digests (``V16``) at once: the keys as bytes and
-        whether each is shared. The same recipe; only the hash is a step in Python."""
+        whether each is shared. The same recipe; only the hash is a step in Python. ``repeats``:
+        the only short digests that may occur more than once in the job (``Occurrences.repeats``);
+        the others are 0 without being counted."""
         import numpy as np
 
         shorts = np.ascontiguousarray(contents).view("<u8")[::2]  # the first 8 bytes, as ``keyed`` reads them
-        occurrences = self.occurrences.count_many(shorts)
+        if repeats is None:
+            occurrences = self.occurrences.count_many(shorts)
+        else:
+            occurrences = np.zeros(len(shorts), dtype=np.int64)
+            at = np.minimum(np.searchsorted(repeats, shorts), max(len(repeats) - 1, 0))
+            maybe = (repeats[at] == shorts) if len(repeats) else np.zeros(len(shorts), dtype=bool)
+            occurrences[maybe] = self.occurrences.count_many(shorts[maybe])
         shared = (occurrences > 0) & self.dedupe
         salted = np.empty(len(contents), dtype=[("content", "V16"), ("occurrence", "<u8")])
         salted["content"] = contents
