@@ -164,6 +164,7 @@ async def test_an_image_job_puts_every_image_before_the_part_that_names_it(
     assert sorted(rows["image_path"]) == sorted(images) and len(images) == 24
     first = rows.row(0, named=True)
     assert len(object_bytes(bucket, f"jobs/one/{first['image_path']}")) == first["image_bytes"]
+    assert not list(job.output_dir.glob("images/*/*"))  # up with their part: no second copy kept here
 
     # another machine: the image exports and the report fetch the images they show from the bucket
     shutil.rmtree(job.output_dir)

@@ -10,8 +10,9 @@ index, atomic part files), and ``Mirror`` copies what is finished to the bucket:
   machines and shards), and the local parts the bucket lacks go up (a part folded from a crashed
   run's journal, or one whose upload was cut off).
 
-The journal stays local: a crash on the same machine is folded and sent up by the next start, a lost
-machine loses the results since its last part (they are requested again).
+Images leave the staging folder once their part is up. The journal stays local: a crash on the same
+machine is folded and sent up by the next start, a lost machine loses the results since its last
+part (they are requested again).
 
 The library is obstore (Rust's ``object_store``), imported only when an output is on object storage.
 Credentials come from the environment, read by obstore itself (``AWS_ACCESS_KEY_ID``, ...): nothing
@@ -246,9 +247,15 @@ class Mirror:
         return len(pending)
 
     def push_part(self, part: Path, images: Iterable[str]) -> None:
-        """``images`` (paths relative to the staging folder), then the part that names them."""
-        _each(lambda relpath: self.put(relpath, self.staging / relpath), [p for p in images if _IMAGE.match(p)])
+        """``images`` (paths relative to the staging folder), then the part that names them; then
+        the images leave the staging folder: the bucket holds them, and a job of a million images
+        does not keep a second copy on the machine (``export`` and ``report`` fetch what they show)."""
+        sent = [p for p in images if _IMAGE.match(p)]
+        _each(lambda relpath: self.put(relpath, self.staging / relpath), sent)
         self.put(part.relative_to(self.staging).as_posix(), part)
+        for relpath in sent:
+            with contextlib.suppress(OSError):
+                (self.staging / relpath).unlink()
 
     def part_written(self, part: Path, results: list[Result]) -> None:
         """The manifest writer's hook: a part and the images of its rows go up."""
