@@ -296,11 +296,13 @@ def _connect(ray: ModuleType, address: str | None, cpus: int | None) -> None:
         ray.init(address=address or "local", **kwargs)
     except auth_error as exc:
         raise JobError(f"--ray {address}: {exc}".splitlines()[0]) from None
-    except (ConnectionError, ValueError) as exc:  # nothing there, or not an address: nothing was sent
+    except ConnectionError as exc:  # it did not let the driver in (or nothing there: auto): nothing was sent
         hint = ""
-        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":  # Ray's log names a refused token only
             hint = " (a cluster with token authentication: set RAY_AUTH_MODE=token, its token in RAY_AUTH_TOKEN)"
         raise JobError(f"--ray {address}: cannot connect to a Ray cluster: {exc}{hint}") from None
+    except ValueError as exc:  # not an address, or Ray Client not installed
+        raise JobError(f"--ray {address}: cannot connect to a Ray cluster: {exc}") from None
 
 
 def _to_stderr(line: str) -> None:
