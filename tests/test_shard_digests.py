@@ -231,3 +231,37 @@ async def test_a_first_pass_stops_between_blocks_when_its_run_is_stopped(
     assert scope.cancelled_caught
     assert 1 <= len(computed) <= 2  # the block under way when the run stopped, at most one more
     planner.occurrences.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_image_samples_built_from_what_blocks_kept_carry_their_own_seeds(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """Each sample's body (its seed: the row's plus the sample, or one derived from the request)
+    is kept, and built as one process builds it; and a chat job's streaming fields are added."""
+    monkeypatch.setattr(digests, "BLOCK_ROWS", 7)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    rows = [{"id": i, "q": f"a cat {i % 9}", "s": i if i % 3 else None} for i in range(40)]
+    if stream:
+        path = write_job(
+            rows=rows,
+            endpoint='base_url = "http://x"\nmodel = "m"\nstream = true',
+            request='prompt = "{{ q }}"\nsamples = 2',
+        )
+    else:
+        path = write_job(
+            rows=rows,
+            preset="hf-text-to-image",
+            endpoint='model = "sdxl"',
+            request='prompt = "{{ q }}"\nparameters = {width = 64, seed = "{{ s }}"}\nsamples = 3',
+            top='id_column = "id"',
+        )
+    one, _ = planned(path, Shard())
+    assert len(one) == 40 * (2 if stream else 3)
+    sent: list[Request] = []
+    for k in range(3):
+        mine, _ = planned(path, Shard(k, 3))
+        sent += mine
+    assert sorted(sent, key=by_key) == sorted(one, key=by_key)
+    assert stream or len({r.seed for r in one}) > 40  # seeds per sample
+    assert not stream or all(b'"stream":true' in r.body for r in sent)
