@@ -23,10 +23,10 @@ from helpers import JobWriter, every_row, most_in_one_second
 from batchrun.cli import main
 from batchrun.dispatch.limits import SlotBatches, SlotSchedule, TokenGrants
 from batchrun.errors import ExitCode, OutputLockedError
+from batchrun.rayconnect import _on_loopback
 from batchrun.rayrun import (
     SLOT_WINDOW_S,
     Options,
-    _on_loopback,
     _rates,
     _run_shard,
     manifest_line,

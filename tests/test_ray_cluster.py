@@ -25,7 +25,7 @@ import pytest
 from helpers import JobWriter, every_row
 
 from batchrun.cli import main
-from batchrun.rayrun import _host_port, _on_this_machine
+from batchrun.rayconnect import _host_port, _on_this_machine
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 
 ray_cli = Path(sys.executable).with_name("ray")

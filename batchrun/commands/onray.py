@@ -9,7 +9,8 @@ from pathlib import Path
 from ..errors import JobError
 from ..log import configure as configure_logging
 from ..log import event
-from ..rayrun import Options, import_ray, manifest_line, run_on_ray
+from ..rayconnect import import_ray
+from ..rayrun import Options, manifest_line, run_on_ray
 from ..spec import Job
 
 
