@@ -73,7 +73,7 @@ def test_resuming_through_the_index_plans_exactly_what_a_full_plan_would(
         got += [(r.row_index, r.sample, r.key) for r in resumed.requests(start, part)]
     assert sorted(got) == sorted(t for t in expected if t[2] not in set(done_keys))
     assert len(read) == len(set(read)) and set(read) >= set(range(120, 300))
-    assert min(read) == resumed.todo_rows[0] == min(i for i, _, k in expected if k not in set(done_keys))
+    assert min(read) == resumed.todo.next_row(0) == min(i for i, _, k in expected if k not in set(done_keys))
     full = Planner(job, DoneKeys.of(ok=done_keys))
     list(full.plan(rows))
     assert second.counts == full.counts

@@ -8,8 +8,8 @@ blocking steps run in a worker thread while the producer awaits them, never besi
 - ``planner``: renders and keys rows; its ``counts`` are the plan's counts, which the progress
   line reads, and its ``journal`` the entries of rows planned anew, not yet in the index;
 - ``index``: the plan index, read when the feed is opened, written at ``checkpoint``s;
-- ``covered``, ``todo``, ``todo_rows``: rows ``0..covered-1`` were keyed by an earlier run; of
-  those, the rows with work left and their ``(sample, key)``s;
+- ``covered``, ``todo``: rows ``0..covered-1`` were keyed by an earlier run; of those, the rows
+  with work left and their ``(sample, key)``s;
 - ``unseeded``: how many requests the covered rows make, until the occurrence index is seeded
   with their digests (``restore``, just before the first row past the index: a finished job
   never needs it);
@@ -18,7 +18,6 @@ blocking steps run in a worker thread while the producer awaits them, never besi
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import Iterator
 from functools import partial
@@ -35,6 +34,7 @@ from .digests import plan_together
 from .kept import Bodies
 from .keyindex import PART_ENTRIES, PlanIndex, Resumed
 from .planner import Planner
+from .todo import Todo
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -49,8 +49,7 @@ class Feed:
         self.planner = planner
         self.index = index
         self.covered = 0
-        self.todo: dict[int, list[tuple[int, str]]] = {}
-        self.todo_rows: list[int] = []
+        self.todo = Todo().finish()
         self.unseeded = 0
         self.asked = 0
         self.limit: int | None = None  # ``--limit``: only the first rows (keyed as in the whole job)
@@ -96,7 +95,7 @@ class Feed:
         counts.todo += n.todo
         counts.other_shards += n.other_shards
         feed.covered, feed.unseeded, feed.asked = n.rows, 0 if seeded else n.requests, resumed.asked
-        feed.todo, feed.todo_rows = resumed.todo, sorted(resumed.todo)
+        feed.todo = resumed.todo
 
     @property
     def stale(self) -> int:
@@ -129,8 +128,8 @@ class Feed:
         those with work left (so a resumed run does not read the done part of its input at all)."""
         if row >= self.covered:
             return row
-        at = bisect.bisect_left(self.todo_rows, row)
-        return self.todo_rows[at] if at < len(self.todo_rows) else self.covered
+        found = self.todo.next_row(row)
+        return self.covered if found is None else min(found, self.covered)
 
     def restore(self) -> None:
         """Seed the occurrence index with the covered rows' requests, so that occurrence numbers
@@ -155,15 +154,12 @@ class Feed:
     def _requests(self, start: int, rows: pl.DataFrame | Deferred) -> Iterator[Request]:
         end = start + rows.height
         if start < self.covered:
-            first = bisect.bisect_left(self.todo_rows, start)
-            last = bisect.bisect_left(self.todo_rows, min(end, self.covered))
+            wanted = self.todo.between(start, min(end, self.covered))
             if self.kept is not None:
-                wanted = [(i, self.todo[i]) for i in self.todo_rows[first:last]]
                 yield from self.kept.requests(self.planner, wanted, lambda i: _read(rows).row(i - start, named=True))
             else:
                 frame = _read(rows)
-                todo = [(i, frame.row(i - start, named=True), self.todo[i]) for i in self.todo_rows[first:last]]
-                yield from self.planner.replan(todo)
+                yield from self.planner.replan([(i, frame.row(i - start, named=True), keys) for i, keys in wanted])
         if end > self.covered:
             self.restore()
             yield from self.planner.plan(_read(rows).slice(max(0, self.covered - start)).to_dicts())

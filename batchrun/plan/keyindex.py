@@ -36,6 +36,7 @@ from ..spec import Job
 from .planner import PlanCounts, canonical_json
 from .shape import job_body_template, prompt_template
 from .sources import input_files
+from .todo import Todo
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,7 +93,7 @@ class Resumed:
     """What the index says of the rows it covers, read against the done keys."""
 
     counts: PlanCounts = field(default_factory=PlanCounts)
-    todo: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # row -> its (sample, key)s to send
+    todo: Todo = field(default_factory=Todo)  # the rows with work left, their (sample, key)s
     unasked: np.ndarray | None = None  # the ok keys no covered row asks for (sorted; usually none)
     asked: int = 0  # ok keys that covered rows ask for: counted as done, never held
 
@@ -259,13 +260,13 @@ class Resumer:
         n.done_failed += int(is_failed.sum())
         if left.any():
             rows = keyed().select("row_index", "sample", "key").filter(pl.Series(left))
-            for row, sample, key in rows.iter_rows():
-                self.out.todo.setdefault(row, []).append((sample, key))
+            self.out.todo.add(rows)
             n.todo += rows.height
 
     def finish(self, rows: int) -> Resumed:
         out = self.out
         out.counts.rows = rows
+        out.todo.finish()
         if self.ok:
             out.unasked, out.asked = self.keys[~self.asked], int(self.asked.sum())
         return out
