@@ -103,8 +103,10 @@ def main() -> None:
     contexts = [{**row, "row": row} for row in sample]
     rows.append(["  context dict {**row, 'row': row}", per_call(lambda: {**next(it), "row": None}, m)])
     ci = iter(contexts * 2)
-    rows.append(["  render_body(context) (Jinja expression)", per_call(lambda: planner.render_body(next(ci)), m)])
-    rendered = [planner.render_body(c) for c in contexts]
+    rows.append(
+        ["  render_body(context) (Jinja expression)", per_call(lambda: planner.renderer.render_body(next(ci)), m)]
+    )
+    rendered = [planner.renderer.render_body(c) for c in contexts]
     ri = iter(rendered * 2)
     rows.append(["  canonical_json(rendered) (sort_keys)", per_call(lambda: canonical_json(next(ri)), m)])
     bodies = [canonical_json(r) for r in rendered]

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import TemplateError
 from ..models import DoneKeys, Request, short_key
 from ..spec import Job
-from .bodies import EMPTY_PROMPT, as_model, as_seed, canonical_json, is_empty, seeded, text_contents
+from .bodies import canonical_json, seeded
 from .keying import OFF_LIMITS, UNRENDERED, Keying
 from .occurrences import Occurrences
+from .rendering import Renderer
 from .requests import RequestMaker
-from .shape import job_body_template, prompt_reader, prompt_template
-from .templates import compile_template, referenced_names
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,33 +55,20 @@ class Planner:
 
     def __init__(self, job: Job, done_keys: DoneKeys | None = None, occurrences: Occurrences | None = None) -> None:
         self.method = "POST"
-        self.render_model = compile_template(job.endpoint.model, "endpoint.model")
+        self.renderer = Renderer(job)
         self.samples = job.request.samples
-        self.id_column = job.id_column
         self.done_keys = done_keys if done_keys is not None else DoneKeys()
-        self.render_body = compile_template(job_body_template(job), "request")
-        self.render_url = compile_template(job.endpoint.url, "endpoint.url")
         # a URL whose origin comes from the row is checked per row (a literal one was, in spec)
         self.origins = None if job.endpoint.origins.fixed else job.endpoint.origins
-        self.needs_row = any(
-            "row" in names
-            for value in (job_body_template(job), job.endpoint.url, prompt_template(job))
-            for names in referenced_names(value).values()
-        )
-        self.text_contents = job.endpoint.wire.text_contents and not job.batch_input  # a batch body goes as written
         self.seeded = job.endpoint.wire.seeds_samples
         self.counts = PlanCounts()
         self.include_shared = False  # export: also yield the rows that dedupe answers with an earlier result
-        # emptiness is judged on the prompt part of the rendered body: what would be sent
-        self.prompt_of = prompt_reader(job)
-        self.render_prompt = compile_template(prompt_template(job), "prompt") if self.prompt_of is not None else None
         self.skip_empty = job.empty_prompts == "skip"
         self.skipped_rows: list[tuple[int, str | None]] = []  # the first few, for the log
         # a row that does not render fails on its own (a permanent failure, not sent), keyed by the
         # templates and the row, so a fixed template renders it anew; ``strict`` raises instead: the
         # check of the first row, before anything is sent
         self.strict = False
-        self._templates = canonical_json([job_body_template(job), job.endpoint.url, job.endpoint.model])
         # how many identical requests came before each one, in flat memory (spills to disk); the
         # model as written (a template, maybe) is part of every request key
         occurrences = occurrences if occurrences is not None else Occurrences()
@@ -101,21 +87,21 @@ class Planner:
         for row in rows:
             index = counts.rows
             counts.rows += 1
-            context = {**row, "row": row} if self.needs_row else row
             try:
-                rendered, (url, row_id, model) = self._render(row, context, index)
+                rendered, (url, row_id, model) = self.renderer.render(row, index)
             except TemplateError as exc:
                 yield from self._unrendered(row, index, exc)
                 continue
             # judged now only when it decides the keys (a skipped row has none); else when sent
-            refused = self._refusal(rendered) if self.skip_empty else None
+            refused = self.renderer.refusal(rendered) if self.skip_empty else None
             judged = self.skip_empty
             if refused is not None:
                 counts.skipped += 1
                 if self.journal is not None:
                     self.journal.append((index, -1, "", 0, False))
                 if counts.skipped <= 20:
-                    self.skipped_rows.append((index, None if self.id_column is None else str(row.get(self.id_column))))
+                    id_column = self.renderer.id_column
+                    self.skipped_rows.append((index, None if id_column is None else str(row.get(id_column))))
                 continue
             unseeded = body = canonical_json(rendered)
             if self.origins is not None and (off := self.origins.refusal(url)) is not None:
@@ -144,19 +130,8 @@ class Planner:
                     continue
                 counts.todo += not shared
                 if not judged:
-                    refused, judged = self._refusal(rendered), True
+                    refused, judged = self.renderer.refusal(rendered), True
                 yield self.make.request(key, row_id, index, sample, url, body, seed, model, refused)
-
-    def _render(
-        self, row: Mapping[str, Any], context: Mapping[str, Any], index: int
-    ) -> tuple[Any, tuple[str, str | None, str | None]]:
-        """The body, URL, row id and model of one row; ``TemplateError`` if any of them cannot be made."""
-        rendered = self._body(context)
-        where = self._where(row, context, rendered, index)
-        seed = (rendered.get("parameters") or {}).get("seed") if self.seeded and isinstance(rendered, dict) else None
-        if seed is not None:
-            as_seed(seed, index)  # a seed that is not an integer fails the row, every sample of it
-        return rendered, where
 
     def _unrendered(self, row: Mapping[str, Any], index: int, error: TemplateError) -> Iterator[Request]:
         """The requests of a row that does not render: each fails for good, unsent, with the reason.
@@ -164,9 +139,8 @@ class Planner:
         try again (``--retry-failed`` does) and a fixed template renders the row anew."""
         if self.strict:
             raise error
-        row_id = None if self.id_column is None or row.get(self.id_column) is None else str(row[self.id_column])
-        body = canonical_json([self._templates.decode(), dict(row)])
-        for sample, key in self._unsendable(index, UNRENDERED, body):
+        row_id = self.renderer.row_id(row)
+        for sample, key in self._unsendable(index, UNRENDERED, self.renderer.unrendered(row)):
             yield self.make.unrendered(key, row_id, index, sample, str(error))
 
     def _off_limits(
@@ -218,16 +192,15 @@ class Planner:
         keep = kept.append if kept is not None else _drop
         content = self.keying.content
         for index, row in enumerate(rows, start):
-            context = {**row, "row": row} if self.needs_row else row
             try:
-                rendered, (url, row_id, model) = self._render(row, context, index)
+                rendered, (url, row_id, model) = self.renderer.render(row, index)
             except TemplateError:
-                body = canonical_json([self._templates.decode(), dict(row)])
+                body = self.renderer.unrendered(row)
                 for sample in range(self.samples):
                     keep(None)
                     yield index, sample, content(UNRENDERED, body, sample)
                 continue
-            refused = self._refusal(rendered) if self.skip_empty or kept is not None else None
+            refused = self.renderer.refusal(rendered) if self.skip_empty or kept is not None else None
             if self.skip_empty and refused is not None:
                 keep(None)
                 yield index, -1, b""
@@ -260,16 +233,15 @@ class Planner:
     def replan(self, rows: Iterable[tuple[int, Mapping[str, Any], list[tuple[int, str]]]]) -> Iterator[Request]:
         """Requests for rows planned before, whose keys are known: (row index, row, [(sample, key)])."""
         for index, row, keys in rows:
-            context = {**row, "row": row} if self.needs_row else row
             try:
-                rendered, (url, row_id, model) = self._render(row, context, index)
+                rendered, (url, row_id, model) = self.renderer.render(row, index)
             except TemplateError as exc:
                 if self.strict:
                     raise
-                row_id = None if self.id_column is None or row.get(self.id_column) is None else str(row[self.id_column])
+                row_id = self.renderer.row_id(row)
                 yield from (self.make.unrendered(key, row_id, index, sample, str(exc)) for sample, key in keys)
                 continue
-            refused = self._refusal(rendered)
+            refused = self.renderer.refusal(rendered)
             if self.origins is not None and (off := self.origins.refusal(url)) is not None:
                 yield from (self._refused(key, row_id, index, sample, url, model, off) for sample, key in keys)
                 continue
@@ -279,44 +251,6 @@ class Planner:
                 if self.seeded:
                     seed, body = seeded(rendered, unseeded, sample, index)
                 yield self.make.request(key, row_id, index, sample, url, body, seed, model, refused)
-
-    def renders_empty(self, row: Mapping[str, Any]) -> bool:
-        """Whether the prompt of ``row`` renders empty: the check before sending, on the rows whose
-        prompt columns are null, blank or false (``Table.inspect``). The prompt template alone is
-        rendered (half the cost of the body); it renders what ``prompt_of`` reads from the body."""
-        if self.render_prompt is None:
-            return False
-        try:
-            return is_empty(self.render_prompt({**row, "row": row} if self.needs_row else row))
-        except TemplateError:
-            return False  # not empty: a row that does not render fails on its own when planned
-
-    def _body(self, context: Mapping[str, Any]) -> Any:
-        rendered = self.render_body(context)
-        if self.text_contents:
-            text_contents(rendered)
-        return rendered
-
-    def _refusal(self, rendered: Any) -> str | None:
-        """Why this body is not to be sent: its prompt part is empty."""
-        if self.prompt_of is not None and is_empty(self.prompt_of(rendered)):
-            return EMPTY_PROMPT
-        return None
-
-    def _where(
-        self, row: Mapping[str, Any], context: Mapping[str, Any], rendered: Any, index: int
-    ) -> tuple[str, str | None, str | None]:
-        """The URL, the row id and the model (as sent) of one input row."""
-        url = self.render_url(context)
-        if not isinstance(url, str):
-            raise TemplateError(f"template endpoint.url renders {url!r} for row {index}, not a URL")
-        row_id = None
-        if self.id_column is not None and row.get(self.id_column) is not None:
-            row_id = str(row[self.id_column])
-        model = rendered.get("model") if isinstance(rendered, dict) else None
-        if model is None:  # not in the body (an image or serverless URL names it): the job's, rendered
-            model = self.render_model(context)
-        return url, row_id, as_model(model)
 
     @property
     def occurrences(self) -> Occurrences:

@@ -68,21 +68,10 @@ class RequestMaker:
     def refused(
         self, key: str, row_id: str | None, index: int, sample: int, url: str, model: str | None, reason: str
     ) -> Request:
-        """A request whose URL goes where the job did not say: not sent, with the reason."""
+        """A request not sent, with the reason: its URL goes where the job did not say, or (as
+        ``unrendered`` makes it) its row does not render."""
         return Request(key, row_id, index, sample, self.method, url, b"", model, refused=reason, endpoint=self.endpoint)
 
     def unrendered(self, key: str, row_id: str | None, index: int, sample: int, reason: str) -> Request:
-        """A request of a row that does not render: not sent, with the reason."""
-        return Request(
-            key=key,
-            row_id=row_id,
-            row_index=index,
-            sample=sample,
-            method=self.method,
-            url=UNRENDERED,
-            body=b"",
-            model=self.model,
-            seed=None,
-            refused=f"the row does not render: {reason}",
-            endpoint=self.endpoint,
-        )
+        """A request of a row that does not render: the job's model as written, no URL."""
+        return self.refused(key, row_id, index, sample, UNRENDERED, self.model, f"the row does not render: {reason}")
