@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _redacted(text: str) -> str:
     """``text`` as the log would say it: a server may echo a credential into an error."""
-    from .dispatch.call import redact
+    from .dispatch.redact import redact
 
     return redact(text, _SECRETS)
 

@@ -12,9 +12,10 @@ import anyio
 import httpx
 
 from .cost import Budget, priced
-from .dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
+from .dispatch.adaptive import AdaptiveRate
 from .dispatch.call import Caller
 from .dispatch.client import RedirectTransport, Sender, make_sender
+from .dispatch.inflight import AdaptiveConcurrency
 from .dispatch.lanes import Lanes
 from .dispatch.limits import CoolDown, Shared, Sleep, TokenBudget
 from .dispatch.pool import Call, Pool

@@ -52,13 +52,18 @@ STAGES = [
     ("progress", lambda f, p: "batchrun/progress.py" in p),
     (
         "limiter + cool-down",
-        lambda f, p: "aiolimiter" in p or p.endswith(("batchrun/dispatch/limits.py", "batchrun/dispatch/adaptive.py")),
+        lambda f, p: (
+            "aiolimiter" in p
+            or p.endswith(
+                ("batchrun/dispatch/limits.py", "batchrun/dispatch/adaptive.py", "batchrun/dispatch/inflight.py")
+            )
+        ),
     ),
     ("retry wrapper (tenacity)", lambda f, p: "tenacity" in p),
     (
         "HTTP: Sender.send ... aread/aclose (httpx, httpx-aiohttp, aiohttp)",
         lambda f, p: (
-            ("batchrun/dispatch/call.py" in p and f.endswith("_exchange")) or "batchrun/dispatch/client.py" in p
+            ("batchrun/dispatch/exchange.py" in p and f.endswith("_exchange")) or "batchrun/dispatch/client.py" in p
         ),
     ),
     ("Caller, rest", lambda f, p: "batchrun/dispatch/" in p and "pool.py" not in p),

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from helpers import JobWriter
 
-from batchrun.dispatch.call import transport_errors
 from batchrun.dispatch.client import Sender, make_sender
+from batchrun.dispatch.exchange import transport_errors
 from batchrun.dispatch.network import NetworkTransport
 from batchrun.endpoints.base import classify, error_excerpt, parse_retry_after
 from batchrun.endpoints.chat import ChatAdapter

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from conftest import JobWriter, ScriptedEndpoint, chat_reply, questions, read_manifest
 
-from batchrun.dispatch.adaptive import AdaptiveConcurrency, AdaptiveRate
+from batchrun.dispatch.adaptive import AdaptiveRate
+from batchrun.dispatch.inflight import AdaptiveConcurrency
 from batchrun.dispatch.limits import CoolDown, duration
 from batchrun.dispatch.pushback import Kind, exhausted_window, read_pushback
 from batchrun.errors import ExitCode

@@ -17,7 +17,7 @@ import pytest
 from helpers import JobWriter, chat_reply, questions, read_manifest, write_table
 
 from batchrun.cli import main
-from batchrun.dispatch.call import redact
+from batchrun.dispatch.redact import redact
 from batchrun.errors import ExitCode
 from batchrun.runner import run_job
 from batchrun.simulator import FaultPlan, Trigger, create_app, serve_in_thread

@@ -1,7 +1,7 @@
-"""Adaptive limits: the request rate and the number of requests in flight, each found from what
-the endpoint accepts, never above what the job allows.
+"""The adaptive request rate, found from what the endpoint accepts, never above what the job
+allows. (The number of requests in flight adapts too: ``inflight``.)
 
-**Rate.** After sustained 429s the next send rate is the rate of *successful answers* over the
+After sustained 429s the next send rate is the rate of *successful answers* over the
 last few seconds (what the endpoint actually accepted), not a fraction of the ceiling or of the
 offered load: halving from thousands a second takes nine cuts, and a gateway that counts refused
 requests in its window refuses all of them meanwhile. From there it rises additively while
@@ -9,22 +9,13 @@ requests succeed, never above ``requests_per_minute``. A few 429s among many suc
 limit (a shared endpoint's other users, a blip): they cost the refused request its own wait, not a
 lasting cut nor a pause of every worker. Without a configured rate, once the rate climbs well past
 what is actually sent, the limiter steps aside again.
-
-**Concurrency.** An overload answer (TGI's ``Model is overloaded``: too many in flight) lowers the
-in-flight limit to at most what was still in flight when it came back (the server was holding that
-many) and by a tenth; each success raises it by ``0.5 / limit`` (one every two rounds of requests),
-never above ``limits.concurrency``. Workers pass a gate (an ``anyio.CapacityLimiter`` whose size follows
-the limit) before sending; nobody polls.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from types import TracebackType
-
-import anyio
+from collections.abc import Callable
 
 from .limits import Pacer, SmoothRate
 
@@ -41,14 +32,6 @@ MIN_SPAN_S = 0.05
 #: server with room to spare stays well below; a rate window that is exceeded refuses far more.
 SUSTAINED_SHARE = 0.1
 SUSTAINED_MIN = 3
-
-#: On an overload answer the limit goes to what else was in flight (what the server held), and at
-#: least this much lower once per round; each success adds ``CONCURRENCY_RAISE / limit`` (one more in
-#: flight every two rounds). Against a server of 8 it sits at 8, trying 9 about once in 17 answers:
-#: a quarter off and one per round cost a fifth of the capacity (in flight 6.75..8), half a round
-#: per step doubled the refusals.
-CONCURRENCY_CUT = 0.9
-CONCURRENCY_RAISE = 0.5
 
 
 class AdaptiveRate:
@@ -198,106 +181,3 @@ class AdaptiveRate:
             f"AdaptiveRate(per_minute={self.per_minute}, ceiling={self.ceiling}, cuts={self.cuts}, "
             f"windows={self.windows})"
         )
-
-
-class AdaptiveConcurrency:
-    """The in-flight limit (AIMD on overload answers); ``async with limit.slot()`` around one exchange."""
-
-    def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ceiling = ceiling
-        self.limit = float(ceiling)
-        self.cuts = 0
-        self.lowest = ceiling
-        self._clock = clock
-        self._gate: anyio.CapacityLimiter | None = None
-        self._last_cut = -1e9
-        self.in_flight = 0
-
-    @property
-    def gate(self) -> anyio.CapacityLimiter:
-        if self._gate is None:  # made inside the event loop, at the first request
-            self._gate = anyio.CapacityLimiter(max(1, int(self.limit)))
-        return self._gate
-
-    def slot(self) -> _Slot:
-        """``async with limit.slot() as sent_at:`` around one exchange: waits for room; ``sent_at``
-        tells later which limit an overload answer was for."""
-        return _Slot(self)
-
-    def on_overload(self, sent_at: float) -> bool:
-        """The endpoint refused a request sent at ``sent_at`` for having too many in flight. The
-        others still in flight are what it holds: the limit goes to at most that, and, once per
-        round (not for every refusal of one burst), down by a tenth. True when it changed."""
-        holding = max(1, self.in_flight - 1)  # the refused request still holds its slot
-        target = min(self.limit, float(holding))
-        if sent_at > self._last_cut:
-            target = min(target, self.limit * CONCURRENCY_CUT)
-            self._last_cut = self._clock()
-            self.cuts += 1
-        target = max(1.0, target)
-        if target >= self.limit:
-            return False
-        self.limit = target
-        self.lowest = min(self.lowest, int(target))
-        self._resize()
-        return True
-
-    def on_success(self) -> None:
-        if self.limit < self.ceiling:
-            self.limit = min(float(self.ceiling), self.limit + CONCURRENCY_RAISE / self.limit)
-            self._resize()
-
-    def _resize(self) -> None:
-        size = max(1, int(self.limit))
-        if self._gate is not None and self._gate.total_tokens != size:
-            self._gate.total_tokens = size
-
-    def describe(self) -> str:
-        if not self.cuts:
-            return ""
-        return f"in flight at most {int(self.limit)} of {self.ceiling} (lowered {self.cuts}x on overload answers)"
-
-    def __repr__(self) -> str:
-        return f"AdaptiveConcurrency(limit={self.limit:.2f}, ceiling={self.ceiling}, cuts={self.cuts})"
-
-
-class _Slot:
-    """One request's place in flight, from its first send until its result is recorded, given up
-    while it waits out a retry. Its own borrower of the gate: a task may hold only one token of a
-    ``CapacityLimiter`` as itself."""
-
-    __slots__ = ("held", "limit")
-
-    def __init__(self, limit: AdaptiveConcurrency) -> None:
-        self.limit = limit
-        self.held = False
-
-    async def __aenter__(self) -> float:
-        await self._take()
-        return self.limit._clock()
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._give()
-
-    async def away(self, sleep: Callable[[float], Awaitable[None]], seconds: float) -> None:
-        """Sleep ``seconds`` without the place (a retry's wait), then take it back."""
-        self._give()
-        await sleep(seconds)
-        await self._take()
-
-    async def _take(self) -> None:
-        gate = self.limit.gate
-        try:  # no task switch when there is room (acquire() always yields once)
-            gate.acquire_on_behalf_of_nowait(self)
-        except anyio.WouldBlock:
-            await gate.acquire_on_behalf_of(self)
-        self.held = True
-        self.limit.in_flight += 1
-
-    def _give(self) -> None:
-        if self.held:
-            self.held = False
-            self.limit.in_flight -= 1
-            self.limit.gate.release_on_behalf_of(self)
