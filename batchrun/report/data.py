@@ -18,11 +18,11 @@ from typing import Any
 import polars as pl
 
 from ..errors import InputError
-from ..sink.manifest import scan_all
+from ..sink.manifest import manifest_errors, scan_all
 from . import aggregates, samples
 from .last_run import last_exit
 from .prompts import Prompts
-from .results import COUNTS, FAILED, OK, SAMPLED, SHORT, STATS, TOTALS, Results, latest, manifest_errors
+from .results import COUNTS, FAILED, OK, SAMPLED, SHORT, STATS, TOTALS, Results, latest
 
 TIME_BINS = 60  # points on the over-time charts
 MIN_BIN_S = 0.1  # a two-second run: 20 points, not 60 of one or two requests each

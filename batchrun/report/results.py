@@ -1,17 +1,13 @@
 """The manifest as the report reads it: the latest row per key, as ``scan_latest`` picks it (parts
 and crash journals), a few columns at a time, so that memory holds aggregates, not the manifest.
-What each step reads is named here, beside the reading; what it makes of them is ``data``'s."""
+What each step reads is named here; what it makes of them is ``data``'s."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
-from ..errors import InputError
 from ..models import short_keys
 
 SHORT = short_keys(pl.col("request_key")).alias("short")
@@ -70,11 +66,3 @@ def latest(every: pl.LazyFrame, frame: pl.DataFrame) -> tuple[Results, pl.DataFr
     kept = frame.select("_i", "short", "finished_at").sort("finished_at", "_i").unique("short", keep="last")["_i"]
     scan = every.with_row_index("_i").filter(pl.col("_i").is_in(kept.implode()))
     return Results(scan, by_time=True), frame.filter(pl.col("_i").is_in(kept.implode())).drop("_i", "short")
-
-
-@contextlib.contextmanager
-def manifest_errors(output_dir: Path) -> Iterator[None]:
-    try:
-        yield
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"cannot read the manifest in {output_dir}: {str(exc).splitlines()[0]}") from None
