@@ -39,7 +39,7 @@ def open_input(job: Job) -> tuple[Table, int]:
     refuse = job.empty_prompts == "error"
     columns = prompt_columns(job, table.columns) if refuse else set()
     # the rows with a null, blank or false prompt column are rendered; no other row is looked at
-    stats = table.inspect(columns, planner.renders_empty)
+    stats = table.inspect(columns, planner.renderer.renders_empty)
     if stats.empty_prompts:
         raise InputError(
             f"input {job.input}: {stats.empty_prompts} rows have an empty prompt (column "

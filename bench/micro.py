@@ -72,7 +72,8 @@ def main() -> None:
     import batchrun.plan.planner as planner_module
     from batchrun.dispatch.retry import RetryPolicy
     from batchrun.models import Parsed, Result
-    from batchrun.plan.planner import Planner, canonical_json
+    from batchrun.plan.bodies import canonical_json
+    from batchrun.plan.planner import Planner
     from batchrun.plan.reader import Table
     from batchrun.sink.images import ImageStore
     from batchrun.sink.journal import Journal
@@ -102,18 +103,19 @@ def main() -> None:
     contexts = [{**row, "row": row} for row in sample]
     rows.append(["  context dict {**row, 'row': row}", per_call(lambda: {**next(it), "row": None}, m)])
     ci = iter(contexts * 2)
-    rows.append(["  render_body(context) (Jinja expression)", per_call(lambda: planner.render_body(next(ci)), m)])
-    rendered = [planner.render_body(c) for c in contexts]
+    rows.append(
+        ["  render_body(context) (Jinja expression)", per_call(lambda: planner.renderer.render_body(next(ci)), m)]
+    )
+    rendered = [planner.renderer.render_body(c) for c in contexts]
     ri = iter(rendered * 2)
     rows.append(["  canonical_json(rendered) (sort_keys)", per_call(lambda: canonical_json(next(ri)), m)])
     bodies = [canonical_json(r) for r in rendered]
     fresh = Planner(job)
     bi = iter(bodies * 2)
     url = requests[0].url
-    if hasattr(fresh, "_key"):
-        rows.append(
-            ["  Planner._key (2x blake2b + occurrence index)", per_call(lambda: fresh._key(url, next(bi), 0), m)]
-        )
+    rows.append(
+        ["  Keying.key (2x blake2b + occurrence index)", per_call(lambda: fresh.keying.key(url, next(bi), 0), m)]
+    )
     expr = planner_module  # noqa: F841  (kept importable for ad-hoc timing)
     rows.extend(occurrence_costs(args.rows))
 

@@ -16,7 +16,8 @@ from helpers import JobWriter, questions, read_manifest, write_table
 from batchrun.cli import main
 from batchrun.errors import ExitCode, TemplateError
 from batchrun.models import estimated_tokens
-from batchrun.plan.planner import EMPTY_PROMPT, Planner
+from batchrun.plan.bodies import EMPTY_PROMPT
+from batchrun.plan.planner import Planner
 from batchrun.plan.shape import job_body_template, prompt_reader, prompt_template
 from batchrun.plan.templates import compile_template
 from batchrun.runner import RunSummary, run_job

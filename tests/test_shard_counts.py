@@ -16,7 +16,7 @@ from helpers import JobWriter
 
 from batchrun.cli import main
 from batchrun.errors import JobError, OutputLockedError
-from batchrun.plan.planner import Planner
+from batchrun.plan.rendering import Renderer
 from batchrun.shard import Shard, parse_shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.lock import OutputLock
@@ -140,13 +140,13 @@ def test_a_resumed_shard_renders_only_its_own_rows_again(
         assert main(["run", job, "-q", "--shard", "0/2"]) == 0  # writes its plan index of every row
         assert sim.stats.total == mine
         rendered: list[int] = []
-        real = Planner._render
+        real = Renderer.render
 
-        def counted(self: Planner, row: Any, context: Any, index: int) -> Any:
+        def counted(self: Renderer, row: Any, index: int) -> Any:
             rendered.append(index)
-            return real(self, row, context, index)
+            return real(self, row, index)
 
-        monkeypatch.setattr(Planner, "_render", counted)
+        monkeypatch.setattr(Renderer, "render", counted)
         capsys.readouterr()
         assert main(["plan", job, "--shard", "0/2"]) == 0
         out = capsys.readouterr().out

@@ -23,6 +23,7 @@ from batchrun.plan.feed import BATCH_ROWS, Feed
 from batchrun.plan.keyindex import INDEX_DIR
 from batchrun.plan.planner import Planner
 from batchrun.plan.reader import Table
+from batchrun.plan.rendering import Renderer
 from batchrun.shard import Shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import part_files
@@ -132,13 +133,13 @@ def test_a_shard_renders_its_blocks_and_its_own_rows_when_the_others_wrote_their
     rows = [{"question": f"q{i % 30}"} for i in range(200)]  # repeats: occurrence numbers matter
     path = write_job(rows=rows)
     rendered: list[int] = []
-    real = Planner._render
+    real = Renderer.render
 
-    def counted(self: Planner, row: Any, context: Any, index: int) -> Any:
+    def counted(self: Renderer, row: Any, index: int) -> Any:
         rendered.append(index)
-        return real(self, row, context, index)
+        return real(self, row, index)
 
-    monkeypatch.setattr(Planner, "_render", counted)
+    monkeypatch.setattr(Renderer, "render", counted)
     one, _ = planned(path, Shard())
     sent: list[Request] = []
     for k in range(4):

@@ -215,7 +215,7 @@ def _keyed(planner: Planner, block: np.ndarray, repeats: np.ndarray | None) -> p
 
     planned = block["sample"] >= 0
     contents = np.ascontiguousarray(block["content"][planned])
-    keys, shared = planner.keyed_many(contents, repeats)
+    keys, shared = planner.keying.keyed_many(contents, repeats)
     frame = pl.DataFrame(
         {
             "row_index": block["row"][planned],

@@ -33,7 +33,8 @@ from ..models import DoneKeys, short_keys, sorted_unique
 from ..shard import Shard
 from ..sink.files import make_folder, write_atomic
 from ..spec import Job
-from .planner import PlanCounts, canonical_json
+from .bodies import canonical_json
+from .planner import PlanCounts
 from .shape import job_body_template, prompt_template
 from .sources import input_files
 from .todo import Todo
@@ -71,7 +72,7 @@ def fingerprint(job: Job) -> str:
         "files": stats,
         "input": [job.input_options.format, job.input_options.separator, job.input_options.schema],
     }
-    if not job.endpoint.origins.fixed:  # a refused request's key names the allowed origins (planner.OFF_LIMITS)
+    if not job.endpoint.origins.fixed:  # a refused request's key names the allowed origins (keying.OFF_LIMITS)
         fields["origins"] = job.endpoint.origins.fingerprint()
     return hashlib.blake2b(canonical_json(fields), digest_size=16).hexdigest()
 
