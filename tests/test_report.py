@@ -16,6 +16,7 @@ from conftest import JobWriter, questions
 from batchrun.cli import main
 from batchrun.models import Parsed, Request, Result
 from batchrun.report import data as report_data
+from batchrun.report import samples as report_samples
 from batchrun.report.page import script_json
 from batchrun.runner import run_job
 from batchrun.simulator import FaultPlan, Trigger, create_app
@@ -76,7 +77,7 @@ def test_aggregates_cover_every_row_and_answers_sit_side_by_side(tmp_path: Path)
 
 
 def test_large_runs_show_a_sample_and_say_how_many_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report_data, "SAMPLE_ROWS", 40)
+    monkeypatch.setattr(report_samples, "SAMPLE_ROWS", 40)
     out = tmp_path / "out"
     fabricate(out, 100, endpoints=("alpha",))
     assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0

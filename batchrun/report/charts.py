@@ -65,7 +65,7 @@ def _over_time(alt: Any, frame: pl.DataFrame, group: str, title: str, scale: Any
 
 
 def _histogram(alt: Any, frame: pl.DataFrame) -> Any:
-    """One histogram per endpoint, overlaid (see ``data.histogram``)."""
+    """One histogram per endpoint, overlaid (see ``aggregates.histogram``)."""
     return (
         alt.Chart(_records(frame.with_columns(pl.lit(0).alias("zero"))))
         .mark_rect(opacity=0.6, stroke="white", strokeWidth=0.5)

@@ -40,3 +40,15 @@ def send_last_run(remote: RemoteOutput, *, shard: str | None = None) -> None:
         mirror = Mirror(remote)
         for name in (LAST_RUN, *((shard_note_name(shard),) if shard is not None else ())):
             mirror.push_file(name)
+
+
+def last_exit(output_dir: Path) -> str:
+    """The exit status of the last run, when the run left its summary; else not known."""
+    path = output_dir / LAST_RUN
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "not recorded"
+    if isinstance(data, dict) and "exit_code" in data:
+        return f"{data['exit_code']}: {data.get('exit_meaning', '')}".rstrip(": ")
+    return "not recorded"

@@ -141,7 +141,7 @@ def part_files(output_dir: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _manifest_errors(folder: Path) -> Iterator[None]:
+def manifest_errors(folder: Path) -> Iterator[None]:
     try:
         yield
     except pl.exceptions.PolarsError as exc:
@@ -213,7 +213,7 @@ def read_done(output_dir: Path, *, retry_failed: bool = False, files_per_read: i
             yield journal.lazy()
 
     for source in sources():
-        with _manifest_errors(output_dir):
+        with manifest_errors(output_dir):
             frame = source.select(short, (pl.col("status") == "ok").alias("ok"), permanent.alias("permanent")).collect()
         ok_columns.append(frame.filter("ok").get_column("short"))
         if not retry_failed:  # a key's last row wins: a retry that failed again, or succeeded
