@@ -266,3 +266,25 @@ def test_image_samples_built_from_what_blocks_kept_carry_their_own_seeds(
     assert sorted(sent, key=by_key) == sorted(one, key=by_key)
     assert stream or len({r.seed for r in one}) > 40  # seeds per sample
     assert not stream or all(b'"stream":true' in r.body for r in sent)
+
+
+def test_rows_appended_after_a_first_pass_keyed_the_input_are_the_next_runs(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard keys every row before it sends (only the repeating digests are counted): rows
+    appended to the input meanwhile are not planned with those counts; the next run, whose input
+    has changed, keys them with the rest."""
+    monkeypatch.setattr(digests, "BLOCK_ROWS", 10)
+    path = write_job(rows=[{"question": f"q{i % 7}"} for i in range(30)], fmt="csv")
+    job = replace(load_job(path), shard=Shard(0, 2))
+    planner = Planner(job)
+    with planner.occurrences:
+        feed = Feed.open(job, planner)
+        with (path.parent / "input.csv").open("a") as f:
+            f.write("".join(f"q{i % 7}\n" for i in range(30, 45)))
+        sent = [r for start, rows in feed.slices(Table(job.input), BATCH_ROWS) for r in feed.requests(start, rows)]
+        feed.checkpoint(final=True)
+    assert feed.covered == 30 and sent and max(r.row_index for r in sent) < 30
+    whole, _ = planned(path, Shard())
+    again = [r for k in range(2) for r in planned(path, Shard(k, 2))[0]]
+    assert sorted(again, key=by_key) == sorted(whole, key=by_key) and len(whole) == 45

@@ -52,7 +52,9 @@ class Feed:
         self.todo = Todo().finish()
         self.unseeded = 0
         self.asked = 0
-        self.limit: int | None = None  # ``--limit``: only the first rows (keyed as in the whole job)
+        # the rows past it are not this run's: ``--limit`` (only the first rows, keyed as in the
+        # whole job), or a shard's first pass (it keyed the input as it was when it opened)
+        self.limit: int | None = None
         self.shard = Shard()  # ``--shard K/N``: every row is keyed, only this shard's keys are sent
         self.kept: Bodies | None = None  # a shard's first pass: requests rendered with the blocks
         planner.journal = [] if index.noting else None
@@ -72,6 +74,7 @@ class Feed:
             if job.shard.sharded and limit is None and feed.index.fingerprint:
                 resumed, feed.kept = plan_together(job, planner, feed.index, ok)
                 feed._resume(resumed, seeded=True)
+                feed.limit = feed.covered  # rows appended meanwhile: the next run's (they change the input)
                 return feed
             if ok is not None:
                 planner.done_keys.add_read(ok)
@@ -106,7 +109,7 @@ class Feed:
         """``(first row, frame)`` of the input rows with work in them, cut where the index ends
         (blocking: call ``next`` in a thread). A shard's first pass over a Parquet input, with
         the requests its blocks kept, reads a slice only if some row of it was not kept."""
-        if self.kept is not None and self.limit is None and table.count_rows() == self.covered:
+        if self.kept is not None and table.count_rows() == self.covered:
             row = self._next_row(0)
             while row < self.covered:
                 height = min(size, self.covered - row)
