@@ -84,6 +84,11 @@ def best_of(cmd: list[str], times: int = 2) -> Measured:
     return min(runs, key=lambda m: m.wall_s)
 
 
+def row(label: str, m: Measured, base: Measured, note: str = "") -> list[Any]:
+    """A planning table's row: wall and CPU seconds, and the CPU against ``base``'s."""
+    return [label, f"{m.wall_s:.1f}", f"{m.cpu_s:.1f}", f"{m.cpu_s / base.cpu_s:.2f}{note}"]
+
+
 def planning(work: Path, rows: int, shards: int) -> list[list[Any]]:
     source = write_input(work / f"plan-{rows}.parquet", rows)
     job = shard_job(work / "plan", source, "http://127.0.0.1:9", rpm=1200, shards=shards, concurrency=16)
@@ -103,25 +108,15 @@ def planning(work: Path, rows: int, shards: int) -> list[list[Any]]:
     cpu = [m.cpu_s for m in best]
     every = best_of(shard_cmd)  # every block there: the floor of a shard's first pass
     return [
-        [f"plan, 1 process ({rows:,} rows)", f"{one.wall_s:.1f}", f"{one.cpu_s:.1f}", "1.00"],
-        [
-            f"plan --shard 0/{shards}",
-            f"{shard.wall_s:.1f}",
-            f"{shard.cpu_s:.1f}",
-            f"{shard.cpu_s / one.cpu_s:.2f} (alone: no other shard's blocks)",
-        ],
+        row(f"plan, 1 process ({rows:,} rows)", one, one),
+        row(f"plan --shard 0/{shards}", shard, one, " (alone: no other shard's blocks)"),
         [
             f"plan --shard K/{shards}, all {shards} started together (each; most)",
             f"{max(m.wall_s for m in best):.1f}",
             ", ".join(f"{c:.1f}" for c in cpu),
             f"{sum(cpu) / len(cpu) / one.cpu_s:.2f}; {max(cpu) / one.cpu_s:.2f} (1/N = {1 / shards:.2f})",
         ],
-        [
-            f"plan --shard 0/{shards}, every block written already",
-            f"{every.wall_s:.1f}",
-            f"{every.cpu_s:.1f}",
-            f"{every.cpu_s / one.cpu_s:.2f}",
-        ],
+        row(f"plan --shard 0/{shards}, every block written already", every, one),
     ]
 
 
@@ -158,13 +153,8 @@ def resumed_planning(work: Path, rows: int, shards: int) -> list[list[Any]]:
     again = best_of([PYTHON, "-m", "batchrun", "plan", str(job), "--shard", f"1/{shards}"])
     fresh = best_of([PYTHON, "-m", "batchrun", "plan", str(job), "--shard", f"0/{shards}"])
     return [
-        [f"plan --shard 0/{shards}, no index ({rows:,} rows)", f"{fresh.wall_s:.1f}", f"{fresh.cpu_s:.1f}", "1.00"],
-        [
-            f"plan --shard 1/{shards} after its run (index)",
-            f"{again.wall_s:.1f}",
-            f"{again.cpu_s:.1f}",
-            f"{again.cpu_s / fresh.cpu_s:.2f}",
-        ],
+        row(f"plan --shard 0/{shards}, no index ({rows:,} rows)", fresh, fresh),
+        row(f"plan --shard 1/{shards} after its run (index)", again, fresh),
     ]
 
 

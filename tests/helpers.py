@@ -99,3 +99,32 @@ def most_in_one_second(times: list[float]) -> int:
             first += 1
         most = max(most, last - first + 1)
     return most
+
+
+async def run_on(sim: Any, write_job: JobWriter, rows: int, limits: str) -> Any:
+    """A chat job of ``rows`` questions with ``limits``, run in-process against ``sim`` (an ASGI app)."""
+    from batchrun.runner import run_job
+    from batchrun.spec import load_job
+
+    job = write_job(
+        rows=questions(rows),
+        top='id_column = "id"',
+        endpoint='base_url = "http://sim.test"\nmodel = "m"',
+        limits=limits,
+    )
+    return await run_job(load_job(job), transport=httpx.ASGITransport(app=sim), quiet=True)
+
+
+def count_renders(monkeypatch: Any) -> list[int]:
+    """The index of every row rendered from now on (``Renderer.render`` spied on), in order."""
+    from batchrun.plan.rendering import Renderer
+
+    rendered: list[int] = []
+    real = Renderer.render
+
+    def counted(self: Renderer, row: Any, index: int) -> Any:
+        rendered.append(index)
+        return real(self, row, index)
+
+    monkeypatch.setattr(Renderer, "render", counted)
+    return rendered

@@ -19,8 +19,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import trustme
-from conftest import JobWriter, questions
 from cryptography.hazmat.primitives import serialization
+from helpers import JobWriter, questions
 
 from batchrun.cli import main
 from batchrun.dispatch.tls import ProxyRefused, TLSFailure, refused_by_page

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import JobWriter, ScriptedEndpoint, chat_reply, questions, read_manifest
+from helpers import JobWriter, ScriptedEndpoint, chat_reply, questions, read_manifest, run_on
 
 from batchrun.dispatch.adaptive import AdaptiveRate
 from batchrun.dispatch.inflight import AdaptiveConcurrency
 from batchrun.dispatch.limits import CoolDown, duration
 from batchrun.dispatch.pushback import Kind, exhausted_window, read_pushback
 from batchrun.errors import ExitCode
-from batchrun.runner import RunSummary, run_job
-from batchrun.simulator import FaultPlan, Simulator, create_app
+from batchrun.runner import run_job
+from batchrun.simulator import FaultPlan, create_app
 from batchrun.simulator.faults import FaultState, decide
 from batchrun.spec import load_job
 
@@ -215,16 +215,6 @@ def test_simulator_modes() -> None:
 
 
 # ---------------------------------------------------------------- whole runs
-
-
-async def run_on(sim: Simulator, write_job: JobWriter, rows: int, limits: str) -> RunSummary:
-    job = write_job(
-        rows=questions(rows),
-        top='id_column = "id"',
-        endpoint='base_url = "http://sim.test"\nmodel = "m"',
-        limits=limits,
-    )
-    return await run_job(load_job(job), transport=httpx.ASGITransport(app=sim), quiet=True)
 
 
 @pytest.mark.parametrize(

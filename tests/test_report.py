@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from conftest import JobWriter, questions
+from helpers import JobWriter, questions
 
 from batchrun.cli import main
 from batchrun.models import Parsed, Request, Result

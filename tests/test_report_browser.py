@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from browser import chromium, visit
-from conftest import JobWriter, questions
+from helpers import JobWriter, questions
 
 from batchrun.cli import main
 from batchrun.runner import run_job

@@ -8,15 +8,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
-from helpers import JobWriter
+from helpers import JobWriter, count_renders
 
 from batchrun.cli import main
 from batchrun.errors import JobError, OutputLockedError
-from batchrun.plan.rendering import Renderer
 from batchrun.shard import Shard, parse_shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.lock import OutputLock
@@ -139,14 +137,7 @@ def test_a_resumed_shard_renders_only_its_own_rows_again(
         mine, theirs = per_shard(capsys.readouterr().out)
         assert main(["run", job, "-q", "--shard", "0/2"]) == 0  # writes its plan index of every row
         assert sim.stats.total == mine
-        rendered: list[int] = []
-        real = Renderer.render
-
-        def counted(self: Renderer, row: Any, index: int) -> Any:
-            rendered.append(index)
-            return real(self, row, index)
-
-        monkeypatch.setattr(Renderer, "render", counted)
+        rendered = count_renders(monkeypatch)
         capsys.readouterr()
         assert main(["plan", job, "--shard", "0/2"]) == 0
         out = capsys.readouterr().out

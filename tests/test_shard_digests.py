@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import JobWriter
+from helpers import JobWriter, count_renders
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,6 @@ from batchrun.plan.feed import BATCH_ROWS, Feed
 from batchrun.plan.keyindex import INDEX_DIR
 from batchrun.plan.planner import Planner
 from batchrun.plan.reader import Table
-from batchrun.plan.rendering import Renderer
 from batchrun.shard import Shard
 from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.sink.manifest import part_files
@@ -132,14 +131,7 @@ def test_a_shard_renders_its_blocks_and_its_own_rows_when_the_others_wrote_their
     monkeypatch.setattr(digests, "BLOCK_ROWS", 10)
     rows = [{"question": f"q{i % 30}"} for i in range(200)]  # repeats: occurrence numbers matter
     path = write_job(rows=rows)
-    rendered: list[int] = []
-    real = Renderer.render
-
-    def counted(self: Renderer, row: Any, index: int) -> Any:
-        rendered.append(index)
-        return real(self, row, index)
-
-    monkeypatch.setattr(Renderer, "render", counted)
+    rendered = count_renders(monkeypatch)
     one, _ = planned(path, Shard())
     sent: list[Request] = []
     for k in range(4):

@@ -15,14 +15,14 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import JobWriter, chat_reply, questions, read_manifest
+from helpers import JobWriter, chat_reply, questions, read_manifest, run_on
 
 from batchrun.cli import main
 from batchrun.dispatch.adaptive import AdaptiveRate
 from batchrun.dispatch.stall import RefusalSpell, refusal
 from batchrun.errors import ExitCode, SpecError
-from batchrun.runner import RunSummary, run_job
-from batchrun.simulator import FaultPlan, Simulator, create_app, serve_in_thread
+from batchrun.runner import run_job
+from batchrun.simulator import FaultPlan, create_app, serve_in_thread
 from batchrun.simulator.cli import add_simulate_arguments, plan_from_args
 from batchrun.simulator.faults import Trigger
 from batchrun.spec import load_job
@@ -118,16 +118,6 @@ def test_a_bad_setting_names_the_field(write_job: JobWriter, setting: str) -> No
 
 
 # ---------------------------------------------------------------- whole runs
-
-
-async def run_on(sim: Simulator, write_job: JobWriter, rows: int, limits: str) -> RunSummary:
-    job = write_job(
-        rows=questions(rows),
-        top='id_column = "id"',
-        endpoint='base_url = "http://sim.test"\nmodel = "m"',
-        limits=limits,
-    )
-    return await run_job(load_job(job), transport=httpx.ASGITransport(app=sim), quiet=True)
 
 
 async def test_a_daily_window_used_up_stops_at_once(write_job: JobWriter, tmp_path: Path) -> None:
